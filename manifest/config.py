@@ -1,0 +1,143 @@
+"""Configuration: the environment knobs shared by the CLI and the Dagster schedule.
+
+One rule resolves every setting, so the terminal and the daemon find the same store:
+an explicit argument wins, then the environment variable, then the default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from manifest.errors import ConfigError
+
+HashMode = Literal["content_hash", "mtime_size"]
+Bootstrap = Literal["baseline", "all"]
+
+HASH_MODES: tuple[HashMode, ...] = ("content_hash", "mtime_size")
+BOOTSTRAPS: tuple[Bootstrap, ...] = ("baseline", "all")
+
+DEFAULT_DATA_DIR = "data/1_raw"
+DEFAULT_STATE_SUBDIR = "state"
+FALLBACK_STATE_DIR = ".manifest"
+DEFAULT_HASH_MODE: HashMode = "content_hash"
+DEFAULT_COOLDOWN_SEC = 3.0
+DEFAULT_BOOTSTRAP: Bootstrap = "baseline"
+
+ENV_DATA_DIR = "RAW_DATA_DIR"
+ENV_STATE_DIR = "RAW_STATE_DIR"
+ENV_HASH_MODE = "RAW_SCAN_HASH_MODE"
+ENV_COOLDOWN = "RAW_SCAN_COOLDOWN_SEC"
+ENV_INCLUDE = "RAW_SCAN_INCLUDE"
+ENV_EXCLUDE = "RAW_SCAN_EXCLUDE"
+ENV_BOOTSTRAP = "RAW_SCAN_BOOTSTRAP"
+
+
+class Config(msgspec.Struct, frozen=True):
+    """Resolved settings. Paths are absolute."""
+
+    root: Path
+    store: Path
+    mode: HashMode = DEFAULT_HASH_MODE
+    cooldown_sec: float = DEFAULT_COOLDOWN_SEC
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
+
+
+def _split_globs(text: str) -> tuple[str, ...]:
+    """Globs are separated by commas or newlines; blanks are dropped."""
+    parts = text.replace("\n", ",").split(",")
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def parse_hash_mode(value: str, variable: str = ENV_HASH_MODE) -> HashMode:
+    if value not in HASH_MODES:
+        raise ConfigError(variable, value, " or ".join(HASH_MODES))
+    return value  # type: ignore[return-value]
+
+
+def parse_bootstrap(value: str, variable: str = ENV_BOOTSTRAP) -> Bootstrap:
+    if value not in BOOTSTRAPS:
+        raise ConfigError(variable, value, " or ".join(BOOTSTRAPS))
+    return value  # type: ignore[return-value]
+
+
+def parse_cooldown(value: str | float, variable: str = ENV_COOLDOWN) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(variable, value, "a number of seconds >= 0, e.g. 3") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(variable, value, "a number of seconds >= 0, e.g. 3")
+    return seconds
+
+
+def default_store(env: Mapping[str, str], cwd: Path) -> Path:
+    """``$DAGSTER_HOME/state`` when DAGSTER_HOME is set, else ``./.manifest``."""
+    home = env.get("DAGSTER_HOME", "").strip()
+    if home:
+        return (cwd / home / DEFAULT_STATE_SUBDIR).resolve()
+    return (cwd / FALLBACK_STATE_DIR).resolve()
+
+
+def load_config(
+    *,
+    root: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    mode: str | None = None,
+    cooldown_sec: float | str | None = None,
+    include: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] | None = None,
+    bootstrap: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Resolve settings: explicit argument, then environment variable, then default."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+
+    root_text = str(root) if root is not None else env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+    root_path = (cwd / os.path.expanduser(root_text)).absolute()
+    # Resolve symlinks in the folders above the root, not the root's own entries.
+    root_path = Path(os.path.realpath(root_path))
+
+    store_text = str(store) if store is not None else env.get(ENV_STATE_DIR, "").strip()
+    store_path = (
+        Path(os.path.realpath(cwd / os.path.expanduser(store_text)))
+        if store_text
+        else default_store(env, cwd)
+    )
+
+    if mode is not None:
+        hash_mode = parse_hash_mode(mode, "--mode")
+    else:
+        hash_mode = parse_hash_mode(env.get(ENV_HASH_MODE) or DEFAULT_HASH_MODE)
+
+    if cooldown_sec is not None:
+        cooldown = parse_cooldown(cooldown_sec, "--cooldown")
+    else:
+        cooldown = parse_cooldown(env.get(ENV_COOLDOWN) or DEFAULT_COOLDOWN_SEC)
+
+    inc = include if include is not None else _split_globs(env.get(ENV_INCLUDE, ""))
+    exc = exclude if exclude is not None else _split_globs(env.get(ENV_EXCLUDE, ""))
+
+    if bootstrap is not None:
+        boot = parse_bootstrap(bootstrap, "--bootstrap")
+    else:
+        boot = parse_bootstrap(env.get(ENV_BOOTSTRAP) or DEFAULT_BOOTSTRAP)
+
+    return Config(
+        root=root_path,
+        store=store_path,
+        mode=hash_mode,
+        cooldown_sec=cooldown,
+        include=tuple(inc),
+        exclude=tuple(exc),
+        bootstrap=boot,
+    )

@@ -1,0 +1,111 @@
+"""Diffs between trees, skipping identical subtrees by id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from manifest.model import (
+    KIND_TREE,
+    ChangeSet,
+    Tree,
+    TreeEntry,
+    decode_object,
+    path_to_text,
+)
+from manifest.objects import ObjectStore
+
+TreeReader = Callable[[str], Tree]
+
+
+def tree_reader(objects: ObjectStore, extra: Mapping[str, bytes] | None = None) -> TreeReader:
+    """Read trees from ``extra`` (a scan's in-memory trees) first, then from the store."""
+
+    def read(oid: str) -> Tree:
+        if extra is not None:
+            data = extra.get(oid)
+            if data is not None:
+                obj = decode_object(data)
+                assert isinstance(obj, Tree)
+                return obj
+        return objects.read_tree(oid)
+
+    return read
+
+
+def iter_files(read: TreeReader, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[bytes, TreeEntry]]:
+    """Every non-tree entry below ``tree_id`` as ``(relative path, entry)``, in path order."""
+    for entry in read(tree_id).entries:
+        path = prefix + entry.name
+        if entry.kind == KIND_TREE:
+            yield from iter_files(read, entry.digest.hex(), path + b"/")
+        else:
+            yield path, entry
+
+
+def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> ChangeSet:
+    """``added``/``modified``/``removed`` between two root trees (None = empty tree).
+
+    Renames (same digest, in content mode) are reported alongside for display."""
+    added: list[bytes] = []
+    modified: list[bytes] = []
+    removed: list[bytes] = []
+    removed_digest: dict[bytes, bytes] = {}
+    added_digest: dict[bytes, bytes] = {}
+
+    def walk(old: str | None, new: str | None, prefix: bytes) -> None:
+        if old == new:
+            return
+        old_entries = {e.name: e for e in read(old).entries} if old else {}
+        new_entries = {e.name: e for e in read(new).entries} if new else {}
+        for name in sorted(old_entries.keys() | new_entries.keys()):
+            o = old_entries.get(name)
+            n = new_entries.get(name)
+            path = prefix + name
+            if o is not None and n is not None and o == n:
+                continue
+            o_tree = o is not None and o.kind == KIND_TREE
+            n_tree = n is not None and n.kind == KIND_TREE
+            if o_tree or n_tree:
+                walk(
+                    o.digest.hex() if o_tree and o else None,
+                    n.digest.hex() if n_tree and n else None,
+                    path + b"/",
+                )
+            if o is not None and n is not None and not o_tree and not n_tree:
+                modified.append(path)
+                continue
+            if o is not None and not o_tree:
+                removed.append(path)
+                if o.digest:
+                    removed_digest[path] = o.digest
+            if n is not None and not n_tree:
+                added.append(path)
+                if n.digest:
+                    added_digest[path] = n.digest
+
+    walk(old_id, new_id, b"")
+    return _change_set(added, modified, removed, added_digest, removed_digest)
+
+
+def _change_set(
+    added: list[bytes],
+    modified: list[bytes],
+    removed: list[bytes],
+    added_digest: dict[bytes, bytes],
+    removed_digest: dict[bytes, bytes],
+) -> ChangeSet:
+    renamed: list[tuple[str, str]] = []
+    if added_digest and removed_digest:
+        by_digest: dict[bytes, list[bytes]] = {}
+        for path in sorted(removed_digest):
+            by_digest.setdefault(removed_digest[path], []).append(path)
+        for path in sorted(added_digest):
+            olds = by_digest.get(added_digest[path])
+            if olds:
+                renamed.append((path_to_text(olds.pop(0)), path_to_text(path)))
+    return ChangeSet(
+        added=tuple(sorted(map(path_to_text, added))),
+        modified=tuple(sorted(map(path_to_text, modified))),
+        removed=tuple(sorted(map(path_to_text, removed))),
+        renamed=tuple(renamed),
+    )

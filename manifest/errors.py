@@ -1,0 +1,170 @@
+"""Every error the engine raises on purpose.
+
+Each subclass of :class:`ManifestError` carries structured fields and builds a message that
+says what happened and what to do. Faces map them to exit codes through ``exit_code``:
+3 for a manifest error, 4 for a retryable one (a lock held, a compare-and-swap lost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+EXIT_MANIFEST_ERROR = 3
+EXIT_RETRYABLE = 4
+
+
+class ManifestError(Exception):
+    """Base of every expected engine error."""
+
+    exit_code: int = EXIT_MANIFEST_ERROR
+    retryable: bool = False
+
+
+class ConfigError(ManifestError):
+    """A configuration value is invalid."""
+
+    def __init__(self, variable: str, value: object, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {variable}={value!r}: expected {allowed}")
+
+
+class RootError(ManifestError):
+    """The data root is missing or is not a directory."""
+
+    def __init__(self, root: str, problem: str) -> None:
+        self.root = root
+        self.problem = problem
+        super().__init__(
+            f"data root {root} {problem}; set RAW_DATA_DIR (or --root) to the raw data folder"
+        )
+
+
+class StoreError(ManifestError):
+    """The state store cannot be created, read or written."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"state store {path}: {problem}; check RAW_STATE_DIR (or --store) and its permissions"
+        )
+
+
+class FormatVersionError(ManifestError):
+    """The store or an object was written by an incompatible version."""
+
+    def __init__(self, what: str, found: object, supported: int) -> None:
+        self.what = what
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{what} has format version {found}, this manifest reads version {supported}; "
+            "upgrade manifest, or point RAW_STATE_DIR at a new store"
+        )
+
+
+class CorruptObjectError(ManifestError):
+    """An object's bytes do not hash to its name, or do not decode."""
+
+    def __init__(self, object_id: str, detail: str) -> None:
+        self.object_id = object_id
+        self.detail = detail
+        super().__init__(
+            f"corrupt object {object_id}: {detail}; run `manifest fsck` to list every damaged "
+            "object, then `manifest reset` refs away from snapshots that use it"
+        )
+
+
+class ObjectNotFoundError(ManifestError):
+    """An object that something refers to is not in the store."""
+
+    def __init__(self, object_id: str, wanted_by: str = "") -> None:
+        self.object_id = object_id
+        self.wanted_by = wanted_by
+        by = f" (referenced by {wanted_by})" if wanted_by else ""
+        super().__init__(
+            f"object {object_id} is missing from the store{by}; run `manifest fsck`"
+        )
+
+
+class UnknownRevisionError(ManifestError):
+    """A revision names nothing."""
+
+    def __init__(self, revision: str, detail: str = "") -> None:
+        self.revision = revision
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"unknown revision {revision!r}{extra}; use a snapshot id, a unique id prefix "
+            "(4+ hex digits), a ref name such as 'last', or REF@{{n}} (see `manifest log`)"
+        )
+
+
+class AmbiguousRevisionError(ManifestError):
+    """An id prefix matches more than one snapshot."""
+
+    def __init__(self, revision: str, candidates: Iterable[str]) -> None:
+        self.revision = revision
+        self.candidates = tuple(sorted(candidates))
+        shown = ", ".join(c[:12] for c in self.candidates[:5])
+        super().__init__(
+            f"revision {revision!r} is ambiguous: it prefixes {len(self.candidates)} snapshots "
+            f"({shown}); give more digits"
+        )
+
+
+class InvalidRefNameError(ManifestError):
+    """A ref name would be unsafe as a path or is malformed."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"invalid ref name {name!r}: {reason}; use letters, digits, '.', '_', '-' "
+            "and '/' between components"
+        )
+
+
+class DanglingRefError(ManifestError):
+    """A ref points at a snapshot that is not in the store, or holds garbage."""
+
+    def __init__(self, name: str, value: str, detail: str) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(
+            f"ref {name} points at {value!r}, {detail}; move it with "
+            f"`manifest reset {name} <revision>` (see `manifest log {name}`)"
+        )
+
+
+class LockHeldError(ManifestError):
+    """Another process holds a lock (or a crashed one left it behind)."""
+
+    exit_code = EXIT_RETRYABLE
+    retryable = True
+
+    def __init__(self, lock_path: str, age_seconds: float | None) -> None:
+        self.lock_path = lock_path
+        self.age_seconds = age_seconds
+        age = f" (created {age_seconds:.0f}s ago)" if age_seconds is not None else ""
+        super().__init__(
+            f"{lock_path} exists{age}: another manifest process or Dagster tick is updating "
+            "it; retry shortly. If no such process is running, the lock is stale: remove it"
+        )
+
+
+class RefConflictError(ManifestError):
+    """A compare-and-swap on a ref lost: the ref no longer holds the expected value."""
+
+    exit_code = EXIT_RETRYABLE
+    retryable = True
+
+    def __init__(self, name: str, expected: str | None, actual: str | None) -> None:
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"ref {name} changed underneath us: expected {expected or '(unset)'}, found "
+            f"{actual or '(unset)'}; another process moved it. Re-read it and retry"
+        )

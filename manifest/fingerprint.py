@@ -1,0 +1,142 @@
+"""File fingerprints: BLAKE3 of the bytes, and the stat cache that avoids re-hashing.
+
+The stat cache (``<store>/index``, like git's index and DVC's state db) remembers, per path,
+the (size, mtime_ns, inode, ctime_ns) at which a digest was computed. A file is re-hashed
+only when that stat changed. Racy entries (git's racy-git problem: an mtime not safely older
+than the moment the stat was taken, so a same-size edit in the same timestamp tick would
+leave the stat unchanged) are stored smudged (size -1) and so are re-hashed next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from blake3 import blake3
+
+from manifest.errors import FormatVersionError
+from manifest.fsutil import LockFile, atomic_write
+from manifest.model import FORMAT_VERSION, Index, IndexEntry, decode_index, encode_index
+
+# Files at least this big are hashed with update_mmap and BLAKE3's own threads.
+MMAP_THRESHOLD: Final = 8 * 1024 * 1024
+# An mtime this close to the moment its stat was read is "racy" (covers FAT's 2 s ticks).
+RACY_NS: Final = 2_000_000_000
+_READ_CHUNK: Final = 1024 * 1024
+
+
+class NotRegularFile(Exception):
+    """The path turned out not to be a regular file when opened (a race)."""
+
+
+def hash_file(path: bytes | str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """BLAKE3 digest of a regular file and the ``fstat`` of what was hashed.
+
+    Opens with ``O_NOFOLLOW|O_NONBLOCK`` so a symlink or FIFO swapped in never hangs us.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path)
+        if st.st_size >= MMAP_THRESHOLD:
+            hasher = blake3(max_threads=blake3.AUTO)
+            hasher.update_mmap(os.fsdecode(path))
+            return hasher.digest(), st
+        hasher = blake3()
+        while True:
+            chunk = os.read(fd, _READ_CHUNK if st.st_size >= _READ_CHUNK else st.st_size + 1)
+            if not chunk:
+                break
+            hasher.update(chunk)
+        return hasher.digest(), st
+    finally:
+        os.close(fd)
+
+
+class StatCache:
+    """Path -> (stat, digest), loaded from and saved to ``<store>/index``."""
+
+    def __init__(self, path: Path, mode: str, *, sync: bool = True) -> None:
+        self.path = path
+        self.mode = mode
+        self.sync = sync
+        self.old: dict[bytes, IndexEntry] = {}
+        self.new: dict[bytes, IndexEntry] = {}
+        self.dirty = False
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            index = decode_index(data)
+        except msgspec.DecodeError:
+            # A cache, not a record: a damaged one is rebuilt by re-hashing.
+            self.dirty = True
+            return
+        if index.format > FORMAT_VERSION:
+            raise FormatVersionError(str(self.path), index.format, FORMAT_VERSION)
+        self.old = {e.path: e for e in index.entries}
+
+    def lookup(self, rel: bytes, st: os.stat_result) -> bytes | None:
+        """The cached digest if the stat is unchanged (and the entry is not smudged)."""
+        entry = self.old.get(rel)
+        if (
+            entry is not None
+            and entry.size == st.st_size
+            and entry.mtime_ns == st.st_mtime_ns
+            and entry.ino == st.st_ino
+            and entry.ctime_ns == st.st_ctime_ns
+        ):
+            self.new[rel] = entry
+            return entry.digest
+        return None
+
+    def known_digest(self, rel: bytes) -> bytes | None:
+        entry = self.old.get(rel)
+        return entry.digest if entry is not None else None
+
+    def record(self, rel: bytes, st: os.stat_result, digest: bytes) -> None:
+        self.new[rel] = IndexEntry(
+            rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest
+        )
+        self.dirty = True
+
+    def keep(self, rel: bytes) -> None:
+        """Carry an entry over unchanged (an unstable or unreadable file)."""
+        entry = self.old.get(rel)
+        if entry is not None:
+            self.new[rel] = entry
+
+    def save(self, scan_started_ns: int) -> bool:
+        """Write the entries seen in this scan, smudging racy ones. Skips if another
+        process holds the index lock (the cache is an optimisation, never a record)."""
+        if not self.dirty and len(self.new) == len(self.old):
+            return False
+        threshold = scan_started_ns - RACY_NS
+        entries = [
+            e if e.mtime_ns < threshold or e.size < 0 else IndexEntry(
+                e.path, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest
+            )
+            for _, e in sorted(self.new.items())
+        ]
+        data = encode_index(Index(format=FORMAT_VERSION, mode=self.mode, entries=entries))
+        lock = LockFile(self.path, timeout=0.0)
+        try:
+            lock.acquire()
+        except Exception:
+            return False
+        try:
+            with contextlib.suppress(OSError):
+                atomic_write(self.path, data, sync=self.sync)
+                return True
+            return False
+        finally:
+            lock.release()

@@ -1,0 +1,97 @@
+"""Durable file writes (git's lockfile.h, dulwich's GitFile): exclusive create, fsync, rename,
+fsync of the folder. Readers see the old bytes or the new bytes, never a mix."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename."""
+    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            write_all(fd, data)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        fsync_dir(path.parent)
+
+
+class LockFile:
+    """``<path>.lock`` created with ``O_CREAT|O_EXCL``; removed on exit, also on error.
+
+    Waits up to ``timeout`` seconds for a competing holder, then raises ``LockHeldError``
+    naming the lock and its age, so a stale lock left by a crash is easy to spot.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+        self.target = path
+        self.path = path.with_name(path.name + ".lock")
+        self.timeout = timeout
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        from manifest.errors import LockHeldError
+
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                write_all(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                return
+            except FileExistsError:
+                if time.monotonic() >= deadline:
+                    raise LockHeldError(str(self.path), lock_age(self.path)) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def __enter__(self) -> LockFile:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_age(path: Path) -> float | None:
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except OSError:
+        return None

@@ -1,0 +1,167 @@
+"""The persisted types and the one encoder/decoder pair that reads and writes them.
+
+Objects are msgpack (canonical: fixed field order, array-like entries) and named by the
+BLAKE3 of their bytes. Schema evolution the msgspec way: new fields get defaults, array-like
+fields are only appended, a breaking change bumps ``FORMAT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final, NewType
+
+import msgspec
+
+FORMAT_VERSION: Final = 1
+
+SnapshotId = NewType("SnapshotId", str)
+TreeId = NewType("TreeId", str)
+
+# TreeEntry.kind
+KIND_FILE: Final = 0
+KIND_TREE: Final = 1
+KIND_SYMLINK: Final = 2
+
+
+class TreeEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One name in a directory.
+
+    * file, ``mtime_size`` mode: ``size`` and ``mtime_ns``; ``digest`` empty.
+    * file, ``content_hash`` mode: ``size`` and the BLAKE3 ``digest``; ``mtime_ns`` is 0 so
+      that the root tree id is a pure content fingerprint (a touch changes nothing).
+    * symlink: never followed; ``digest`` is the BLAKE3 of the link target.
+    * tree: ``digest`` is the subtree id (32 raw bytes); ``size`` the number of files below.
+    """
+
+    name: bytes
+    kind: int
+    size: int
+    mtime_ns: int
+    digest: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        """The file's fingerprint as text: the hex digest, or ``size-mtime_ns``."""
+        if self.digest:
+            return self.digest.hex()
+        return f"{self.size}-{self.mtime_ns}"
+
+
+class Tree(msgspec.Struct, frozen=True, tag="tree"):
+    """A directory: entries sorted by name (bytes order)."""
+
+    entries: tuple[TreeEntry, ...]
+
+
+class Counts(msgspec.Struct, frozen=True):
+    files: int = 0
+    bytes: int = 0
+    added: int = 0
+    modified: int = 0
+    removed: int = 0
+
+
+class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
+    """One scan of the data root. Its id hashes everything here, creation time included."""
+
+    root: str
+    parent: str | None
+    created_ns: int
+    mode: str
+    data_root: str
+    counts: Counts
+    message: str = ""
+    format: int = FORMAT_VERSION
+
+
+StoredObject = Tree | Snapshot
+
+
+class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
+    """Stat cache line (like git's index): reuse ``digest`` while the stat is unchanged.
+
+    ``size`` is -1 for a smudged (racy) entry, which never matches and is re-hashed.
+    """
+
+    path: bytes
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+    digest: bytes
+
+
+class Index(msgspec.Struct, frozen=True):
+    format: int
+    mode: str
+    entries: list[IndexEntry]
+
+
+class ReflogEntry(msgspec.Struct, frozen=True):
+    """One ref move. ``old``/``new`` are snapshot ids or None for unset."""
+
+    old: str | None
+    new: str | None
+    time_ns: int
+    reason: str
+
+
+class ChangeSet(msgspec.Struct, frozen=True):
+    """What changed between two states, as sorted relative POSIX paths.
+
+    ``renamed`` is for display only (content mode, same bytes at a new path); each rename
+    is also in ``removed`` and ``added``, which is what triggering uses.
+    """
+
+    added: tuple[str, ...] = ()
+    modified: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.modified or self.removed)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every changed path, sorted."""
+        return tuple(sorted({*self.added, *self.modified, *self.removed}))
+
+
+_OBJECT_ENCODER: Final = msgspec.msgpack.Encoder()
+_OBJECT_DECODER: Final = msgspec.msgpack.Decoder(StoredObject)
+_INDEX_DECODER: Final = msgspec.msgpack.Decoder(Index)
+_REFLOG_ENCODER: Final = msgspec.json.Encoder()
+_REFLOG_DECODER: Final = msgspec.json.Decoder(ReflogEntry)
+
+
+def encode_object(obj: StoredObject) -> bytes:
+    return _OBJECT_ENCODER.encode(obj)
+
+
+def decode_object(data: bytes) -> StoredObject:
+    return _OBJECT_DECODER.decode(data)
+
+
+def encode_index(index: Index) -> bytes:
+    return _OBJECT_ENCODER.encode(index)
+
+
+def decode_index(data: bytes) -> Index:
+    return _INDEX_DECODER.decode(data)
+
+
+def encode_reflog_entry(entry: ReflogEntry) -> bytes:
+    return _REFLOG_ENCODER.encode(entry) + b"\n"
+
+
+def decode_reflog_entry(line: bytes) -> ReflogEntry:
+    return _REFLOG_DECODER.decode(line)
+
+
+def path_to_text(path: bytes) -> str:
+    """Relative path bytes to ``str``; undecodable bytes become surrogates (reversible)."""
+    return os.fsdecode(path)
+
+
+def text_to_path(text: str) -> bytes:
+    return os.fsencode(text)

@@ -1,0 +1,159 @@
+"""The object store: immutable objects named by the BLAKE3 of their canonical bytes, fanned
+out like git's ``objects/ab/cdef...``. Writes are atomic and idempotent; every read re-hashes."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+from blake3 import blake3
+
+from manifest.errors import (
+    CorruptObjectError,
+    FormatVersionError,
+    ObjectNotFoundError,
+    StoreError,
+)
+from manifest.fsutil import atomic_write
+from manifest.model import (
+    FORMAT_VERSION,
+    Snapshot,
+    StoredObject,
+    Tree,
+    decode_object,
+    encode_object,
+)
+
+ID_HEX_LEN = 64
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+_PREFIX_RE = re.compile(r"[0-9a-f]{4,64}")
+
+
+def object_id(data: bytes) -> str:
+    return blake3(data).hexdigest()
+
+
+def is_object_id(text: str) -> bool:
+    return _ID_RE.fullmatch(text) is not None
+
+
+def is_id_prefix(text: str) -> bool:
+    return _PREFIX_RE.fullmatch(text) is not None
+
+
+class ObjectStore:
+    """``<store>/objects``. Objects are written once and never modified."""
+
+    def __init__(self, path: Path, *, sync: bool = True) -> None:
+        self.path = path
+        self.sync = sync
+
+    def _object_path(self, oid: str) -> Path:
+        if not is_object_id(oid):
+            raise ObjectNotFoundError(oid, "an id that is not 64 hex digits")
+        return self.path / oid[:2] / oid[2:]
+
+    def contains(self, oid: str) -> bool:
+        return self._object_path(oid).exists()
+
+    def write_bytes(self, data: bytes) -> str:
+        """Store encoded bytes and return their id. Writing an existing object is a no-op."""
+        oid = object_id(data)
+        target = self._object_path(oid)
+        if target.exists():
+            return oid
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, data, sync=self.sync)
+        except OSError as exc:
+            raise StoreError(str(target), f"cannot write object: {exc.strerror or exc}") from exc
+        return oid
+
+    def write_object(self, obj: StoredObject) -> str:
+        return self.write_bytes(encode_object(obj))
+
+    def read_bytes(self, oid: str) -> bytes:
+        path = self._object_path(oid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(oid) from None
+        except OSError as exc:
+            raise StoreError(str(path), f"cannot read object: {exc.strerror or exc}") from exc
+        actual = object_id(data)
+        if actual != oid:
+            raise CorruptObjectError(oid, f"its bytes hash to {actual[:12]}")
+        return data
+
+    def read_object(self, oid: str) -> StoredObject:
+        data = self.read_bytes(oid)
+        try:
+            return decode_object(data)
+        except msgspec.DecodeError as exc:
+            raise CorruptObjectError(oid, f"cannot decode: {exc}") from exc
+
+    def read_tree(self, oid: str) -> Tree:
+        obj = self.read_object(oid)
+        if not isinstance(obj, Tree):
+            raise CorruptObjectError(oid, "expected a tree, found a snapshot")
+        return obj
+
+    def read_snapshot(self, oid: str) -> Snapshot:
+        obj = self.read_object(oid)
+        if not isinstance(obj, Snapshot):
+            raise CorruptObjectError(oid, "expected a snapshot, found a tree")
+        if obj.format > FORMAT_VERSION:
+            raise FormatVersionError(f"snapshot {oid}", obj.format, FORMAT_VERSION)
+        return obj
+
+    def find_snapshot(self, oid: str) -> Snapshot | None:
+        """The snapshot, or None when ``oid`` is missing or names a tree."""
+        try:
+            obj = self.read_object(oid)
+        except ObjectNotFoundError:
+            return None
+        return obj if isinstance(obj, Snapshot) else None
+
+    def iter_ids(self, prefix: str = "") -> Iterator[str]:
+        """Every stored id (optionally starting with ``prefix``, 2+ hex digits)."""
+        if len(prefix) >= 2:
+            fanouts = [prefix[:2]]
+        else:
+            try:
+                fanouts = sorted(os.listdir(self.path))
+            except FileNotFoundError:
+                return
+        for fan in fanouts:
+            if len(fan) != 2:
+                continue
+            try:
+                names = sorted(os.listdir(self.path / fan))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                oid = fan + name
+                if is_object_id(oid) and oid.startswith(prefix):
+                    yield oid
+
+    def iter_temp_files(self) -> Iterator[Path]:
+        """Leftovers of interrupted writes (safe to delete once old)."""
+        try:
+            fanouts = os.listdir(self.path)
+        except FileNotFoundError:
+            return
+        for fan in fanouts:
+            folder = self.path / fan
+            if not folder.is_dir():
+                continue
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-"):
+                    yield folder / name
+
+    def delete(self, oid: str) -> None:
+        try:
+            os.unlink(self._object_path(oid))
+        except FileNotFoundError:
+            pass

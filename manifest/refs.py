@@ -1,0 +1,224 @@
+"""Refs (``refs/<name>``, a snapshot id) and their reflogs (``logs/refs/<name>``).
+
+Every update is a compare-and-swap done while holding ``refs/<name>.lock`` (created with
+``O_CREAT|O_EXCL``); the reflog line is appended under the same lock, after the ref's
+atomic rename, so a crash leaves at worst a move without its log line, never a torn ref.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from manifest.errors import (
+    DanglingRefError,
+    InvalidRefNameError,
+    RefConflictError,
+    StoreError,
+)
+from manifest.fsutil import LockFile, atomic_write, fsync_dir, write_all
+from manifest.model import ReflogEntry, decode_reflog_entry, encode_reflog_entry
+from manifest.objects import is_object_id
+
+REF_LAST: Final = "last"
+REF_PENDING: Final = "pending"
+
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_ANY: Final = object()
+
+
+def validate_ref_name(name: str) -> str:
+    """Raise ``InvalidRefNameError`` unless ``name`` is safe to join under ``refs/``."""
+    if not name:
+        raise InvalidRefNameError(name, "it is empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidRefNameError(name, "it contains a control character")
+    if ".." in name:
+        raise InvalidRefNameError(name, "it contains '..'")
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        raise InvalidRefNameError(name, "it has an empty path component")
+    if "@{" in name:
+        raise InvalidRefNameError(name, "it contains '@{' (reserved for REF@{n})")
+    if len(name) > 200:
+        raise InvalidRefNameError(name, "it is longer than 200 characters")
+    for component in name.split("/"):
+        if not _COMPONENT_RE.fullmatch(component):
+            raise InvalidRefNameError(name, f"component {component!r} has a forbidden character")
+        if component.endswith(".lock"):
+            raise InvalidRefNameError(name, "a component ends with '.lock'")
+    return name
+
+
+class RefStore:
+    def __init__(self, store: Path, *, sync: bool = True, lock_timeout: float = 5.0) -> None:
+        self.refs_dir = store / "refs"
+        self.logs_dir = store / "logs" / "refs"
+        self.sync = sync
+        self.lock_timeout = lock_timeout
+
+    def ref_path(self, name: str) -> Path:
+        return self.refs_dir / validate_ref_name(name)
+
+    def log_path(self, name: str) -> Path:
+        return self.logs_dir / validate_ref_name(name)
+
+    def find_ref(self, name: str) -> str | None:
+        """The snapshot id ``name`` holds, or None when unset."""
+        path = self.ref_path(name)
+        try:
+            text = path.read_text("ascii").strip()
+        except FileNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            raise DanglingRefError(name, "<binary>", "which is not a snapshot id") from None
+        except OSError as exc:
+            raise StoreError(str(path), f"cannot read ref: {exc.strerror or exc}") from exc
+        if not is_object_id(text):
+            raise DanglingRefError(name, text[:80], "which is not a snapshot id")
+        return text
+
+    def iter_refs(self) -> Iterator[tuple[str, str | None]]:
+        """``(name, value)`` of every ref file, sorted; value None if it holds garbage."""
+        if not self.refs_dir.exists():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.refs_dir):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                if filename.endswith(".lock") or filename.startswith(".tmp-"):
+                    continue
+                rel = Path(dirpath, filename).relative_to(self.refs_dir).as_posix()
+                try:
+                    yield rel, self.find_ref(rel)
+                except (DanglingRefError, InvalidRefNameError):
+                    yield rel, None
+
+    def iter_lock_files(self) -> Iterator[Path]:
+        if not self.refs_dir.exists():
+            return
+        for dirpath, _dirnames, filenames in os.walk(self.refs_dir):
+            for filename in filenames:
+                if filename.endswith(".lock"):
+                    yield Path(dirpath, filename)
+
+    @contextlib.contextmanager
+    def transaction(self, name: str) -> Iterator[RefTransaction]:
+        """Hold ``name``'s lock; read and compare-and-swap it inside."""
+        path = self.ref_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(str(path.parent), f"cannot create: {exc.strerror or exc}") from exc
+        with LockFile(path, timeout=self.lock_timeout):
+            yield RefTransaction(self, name)
+
+    def update_ref(
+        self,
+        name: str,
+        new: str | None,
+        *,
+        reason: str,
+        expected: str | None | object = _ANY,
+    ) -> str | None:
+        """Set ``name`` to ``new`` (None deletes it) if it holds ``expected``; returns old."""
+        with self.transaction(name) as txn:
+            return txn.set(new, reason=reason, expected=expected)
+
+    def read_reflog(self, name: str) -> list[ReflogEntry]:
+        """Oldest first. A torn last line (a crash mid-append) is skipped."""
+        path = self.log_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(str(path), f"cannot read reflog: {exc.strerror or exc}") from exc
+        entries = []
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                entries.append(decode_reflog_entry(line))
+            except msgspec.DecodeError:
+                continue
+        return entries
+
+    def iter_reflog_problems(self, name: str) -> Iterator[str]:
+        path = self.log_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        for number, line in enumerate(data.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                decode_reflog_entry(line)
+            except msgspec.DecodeError as exc:
+                yield f"line {number} does not decode ({exc})"
+
+    def iter_reflog_names(self) -> Iterator[str]:
+        if not self.logs_dir.exists():
+            return
+        for dirpath, _dirnames, filenames in os.walk(self.logs_dir):
+            for filename in sorted(filenames):
+                yield Path(dirpath, filename).relative_to(self.logs_dir).as_posix()
+
+    def _append_reflog(self, name: str, entry: ReflogEntry) -> None:
+        path = self.log_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            write_all(fd, encode_reflog_entry(entry))
+            if self.sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class RefTransaction:
+    """Operations on one ref while its lock is held."""
+
+    def __init__(self, refs: RefStore, name: str) -> None:
+        self.refs = refs
+        self.name = name
+
+    @property
+    def value(self) -> str | None:
+        return self.refs.find_ref(self.name)
+
+    def set(
+        self,
+        new: str | None,
+        *,
+        reason: str,
+        expected: str | None | object = _ANY,
+    ) -> str | None:
+        refs = self.refs
+        old = refs.find_ref(self.name)
+        if expected is not _ANY and old != expected:
+            raise RefConflictError(self.name, expected, old)  # type: ignore[arg-type]
+        if new is not None and not is_object_id(new):
+            raise DanglingRefError(self.name, new, "which is not a snapshot id")
+        path = refs.ref_path(self.name)
+        try:
+            if new is None:
+                if old is not None:
+                    os.unlink(path)
+                    if refs.sync:
+                        fsync_dir(path.parent)
+            elif new != old:
+                atomic_write(path, (new + "\n").encode("ascii"), sync=refs.sync)
+            if new != old:
+                refs._append_reflog(
+                    self.name, ReflogEntry(old=old, new=new, time_ns=time.time_ns(), reason=reason)
+                )
+        except OSError as exc:
+            raise StoreError(str(path), f"cannot update ref: {exc.strerror or exc}") from exc
+        return old

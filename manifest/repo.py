@@ -1,0 +1,644 @@
+"""The verbs both faces call: status, snapshot, diff, log, show, reset, begin, promote,
+abandon, gc, fsck. All logic the CLI and the Dagster glue share lives here."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Final, Literal
+
+import msgspec
+
+from manifest.config import Config
+from manifest.diff import diff_trees, iter_files, tree_reader
+from manifest.errors import (
+    AmbiguousRevisionError,
+    CorruptObjectError,
+    DanglingRefError,
+    FormatVersionError,
+    InvalidRefNameError,
+    ManifestError,
+    ObjectNotFoundError,
+    StoreError,
+    UnknownRevisionError,
+)
+from manifest.fingerprint import StatCache
+from manifest.fsutil import lock_age
+from manifest.globs import PathFilter
+from manifest.model import (
+    FORMAT_VERSION,
+    KIND_TREE,
+    ChangeSet,
+    Counts,
+    Snapshot,
+    SnapshotId,
+    Tree,
+    TreeEntry,
+    path_to_text,
+    text_to_path,
+)
+from manifest.objects import ObjectStore, is_id_prefix, is_object_id
+from manifest.refs import REF_LAST, REF_PENDING, RefStore, validate_ref_name
+from manifest.scan import EMPTY_TREE_ID, BaseTrees, Scanner, ScanProblem, ScanResult
+
+GC_GRACE_SECONDS: Final = 3600.0
+_REFLOG_REV_RE = re.compile(r"(?P<ref>.+)@\{(?P<n>\d+)\}")
+
+
+class Status(msgspec.Struct, frozen=True):
+    root: str
+    store: str
+    mode: str
+    last: str | None
+    pending: str | None
+    changes: ChangeSet
+    unstable: tuple[str, ...]
+    problems: tuple[ScanProblem, ...]
+    skipped: tuple[str, ...]
+    files: int
+    hashed: int
+    last_moved_ns: int | None = None
+    pending_moved_ns: int | None = None
+
+
+Outcome = Literal[
+    "started", "unchanged", "in_flight", "baseline",  # begin
+    "promoted", "abandoned", "already_done", "not_pending",  # promote / abandon
+]
+
+
+class CycleResult(msgspec.Struct, frozen=True):
+    """The answer of ``begin``/``promote``/``abandon``.
+
+    * ``started``: a new snapshot is now ``pending``; ``changes`` is what to process.
+    * ``unchanged``: nothing to do (``unstable`` may list files still settling).
+    * ``in_flight``: ``pending`` was already set; ``snapshot`` is it, ``changes`` its diff.
+    * ``baseline``: first run; ``last`` now records the tree, nothing to process.
+    * ``promoted``/``abandoned``: done now. ``already_done``: an earlier call did it.
+    * ``not_pending``: ``pending`` holds another snapshot; nothing was changed.
+    """
+
+    outcome: Outcome
+    snapshot: str | None
+    last: str | None
+    changes: ChangeSet = ChangeSet()
+    unstable: tuple[str, ...] = ()
+    problems: tuple[ScanProblem, ...] = ()
+    message: str = ""
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    id: str | None
+    previous: str | None
+    time_ns: int
+    reason: str
+    counts: Counts | None
+
+
+class GcResult(msgspec.Struct, frozen=True):
+    kept: int
+    removed: int
+    removed_bytes: int
+    temp_files_removed: int
+
+
+class FsckProblem(msgspec.Struct, frozen=True):
+    severity: Literal["error", "warning"]
+    subject: str
+    message: str
+
+
+class FsckReport(msgspec.Struct, frozen=True):
+    objects: int
+    snapshots: int
+    refs: int
+    problems: tuple[FsckProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+def _describe(changes: ChangeSet) -> str:
+    return (
+        f"{len(changes.added)} added, {len(changes.modified)} modified, "
+        f"{len(changes.removed)} removed"
+    )
+
+
+class Repository:
+    """A data root and the state store that records its snapshots."""
+
+    def __init__(self, config: Config, *, sync: bool = True, lock_timeout: float = 5.0) -> None:
+        self.config = config
+        self.store = config.store
+        self.objects = ObjectStore(self.store / "objects", sync=sync)
+        self.refs = RefStore(self.store, sync=sync, lock_timeout=lock_timeout)
+        self.sync = sync
+        self._checked_format = False
+
+    # -- store --------------------------------------------------------------------------
+
+    def _check_format(self, *, create: bool) -> None:
+        if self._checked_format:
+            return
+        store = self.store
+        marker = store / "FORMAT"
+        if store.exists() and not store.is_dir():
+            raise StoreError(str(store), "exists and is not a directory")
+        try:
+            text = marker.read_text().strip()
+        except FileNotFoundError:
+            text = None
+        except OSError as exc:
+            raise StoreError(str(store), f"cannot be read ({exc.strerror})") from exc
+        if text is not None:
+            if not text.isdigit():
+                raise StoreError(str(marker), f"holds {text[:40]!r}, not a format version")
+            if int(text) > FORMAT_VERSION:
+                raise FormatVersionError(f"store {store}", text, FORMAT_VERSION)
+            self._checked_format = True
+            return
+        if not create:
+            return
+        try:
+            for sub in ("objects", "refs", "logs/refs"):
+                (store / sub).mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{FORMAT_VERSION}\n")
+        except OSError as exc:
+            raise StoreError(str(store), f"cannot be created ({exc.strerror})") from exc
+        self._checked_format = True
+
+    # -- reading ------------------------------------------------------------------------
+
+    def find_ref(self, name: str) -> str | None:
+        self._check_format(create=False)
+        return self.refs.find_ref(name)
+
+    def read_snapshot(self, snapshot_id: str) -> Snapshot:
+        return self.objects.read_snapshot(snapshot_id)
+
+    def _ref_snapshot(self, name: str) -> str | None:
+        """The ref's value, checked to name a stored snapshot."""
+        value = self.find_ref(name)
+        if value is not None and self.objects.find_snapshot(value) is None:
+            raise DanglingRefError(name, value, "which is not a snapshot in the store")
+        return value
+
+    def resolve(self, revision: str) -> SnapshotId:
+        """A full id, a unique id prefix (4+ hex), a ref name, or ``REF@{n}``."""
+        self._check_format(create=False)
+        rev = revision.strip()
+        match = _REFLOG_REV_RE.fullmatch(rev)
+        if match:
+            return self._resolve_reflog(rev, match["ref"], int(match["n"]))
+        try:
+            value = self.refs.find_ref(validate_ref_name(rev))
+        except InvalidRefNameError:
+            value = None
+        if value is not None:
+            if self.objects.find_snapshot(value) is None:
+                raise DanglingRefError(rev, value, "which is not a snapshot in the store")
+            return SnapshotId(value)
+        lowered = rev.lower()
+        if is_object_id(lowered):
+            if self.objects.find_snapshot(lowered) is None:
+                raise UnknownRevisionError(revision, "no snapshot with that id")
+            return SnapshotId(lowered)
+        if is_id_prefix(lowered):
+            candidates = [
+                oid
+                for oid in self.objects.iter_ids(lowered)
+                if self.objects.find_snapshot(oid) is not None
+            ]
+            if len(candidates) == 1:
+                return SnapshotId(candidates[0])
+            if len(candidates) > 1:
+                raise AmbiguousRevisionError(revision, candidates)
+        raise UnknownRevisionError(revision)
+
+    def _resolve_reflog(self, revision: str, ref: str, n: int) -> SnapshotId:
+        validate_ref_name(ref)
+        values = [e.new for e in reversed(self.refs.read_reflog(ref))]
+        if not values:
+            raise UnknownRevisionError(revision, f"ref {ref} has no reflog")
+        if n >= len(values):
+            raise UnknownRevisionError(
+                revision, f"ref {ref} has only {len(values)} reflog entries"
+            )
+        value = values[n]
+        if value is None:
+            raise UnknownRevisionError(revision, f"{ref} was unset at that point")
+        if self.objects.find_snapshot(value) is None:
+            raise UnknownRevisionError(revision, f"snapshot {value[:12]} is no longer stored")
+        return SnapshotId(value)
+
+    def iter_files(self, snapshot_id: str) -> Iterator[tuple[str, TreeEntry]]:
+        """Every file of a snapshot as ``(path, entry)``, sorted by path bytes."""
+        snap = self.read_snapshot(snapshot_id)
+        read = tree_reader(self.objects)
+        for path, entry in iter_files(read, snap.root):
+            yield path_to_text(path), entry
+
+    def find_file(self, snapshot_id: str, path: str) -> TreeEntry | None:
+        """The entry of one file in a snapshot, or None."""
+        tree_id = self.read_snapshot(snapshot_id).root
+        *dirs, name = text_to_path(path).split(b"/")
+        for part in dirs:
+            entry = _lookup(self.objects.read_tree(tree_id), part)
+            if entry is None or entry.kind != KIND_TREE:
+                return None
+            tree_id = entry.digest.hex()
+        entry = _lookup(self.objects.read_tree(tree_id), name)
+        return None if entry is None or entry.kind == KIND_TREE else entry
+
+    # -- scanning -----------------------------------------------------------------------
+
+    def scan(
+        self,
+        *,
+        base: str | None,
+        rehash_all: bool = False,
+        on_hash: Callable[[int], None] | None = None,
+        save_cache: bool = True,
+    ) -> ScanResult:
+        """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
+        config = self.config
+        base_root = self.read_snapshot(base).root if base else None
+        cache = StatCache(self.store / "index", config.mode, sync=self.sync) if (
+            config.mode == "content_hash"
+        ) else None
+        skip = frozenset({os.fsencode(self.store)})
+        scanner = Scanner(
+            os.fsencode(config.root),
+            mode=config.mode,
+            cooldown_ns=int(config.cooldown_sec * 1e9),
+            path_filter=PathFilter(config.include, config.exclude),
+            skip_dirs=skip,
+            cache=cache,
+            base=BaseTrees(self.objects, base_root),
+            rehash_all=rehash_all,
+            on_hash=on_hash,
+        )
+        result = scanner.scan()
+        if cache is not None and save_cache and self.store.is_dir():
+            cache.save(result.started_ns)
+        return result
+
+    def _diff_scan(self, base: str | None, result: ScanResult) -> ChangeSet:
+        old_root = self.read_snapshot(base).root if base else EMPTY_TREE_ID
+        read = tree_reader(self.objects, result.trees)
+        return diff_trees(read, old_root, result.root_id)
+
+    def status(
+        self, *, against: str | None = None, on_hash: Callable[[int], None] | None = None
+    ) -> Status:
+        """The working tree against ``against`` (default: ``last``)."""
+        self._check_format(create=False)
+        last = self._ref_snapshot(REF_LAST)
+        pending = self.find_ref(REF_PENDING)
+        base = self.resolve(against) if against is not None else last
+        result = self.scan(base=base, on_hash=on_hash)
+        changes = self._diff_scan(base, result)
+        return Status(
+            root=str(self.config.root),
+            store=str(self.store),
+            mode=self.config.mode,
+            last=last,
+            pending=pending,
+            changes=changes,
+            unstable=tuple(result.unstable),
+            problems=tuple(result.problems),
+            skipped=tuple(result.skipped),
+            files=result.files,
+            hashed=result.hashed,
+            last_moved_ns=self._moved_ns(REF_LAST),
+            pending_moved_ns=self._moved_ns(REF_PENDING),
+        )
+
+    def _moved_ns(self, ref: str) -> int | None:
+        log = self.refs.read_reflog(ref)
+        return log[-1].time_ns if log else None
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _write_snapshot(
+        self, result: ScanResult, parent: str | None, changes: ChangeSet, message: str
+    ) -> SnapshotId:
+        self._check_format(create=True)
+        for oid, data in result.trees.items():
+            if not self.objects.contains(oid):
+                self.objects.write_bytes(data)
+        snap = Snapshot(
+            root=result.root_id,
+            parent=parent,
+            created_ns=time.time_ns(),
+            mode=self.config.mode,
+            data_root=str(self.config.root),
+            counts=Counts(
+                files=result.files,
+                bytes=result.bytes,
+                added=len(changes.added),
+                modified=len(changes.modified),
+                removed=len(changes.removed),
+            ),
+            message=message,
+        )
+        return SnapshotId(self.objects.write_object(snap))
+
+    def snapshot(
+        self,
+        *,
+        message: str = "",
+        ref: str | None = None,
+        on_hash: Callable[[int], None] | None = None,
+    ) -> tuple[SnapshotId, ChangeSet]:
+        """Scan and store a snapshot (parent: ``last``); optionally move ``ref`` to it."""
+        self._check_format(create=True)
+        if ref is not None:
+            validate_ref_name(ref)
+        last = self._ref_snapshot(REF_LAST)
+        result = self.scan(base=last, on_hash=on_hash)
+        changes = self._diff_scan(last, result)
+        snap_id = self._write_snapshot(result, last, changes, message)
+        if ref is not None:
+            self.refs.update_ref(ref, snap_id, reason=f"snapshot: {message or _describe(changes)}")
+        return snap_id, changes
+
+    def reset(self, ref: str, revision: str, *, message: str = "") -> tuple[str | None, str]:
+        """Move ``ref`` to ``revision`` by hand (recorded in the reflog). Returns (old, new)."""
+        validate_ref_name(ref)
+        target = self.resolve(revision)
+        reason = f"reset by hand: {message}" if message else f"reset by hand to {revision}"
+        old = self.refs.update_ref(ref, target, reason=reason)
+        return old, target
+
+    def delete_ref(self, ref: str, *, message: str = "") -> str | None:
+        validate_ref_name(ref)
+        self._check_format(create=False)
+        reason = f"deleted by hand: {message}" if message else "deleted by hand"
+        return self.refs.update_ref(ref, None, reason=reason)
+
+    def diff(self, old: str, new: str | None = None) -> ChangeSet:
+        """Between two revisions, or a revision and the working tree when ``new`` is None."""
+        old_id = self.resolve(old)
+        if new is None:
+            result = self.scan(base=old_id)
+            return self._diff_scan(old_id, result)
+        new_id = self.resolve(new)
+        return self.diff_snapshots(old_id, new_id)
+
+    def diff_snapshots(self, old_id: str | None, new_id: str) -> ChangeSet:
+        old_root = self.read_snapshot(old_id).root if old_id else None
+        return diff_trees(tree_reader(self.objects), old_root, self.read_snapshot(new_id).root)
+
+    def log(self, ref: str = REF_LAST, limit: int | None = None) -> list[LogEntry]:
+        """The moves of ``ref``, newest first."""
+        validate_ref_name(ref)
+        self._check_format(create=False)
+        entries = list(reversed(self.refs.read_reflog(ref)))
+        if limit is not None:
+            entries = entries[:limit]
+        out = []
+        for e in entries:
+            counts = None
+            if e.new is not None:
+                try:
+                    snap = self.objects.find_snapshot(e.new)
+                except ManifestError:
+                    snap = None
+                counts = snap.counts if snap is not None else None
+            out.append(LogEntry(e.new, e.old, e.time_ns, e.reason, counts))
+        return out
+
+    # -- the processing cycle -----------------------------------------------------------
+
+    def begin(self, *, rehash_all: bool = False, reason_prefix: str = "begin") -> CycleResult:
+        """Scan and diff against ``last``; if something changed, set ``pending`` to a new
+        snapshot. If ``pending`` is already set, report it instead of starting another."""
+        self._check_format(create=True)
+        pending = self._ref_snapshot(REF_PENDING)
+        last = self._ref_snapshot(REF_LAST)
+        if pending is not None:
+            return self._in_flight(pending, last)
+        result = self.scan(base=last, rehash_all=rehash_all)
+        unstable, problems = tuple(result.unstable), tuple(result.problems)
+        if last is None and self.config.bootstrap == "baseline":
+            snap_id = self._write_snapshot(result, None, ChangeSet(), "baseline")
+            with self.refs.transaction(REF_LAST) as txn:
+                current = txn.value
+                if current is not None:
+                    return CycleResult("unchanged", None, current, unstable=unstable,
+                                       problems=problems,
+                                       message="another process recorded the baseline")
+                txn.set(snap_id, reason=f"baseline: first scan, {result.files} files")
+            return CycleResult(
+                "baseline", snap_id, snap_id, unstable=unstable, problems=problems,
+                message=f"recorded a baseline of {result.files} files; nothing to process",
+            )
+        changes = self._diff_scan(last, result)
+        if not changes:
+            return CycleResult(
+                "unchanged", None, last, unstable=unstable, problems=problems,
+                message="no changes since last"
+                + (f"; {len(unstable)} file(s) still settling" if unstable else ""),
+            )
+        snap_id = self._write_snapshot(result, last, changes, "")
+        with self.refs.transaction(REF_PENDING) as txn:
+            current = txn.value
+            if current is not None:
+                return self._in_flight(current, last)
+            txn.set(snap_id, expected=None, reason=f"{reason_prefix}: {_describe(changes)}")
+        return CycleResult(
+            "started", snap_id, last, changes, unstable, problems,
+            message=f"pending {snap_id[:12]}: {_describe(changes)}",
+        )
+
+    def _in_flight(self, pending: str, last: str | None) -> CycleResult:
+        changes = self.diff_snapshots(last, pending)
+        return CycleResult(
+            "in_flight", pending, last, changes,
+            message=f"pending {pending[:12]} is already in flight ({_describe(changes)})",
+        )
+
+    def promote(self, snapshot_id: str, *, reason: str = "promoted") -> CycleResult:
+        """Only if ``pending == snapshot_id``: move ``last`` to it and clear ``pending``."""
+        self._check_format(create=True)
+        with self.refs.transaction(REF_PENDING) as pending_txn:
+            pending = pending_txn.value
+            if pending != snapshot_id:
+                last = self.refs.find_ref(REF_LAST)
+                if last == snapshot_id:
+                    return CycleResult("already_done", snapshot_id, last,
+                                       message=f"{snapshot_id[:12]} is already last")
+                return CycleResult(
+                    "not_pending", pending, last,
+                    message=f"pending is {pending[:12] if pending else 'unset'}, not "
+                    f"{snapshot_id[:12]}; nothing promoted",
+                )
+            with self.refs.transaction(REF_LAST) as last_txn:
+                last_txn.set(snapshot_id, reason=reason)
+            pending_txn.set(None, reason=reason)
+        return CycleResult("promoted", snapshot_id, snapshot_id,
+                           message=f"last is now {snapshot_id[:12]}")
+
+    def abandon(self, snapshot_id: str, *, reason: str = "abandoned") -> CycleResult:
+        """Only if ``pending == snapshot_id``: clear it and keep ``last``."""
+        self._check_format(create=True)
+        with self.refs.transaction(REF_PENDING) as txn:
+            pending = txn.value
+            last = self.refs.find_ref(REF_LAST)
+            if pending is None:
+                return CycleResult("already_done", snapshot_id, last,
+                                   message="nothing pending")
+            if pending != snapshot_id:
+                return CycleResult(
+                    "not_pending", pending, last,
+                    message=f"pending is {pending[:12]}, not {snapshot_id[:12]}; kept",
+                )
+            txn.set(None, reason=reason)
+        return CycleResult("abandoned", snapshot_id, last,
+                           message=f"abandoned {snapshot_id[:12]}; last stays "
+                           f"{last[:12] if last else 'unset'}")
+
+    # -- maintenance --------------------------------------------------------------------
+
+    def _roots(self) -> set[str]:
+        roots = {v for _, v in self.refs.iter_refs() if v is not None}
+        for name in self.refs.iter_reflog_names():
+            for entry in self.refs.read_reflog(name):
+                roots.update(x for x in (entry.old, entry.new) if x is not None)
+        return roots
+
+    def _reachable(self, roots: set[str], missing: list[tuple[str, str]] | None = None) -> set[str]:
+        """Snapshots in ``roots`` and their trees (parents are history, not followed)."""
+        seen: set[str] = set()
+        stack: list[tuple[str, str]] = [(r, "ref") for r in roots]
+        while stack:
+            oid, wanted_by = stack.pop()
+            if oid in seen:
+                continue
+            try:
+                obj = self.objects.read_object(oid)
+            except ObjectNotFoundError:
+                if missing is not None:
+                    missing.append((oid, wanted_by))
+                continue
+            except CorruptObjectError:
+                seen.add(oid)
+                continue
+            seen.add(oid)
+            if isinstance(obj, Snapshot):
+                stack.append((obj.root, f"snapshot {oid}"))
+            elif isinstance(obj, Tree):
+                stack.extend(
+                    (e.digest.hex(), f"tree {oid}") for e in obj.entries if e.kind == KIND_TREE
+                )
+        return seen
+
+    def gc(self, *, grace_seconds: float = GC_GRACE_SECONDS) -> GcResult:
+        """Delete objects reachable from no ref or reflog entry (and stale temp files).
+
+        Objects younger than ``grace_seconds`` are kept: a concurrent ``begin`` may have
+        written them and not yet pointed a ref at them."""
+        self._check_format(create=False)
+        if not self.store.is_dir():
+            return GcResult(0, 0, 0, 0)
+        reachable = self._reachable(self._roots())
+        cutoff = time.time() - grace_seconds
+        kept = removed = removed_bytes = temps = 0
+        for oid in list(self.objects.iter_ids()):
+            if oid in reachable:
+                kept += 1
+                continue
+            path = self.objects.path / oid[:2] / oid[2:]
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_mtime > cutoff:
+                kept += 1
+                continue
+            self.objects.delete(oid)
+            removed += 1
+            removed_bytes += st.st_size
+        for tmp in self.objects.iter_temp_files():
+            age = lock_age(tmp)
+            if age is not None and age > grace_seconds:
+                tmp.unlink(missing_ok=True)
+                temps += 1
+        return GcResult(kept, removed, removed_bytes, temps)
+
+    def fsck(self) -> FsckReport:
+        """Verify every object, ref and reflog; list what is wrong."""
+        self._check_format(create=False)
+        problems: list[FsckProblem] = []
+        snapshots = 0
+        count = 0
+        for oid in self.objects.iter_ids():
+            count += 1
+            try:
+                obj = self.objects.read_object(oid)
+            except ManifestError as exc:
+                problems.append(FsckProblem("error", f"object {oid}", str(exc)))
+                continue
+            if isinstance(obj, Snapshot):
+                snapshots += 1
+                if obj.format > FORMAT_VERSION:
+                    problems.append(FsckProblem(
+                        "error", f"snapshot {oid}", f"format {obj.format} is too new"))
+        missing: list[tuple[str, str]] = []
+        self._reachable(self._roots(), missing)
+        for oid, wanted_by in missing:
+            problems.append(FsckProblem("error", f"object {oid}", f"missing, wanted by {wanted_by}"))
+        refs = 0
+        for name, value in self.refs.iter_refs():
+            refs += 1
+            if value is None:
+                problems.append(FsckProblem("error", f"ref {name}", "does not hold a snapshot id"))
+            elif self.objects.find_snapshot(value) is None:
+                problems.append(FsckProblem(
+                    "error", f"ref {name}", f"points at {value}, which is not a stored snapshot"))
+        for name in self.refs.iter_reflog_names():
+            for detail in self.refs.iter_reflog_problems(name):
+                problems.append(FsckProblem("warning", f"reflog {name}", detail))
+        for lock in self.refs.iter_lock_files():
+            age = lock_age(lock)
+            problems.append(FsckProblem(
+                "warning", str(lock),
+                f"lock file present ({age:.0f}s old); if no manifest process or Dagster tick is "
+                "running, remove it" if age is not None else "lock file present"))
+        for tmp in self.objects.iter_temp_files():
+            problems.append(FsckProblem(
+                "warning", str(tmp), "leftover of an interrupted write; `manifest gc` removes it"))
+        return FsckReport(count, snapshots, refs, tuple(problems))
+
+
+def _lookup(tree: Tree, name: bytes) -> TreeEntry | None:
+    for entry in tree.entries:
+        if entry.name == name:
+            return entry
+    return None
+
+
+def open_repository(config: Config | None = None, **overrides: object) -> Repository:
+    """A repository for ``config`` (default: from the environment)."""
+    from manifest.config import load_config
+
+    return Repository(config if config is not None else load_config(**overrides))  # type: ignore[arg-type]
+
+
+__all__ = [
+    "REF_LAST",
+    "REF_PENDING",
+    "CycleResult",
+    "FsckProblem",
+    "FsckReport",
+    "GcResult",
+    "LogEntry",
+    "Repository",
+    "Status",
+    "open_repository",
+]
