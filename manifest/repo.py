@@ -41,7 +41,7 @@ from manifest.model import (
 )
 from manifest.objects import ObjectStore, is_id_prefix, is_object_id
 from manifest.refs import REF_LAST, REF_PENDING, RefStore, validate_ref_name
-from manifest.scan import EMPTY_TREE_ID, BaseTrees, Scanner, ScanProblem, ScanResult
+from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 
 GC_GRACE_SECONDS: Final = 3600.0
 _REFLOG_REV_RE = re.compile(r"(?P<ref>.+)@\{(?P<n>\d+)\}")
@@ -288,7 +288,7 @@ class Repository:
         return result
 
     def _diff_scan(self, base: str | None, result: ScanResult) -> ChangeSet:
-        old_root = self.read_snapshot(base).root if base else EMPTY_TREE_ID
+        old_root = self.read_snapshot(base).root if base else None
         read = tree_reader(self.objects, result.trees)
         return diff_trees(read, old_root, result.root_id)
 

@@ -198,12 +198,14 @@ class Scanner:
         message = exc if isinstance(exc, str) else (exc.strerror or str(exc))
         self.problems.append(ScanProblem(path_to_text(rel), message))
 
+    def _list_dir(self, abs_dir: bytes) -> list[os.DirEntry[bytes]]:
+        with os.scandir(abs_dir) as it:
+            return list(it)
+
     def _scan_dir(self, abs_dir: bytes, rel_dir: bytes) -> list[TreeEntry]:
         entries: list[TreeEntry] = []
         filt = self.filter
-        with os.scandir(abs_dir) as it:
-            listing = list(it)
-        for entry in listing:
+        for entry in self._list_dir(abs_dir):
             name = entry.name
             rel = rel_dir + name
             try:

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from manifest import Repository, load_config
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=60, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "dev", max_examples=100, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+OLD = 60.0  # seconds: default age of test files, safely outside any cooldown/racy window
+
+
+def write(path: Path, content: str | bytes, *, age: float = OLD) -> Path:
+    """Write a file and date it ``age`` seconds in the past."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    path.write_bytes(data)
+    stamp = time.time_ns() - int(age * 1e9)
+    os.utime(path, ns=(stamp, stamp))
+    return path
+
+
+def touch(path: Path, *, age: float = OLD / 2) -> None:
+    stamp = time.time_ns() - int(age * 1e9)
+    os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    root = tmp_path / "raw"
+    write(root / "concepts" / "concepts_metadata.csv", "concept_id,name\nc1,tide\nc2,ember\n")
+    write(root / "concepts" / "descriptions" / "c1.txt", "The tide.\n")
+    write(root / "concepts" / "descriptions" / "c2.txt", "An ember.\n")
+    write(root / "link_templates.csv", "template_id,template_file\nanalogy,links/analogy.txt\n")
+    write(root / "links" / "analogy.txt", "{concept_a} is like {concept_b}\n")
+    return root
+
+
+MakeRepo = Callable[..., Repository]
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
+    def make(**overrides: object) -> Repository:
+        kwargs: dict[str, object] = {
+            "root": raw, "store": tmp_path / "state", "cooldown_sec": 0, "env": {},
+        }
+        kwargs.update(overrides)
+        return Repository(load_config(**kwargs), lock_timeout=2.0)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def repo(make_repo: MakeRepo) -> Repository:
+    return make_repo()

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+import manifest.fingerprint
+from manifest import ChangeSet
+from manifest.fingerprint import RACY_NS, StatCache, hash_file
+from manifest.model import decode_index
+
+from .conftest import MakeRepo, touch, write
+
+
+def test_hash_file_is_blake3_of_the_bytes(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    path = write(tmp_path / "f.bin", data)
+    digest, st = hash_file(path)
+    assert digest == blake3(data).digest()
+    assert st.st_size == len(data)
+
+
+def test_large_files_hash_with_mmap_and_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest.fingerprint, "MMAP_THRESHOLD", 1024)
+    calls: list[str] = []
+    real = manifest.fingerprint.blake3
+
+    class Spy:
+        AUTO = real.AUTO
+
+        def __init__(self, **kwargs: object) -> None:
+            calls.append(f"threads={kwargs.get('max_threads')}")
+            self.inner = real(**kwargs)
+
+        def update_mmap(self, path: str) -> None:
+            calls.append(path)
+            self.inner.update_mmap(path)
+
+        def digest(self) -> bytes:
+            return self.inner.digest()
+
+    monkeypatch.setattr(manifest.fingerprint, "blake3", Spy)
+    data = os.urandom(5000)
+    path = write(tmp_path / "big.bin", data)
+    digest, _ = hash_file(path)
+    assert digest == blake3(data).digest()
+    assert calls == [f"threads={real.AUTO}", str(path)]
+
+
+def test_hash_file_refuses_a_fifo_without_hanging(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "p")
+    with pytest.raises(manifest.fingerprint.NotRegularFile):
+        hash_file(tmp_path / "p")
+
+
+def test_mtime_size_fingerprint_sees_a_touch(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(mode="mtime_size")
+    repo.begin()
+    touch(raw / "link_templates.csv")
+    assert repo.status().changes == ChangeSet(modified=("link_templates.csv",))
+
+
+def test_content_hash_touch_without_edit_is_no_change(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    repo.begin()
+    touch(raw / "link_templates.csv")
+    status = repo.status()
+    assert status.changes == ChangeSet()
+    assert status.hashed == 1  # the stat changed, so exactly that file was re-read
+
+
+def test_stat_cache_avoids_rehashing_unchanged_files(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    repo.begin()  # baseline hashes everything and saves the cache
+    assert repo.status().hashed == 0
+    write(raw / "link_templates.csv", "template_id,template_file\nnew,links/new.txt\n")
+    status = repo.status()
+    assert status.hashed == 1
+    assert status.changes == ChangeSet(modified=("link_templates.csv",))
+    assert repo.status().hashed == 0  # the new stat is cached now
+
+
+def test_same_size_edit_is_a_change_in_content_mode(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    repo.begin()
+    path = raw / "concepts" / "descriptions" / "c1.txt"
+    before = path.stat()
+    write(path, "The TIDE.\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime
+    assert repo.status().changes == ChangeSet(modified=("concepts/descriptions/c1.txt",))
+
+
+def test_racy_entries_are_smudged_and_rehashed(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.csv", "aaaa", age=0)
+    st = path.stat()
+    cache = StatCache(tmp_path / "index", "content_hash")
+    cache.record(b"f.csv", st, blake3(b"aaaa").digest())
+    # The stat was taken in the same tick as the file's mtime: racy.
+    assert cache.save(scan_started_ns=st.st_mtime_ns)
+    saved = decode_index((tmp_path / "index").read_bytes())
+    assert [e.size for e in saved.entries] == [-1]
+    reloaded = StatCache(tmp_path / "index", "content_hash")
+    assert reloaded.lookup(b"f.csv", st) is None  # must re-hash, even though the stat matches
+    # Once the mtime is safely older than the scan, the entry is trusted.
+    reloaded.record(b"f.csv", st, blake3(b"aaaa").digest())
+    assert reloaded.save(scan_started_ns=st.st_mtime_ns + RACY_NS + 1)
+    trusted = StatCache(tmp_path / "index", "content_hash")
+    assert trusted.lookup(b"f.csv", st) == blake3(b"aaaa").digest()
+
+
+def test_racy_same_tick_edit_is_detected_end_to_end(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(cooldown_sec=0)
+    repo.begin()
+    path = raw / "link_templates.csv"
+    size = path.stat().st_size
+    write(path, b"A" * size, age=0)  # fresh: recorded racy in the cache
+    first = repo.status()
+    assert first.changes == ChangeSet(modified=("link_templates.csv",))
+    st = path.stat()
+    path.write_bytes(b"B" * size)  # same size...
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...same mtime tick
+    assert repo.status().hashed >= 1
+    snap, _ = repo.snapshot()
+    entry = repo.find_file(snap, "link_templates.csv")
+    assert entry is not None and entry.digest == blake3(b"B" * size).digest()
+
+
+def test_corrupt_cache_is_rebuilt_not_fatal(make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo = make_repo()
+    repo.begin()
+    (tmp_path / "state" / "index").write_bytes(b"\x00garbage")
+    status = repo.status()
+    assert status.changes == ChangeSet() and status.hashed == 5
+    assert repo.status().hashed == 0
+
+
+def test_cache_keeps_the_clock_out_of_the_snapshot(make_repo: MakeRepo, raw: Path) -> None:
+    """In content mode the tree holds no mtimes: the root id is a content fingerprint."""
+    repo = make_repo()
+    repo.begin()
+    first = repo.read_snapshot(repo.resolve("last")).root
+    for path in raw.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))
+    snap, _ = repo.snapshot()
+    assert repo.read_snapshot(snap).root == first

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from manifest.errors import CorruptObjectError, ObjectNotFoundError
+from manifest.model import (
+    Counts,
+    Snapshot,
+    Tree,
+    TreeEntry,
+    decode_object,
+    encode_object,
+)
+from manifest.objects import ObjectStore, object_id
+
+entries = st.builds(
+    TreeEntry,
+    name=st.binary(min_size=1, max_size=20),
+    kind=st.integers(0, 2),
+    size=st.integers(0, 2**40),
+    mtime_ns=st.integers(0, 2**62),
+    digest=st.binary(max_size=32),
+)
+trees = st.builds(Tree, entries=st.lists(entries, max_size=8).map(tuple))
+snapshots = st.builds(
+    Snapshot,
+    root=st.text("0123456789abcdef", min_size=64, max_size=64),
+    parent=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+    created_ns=st.integers(0, 2**62),
+    mode=st.sampled_from(["content_hash", "mtime_size"]),
+    data_root=st.text(max_size=30),
+    counts=st.builds(Counts, *(st.integers(0, 10**9) for _ in range(5))),
+    message=st.text(max_size=30),
+)
+
+
+@given(obj=trees | snapshots)
+def test_codec_round_trip(obj: Tree | Snapshot) -> None:
+    data = encode_object(obj)
+    assert decode_object(data) == obj
+    assert encode_object(decode_object(data)) == data  # canonical
+
+
+def test_write_read_round_trip_and_fan_out(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    tree = Tree(entries=(TreeEntry(b"a.csv", 0, 3, 0, b"\x01" * 32),))
+    oid = store.write_object(tree)
+    assert oid == object_id(encode_object(tree))
+    assert (tmp_path / "objects" / oid[:2] / oid[2:]).is_file()
+    assert store.read_tree(oid) == tree
+    assert store.write_object(tree) == oid  # idempotent
+    assert list(store.iter_ids()) == [oid]
+
+
+def test_corruption_is_detected_on_read(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    oid = store.write_object(Tree(entries=()))
+    path = tmp_path / "objects" / oid[:2] / oid[2:]
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"!")
+    with pytest.raises(CorruptObjectError, match=f"corrupt object {oid}"):
+        store.read_object(oid)
+
+
+def test_missing_and_malformed_ids(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    with pytest.raises(ObjectNotFoundError):
+        store.read_object("0" * 64)
+    with pytest.raises(ObjectNotFoundError, match="not 64 hex"):
+        store.read_object("../../etc/passwd")

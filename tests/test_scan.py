@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import manifest.repo
+import manifest.scan
+from manifest import ChangeSet
+from manifest.errors import RootError
+from manifest.model import path_to_text, text_to_path
+from manifest.scan import Scanner, ScanProblem
+
+from .conftest import MakeRepo, touch, write
+
+
+def test_clean_tree_after_baseline(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    assert repo.begin().outcome == "baseline"
+    status = repo.status()
+    assert status.changes == ChangeSet()
+    assert status.files == 5
+
+
+def test_paths_are_relative_posix_and_sorted(make_repo: MakeRepo) -> None:
+    repo = make_repo(bootstrap="all")
+    result = repo.begin()
+    assert result.changes.added == (
+        "concepts/concepts_metadata.csv",
+        "concepts/descriptions/c1.txt",
+        "concepts/descriptions/c2.txt",
+        "link_templates.csv",
+        "links/analogy.txt",
+    )
+
+
+def test_include_and_exclude_globs(make_repo: MakeRepo) -> None:
+    repo = make_repo(bootstrap="all", include=("**/*.csv", "links/**"), exclude=("links/**",))
+    assert repo.begin().changes.added == ("concepts/concepts_metadata.csv", "link_templates.csv")
+
+
+def test_symlinks_are_recorded_not_followed(make_repo: MakeRepo, raw: Path, tmp_path: Path) -> None:
+    outside = write(tmp_path / "outside" / "secret.csv", "s\n")
+    (raw / "link_to_file.csv").symlink_to(outside)
+    (raw / "link_to_dir").symlink_to(outside.parent, target_is_directory=True)
+    repo = make_repo(bootstrap="all")
+    added = repo.begin().changes.added
+    assert "link_to_file.csv" in added and "link_to_dir" in added
+    assert not any(p.startswith("link_to_dir/") for p in added)
+    snap = repo.find_ref("pending")
+    assert snap is not None
+    entry = repo.find_file(snap, "link_to_file.csv")
+    assert entry is not None and entry.kind == manifest.model.KIND_SYMLINK
+    # Editing the target outside the tree changes nothing; re-pointing the link does.
+    assert repo.promote(snap).outcome == "promoted"
+    write(outside, "changed\n")
+    assert repo.status().changes == ChangeSet()
+    (raw / "link_to_file.csv").unlink()
+    (raw / "link_to_file.csv").symlink_to(tmp_path / "elsewhere.csv")
+    assert repo.status().changes == ChangeSet(modified=("link_to_file.csv",))
+
+
+def test_fifo_and_socket_are_skipped_without_opening(make_repo: MakeRepo, raw: Path) -> None:
+    os.mkfifo(raw / "pipe.csv")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(raw / "sock"))
+    try:
+        repo = make_repo(bootstrap="all")
+        done: list[object] = []
+        worker = threading.Thread(target=lambda: done.append(repo.begin()), daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        assert done, "scanning a FIFO hung"
+        result = done[0]
+        assert isinstance(result, manifest.repo.CycleResult)
+        assert "pipe.csv" not in result.changes.added and "sock" not in result.changes.added
+        assert repo.status().skipped == ("pipe.csv", "sock")
+    finally:
+        sock.close()
+
+
+def test_store_under_root_is_never_entered(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(store=raw / ".state", bootstrap="all")
+    first = repo.begin()
+    assert not any(p.startswith(".state") for p in first.changes.added)
+    assert first.snapshot is not None
+    repo.promote(first.snapshot)
+    assert repo.status().changes == ChangeSet()
+
+
+def test_vanished_file_is_simply_absent(make_repo: MakeRepo, raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    victim = raw / "link_templates.csv"
+
+    class Racing(Scanner):
+        def _list_dir(self, abs_dir: bytes) -> list[os.DirEntry[bytes]]:
+            listing = super()._list_dir(abs_dir)
+            if abs_dir == os.fsencode(raw):
+                victim.unlink()  # gone between listing and stat
+            return listing
+
+    monkeypatch.setattr(manifest.repo, "Scanner", Racing)
+    repo = make_repo(bootstrap="all")
+    result = repo.begin()
+    assert "link_templates.csv" not in result.changes.added
+    assert result.problems == ()
+
+
+def test_unreadable_file_is_a_problem_not_a_removal(
+    make_repo: MakeRepo, raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo()
+    repo.begin()
+    target = raw / "concepts" / "concepts_metadata.csv"
+    write(target, "concept_id,name\nc1,tide\n")  # modified, but we cannot read it
+    real_hash = manifest.scan.hash_file
+
+    def deny(path: bytes | str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+        if os.fsencode(path) == os.fsencode(target):
+            raise PermissionError(13, "Permission denied")
+        return real_hash(path)
+
+    monkeypatch.setattr(manifest.scan, "hash_file", deny)
+    status = repo.status()
+    assert status.changes == ChangeSet()
+    assert status.problems == (ScanProblem("concepts/concepts_metadata.csv", "Permission denied"),)
+    monkeypatch.undo()
+    assert repo.status().changes == ChangeSet(modified=("concepts/concepts_metadata.csv",))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_by_permissions(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    repo.begin()
+    target = raw / "link_templates.csv"
+    write(target, "changed\n")
+    target.chmod(0)
+    try:
+        status = repo.status()
+        assert status.changes == ChangeSet()
+        assert [p.path for p in status.problems] == ["link_templates.csv"]
+    finally:
+        target.chmod(0o644)
+
+
+def test_unreadable_directory_is_a_problem_and_keeps_its_files(
+    make_repo: MakeRepo, raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo()
+    repo.begin()
+    blocked = os.fsencode(raw / "concepts" / "descriptions")
+
+    class Denied(Scanner):
+        def _list_dir(self, abs_dir: bytes) -> list[os.DirEntry[bytes]]:
+            if abs_dir == blocked:
+                raise PermissionError(13, "Permission denied")
+            return super()._list_dir(abs_dir)
+
+    monkeypatch.setattr(manifest.repo, "Scanner", Denied)
+    status = repo.status()
+    assert status.changes == ChangeSet()
+    assert status.problems == (ScanProblem("concepts/descriptions", "Permission denied"),)
+    assert status.files == 5
+
+
+def test_non_utf8_names_round_trip(make_repo: MakeRepo, raw: Path) -> None:
+    name = b"caf\xe9-\xff.csv"
+    path = os.fsencode(raw) + b"/" + name
+    with open(path, "wb") as fh:
+        fh.write(b"x\n")
+    stamp = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(stamp, stamp))
+    repo = make_repo(bootstrap="all")
+    result = repo.begin()
+    text = path_to_text(name)
+    assert text in result.changes.added
+    assert text_to_path(text) == name
+    assert result.snapshot is not None
+    assert repo.find_file(result.snapshot, text) is not None
+    repo.promote(result.snapshot)
+    os.unlink(path)
+    assert repo.status().changes == ChangeSet(removed=(text,))
+
+
+def test_missing_root_and_file_root_are_clear_errors(make_repo: MakeRepo, tmp_path: Path) -> None:
+    with pytest.raises(RootError, match="does not exist"):
+        make_repo(root=tmp_path / "nope").status()
+    write(tmp_path / "afile", "x")
+    with pytest.raises(RootError, match="not a directory"):
+        make_repo(root=tmp_path / "afile").status()
+
+
+def test_empty_folders_are_not_recorded(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    repo.begin()
+    (raw / "empty" / "deeper").mkdir(parents=True)
+    assert repo.status().changes == ChangeSet()
+
+
+# -- cooldown ---------------------------------------------------------------------------
+
+
+def test_fresh_file_is_unstable_and_not_yet_added(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(cooldown_sec=30)
+    repo.begin()
+    write(raw / "new.csv", "n\n", age=0)
+    result = repo.begin()
+    assert result.outcome == "unchanged"
+    assert result.unstable == ("new.csv",)
+    touch(raw / "new.csv", age=31)
+    result = repo.begin()
+    assert result.outcome == "started"
+    assert result.changes == ChangeSet(added=("new.csv",))
+
+
+def test_unstable_edit_keeps_old_entry_and_is_never_removed(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(cooldown_sec=30)
+    repo.begin()
+    write(raw / "link_templates.csv", "being written", age=1)
+    status = repo.status()
+    assert status.changes == ChangeSet()
+    assert status.unstable == ("link_templates.csv",)
+    snap, _ = repo.snapshot()
+    assert repo.find_file(snap, "link_templates.csv") == repo.find_file(
+        repo.resolve("last"), "link_templates.csv"
+    )
+
+
+def test_mtime_mode_treats_racy_mtimes_as_unstable_even_without_cooldown(
+    make_repo: MakeRepo, raw: Path
+) -> None:
+    repo = make_repo(mode="mtime_size", cooldown_sec=0)
+    repo.begin()
+    write(raw / "link_templates.csv", "same size edit!!!", age=0)
+    status = repo.status()
+    assert status.unstable == ("link_templates.csv",)
+    assert status.changes == ChangeSet()
