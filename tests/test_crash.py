@@ -1,0 +1,80 @@
+"""Kill a process in the middle of snapshot and ref writes, many times; the store stays sound."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from manifest import Repository, load_config
+
+from .conftest import write
+
+CHILD = r"""
+import os, sys, time
+from manifest import Repository, load_config
+root, store, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}), lock_timeout=0.5)
+i = 0
+print("ready", flush=True)
+while True:
+    i += 1
+    path = os.path.join(root, f"d{i % 7}", f"f{(seed * 31 + i) % 13}.csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(f"{seed},{i}\n" * (i % 50 + 1))
+    old = time.time_ns() - 10**10
+    os.utime(path, ns=(old, old))
+    result = repo.begin()
+    if result.snapshot and result.outcome in ("started", "in_flight"):
+        if i % 3:
+            repo.promote(result.snapshot, reason=f"promoted {i}")
+        else:
+            repo.abandon(result.snapshot, reason=f"abandoned {i}")
+    if i % 5 == 0:
+        repo.snapshot(ref="manual", message=str(i))
+"""
+
+
+def test_killed_writers_leave_a_sound_store(tmp_path: Path) -> None:
+    root, store = tmp_path / "raw", tmp_path / "state"
+    write(root / "seed.csv", "seed\n")
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(25):
+        for lock in store.rglob("*.lock") if store.exists() else []:
+            lock.unlink()  # what an operator does after a crash (fsck names them)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root), str(store), str(attempt)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"ready", child.stderr.read() if child.stderr else ""
+        time.sleep(rng.uniform(0.01, 0.25))
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            kills += 1
+        child.wait()
+        assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
+    assert kills == 25
+    repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}))
+    report = repo.fsck()
+    errors = [p for p in report.problems if p.severity == "error"]
+    assert errors == [], errors
+    assert report.snapshots > 0
+    for name, value in repo.refs.iter_refs():
+        assert value is not None, name
+        snap = repo.read_snapshot(value)
+        list(repo.iter_files(value))  # every tree of every ref'd snapshot is complete
+        assert snap.counts.files >= 1
+    # And the cycle still works.
+    for lock in store.rglob("*.lock"):
+        lock.unlink()
+    pending = repo.find_ref("pending")
+    if pending:
+        repo.abandon(pending)
+    assert repo.begin().outcome in ("started", "unchanged")
