@@ -59,13 +59,13 @@ def _split_globs(text: str) -> tuple[str, ...]:
 def parse_hash_mode(value: str, variable: str = ENV_HASH_MODE) -> HashMode:
     if value not in HASH_MODES:
         raise ConfigError(variable, value, " or ".join(HASH_MODES))
-    return value  # type: ignore[return-value]
+    return value
 
 
 def parse_bootstrap(value: str, variable: str = ENV_BOOTSTRAP) -> Bootstrap:
     if value not in BOOTSTRAPS:
         raise ConfigError(variable, value, " or ".join(BOOTSTRAPS))
-    return value  # type: ignore[return-value]
+    return value
 
 
 def parse_cooldown(value: str | float, variable: str = ENV_COOLDOWN) -> float:

@@ -32,7 +32,9 @@ def tree_reader(objects: ObjectStore, extra: Mapping[str, bytes] | None = None) 
     return read
 
 
-def iter_files(read: TreeReader, tree_id: str, prefix: bytes = b"") -> Iterator[tuple[bytes, TreeEntry]]:
+def iter_files(
+    read: TreeReader, tree_id: str, prefix: bytes = b""
+) -> Iterator[tuple[bytes, TreeEntry]]:
     """Every non-tree entry below ``tree_id`` as ``(relative path, entry)``, in path order."""
     for entry in read(tree_id).entries:
         path = prefix + entry.name

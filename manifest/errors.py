@@ -84,9 +84,7 @@ class ObjectNotFoundError(ManifestError):
         self.object_id = object_id
         self.wanted_by = wanted_by
         by = f" (referenced by {wanted_by})" if wanted_by else ""
-        super().__init__(
-            f"object {object_id} is missing from the store{by}; run `manifest fsck`"
-        )
+        super().__init__(f"object {object_id} is missing from the store{by}; run `manifest fsck`")
 
 
 class UnknownRevisionError(ManifestError):
@@ -97,7 +95,7 @@ class UnknownRevisionError(ManifestError):
         extra = f" ({detail})" if detail else ""
         super().__init__(
             f"unknown revision {revision!r}{extra}; use a snapshot id, a unique id prefix "
-            "(4+ hex digits), a ref name such as 'last', or REF@{{n}} (see `manifest log`)"
+            "(4+ hex digits), a ref name such as 'last', or REF@{n} (see `manifest log`)"
         )
 
 

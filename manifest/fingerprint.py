@@ -122,9 +122,9 @@ class StatCache:
             return False
         threshold = scan_started_ns - RACY_NS
         entries = [
-            e if e.mtime_ns < threshold or e.size < 0 else IndexEntry(
-                e.path, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest
-            )
+            e
+            if e.mtime_ns < threshold or e.size < 0
+            else IndexEntry(e.path, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
             for _, e in sorted(self.new.items())
         ]
         data = encode_index(Index(format=FORMAT_VERSION, mode=self.mode, entries=entries))

@@ -3,6 +3,7 @@ out like git's ``objects/ab/cdef...``. Writes are atomic and idempotent; every r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -153,7 +154,5 @@ class ObjectStore:
                     yield folder / name
 
     def delete(self, oid: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._object_path(oid))
-        except FileNotFoundError:
-            pass

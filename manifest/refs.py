@@ -124,7 +124,7 @@ class RefStore:
         new: str | None,
         *,
         reason: str,
-        expected: str | None | object = _ANY,
+        expected: str | object | None = _ANY,
     ) -> str | None:
         """Set ``name`` to ``new`` (None deletes it) if it holds ``expected``; returns old."""
         with self.transaction(name) as txn:
@@ -198,7 +198,7 @@ class RefTransaction:
         new: str | None,
         *,
         reason: str,
-        expected: str | None | object = _ANY,
+        expected: str | object | None = _ANY,
     ) -> str | None:
         refs = self.refs
         old = refs.find_ref(self.name)

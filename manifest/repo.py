@@ -64,8 +64,14 @@ class Status(msgspec.Struct, frozen=True):
 
 
 Outcome = Literal[
-    "started", "unchanged", "in_flight", "baseline",  # begin
-    "promoted", "abandoned", "already_done", "not_pending",  # promote / abandon
+    "started",
+    "unchanged",
+    "in_flight",
+    "baseline",  # begin
+    "promoted",
+    "abandoned",
+    "already_done",
+    "not_pending",  # promote / abandon
 ]
 
 
@@ -225,9 +231,7 @@ class Repository:
         if not values:
             raise UnknownRevisionError(revision, f"ref {ref} has no reflog")
         if n >= len(values):
-            raise UnknownRevisionError(
-                revision, f"ref {ref} has only {len(values)} reflog entries"
-            )
+            raise UnknownRevisionError(revision, f"ref {ref} has only {len(values)} reflog entries")
         value = values[n]
         if value is None:
             raise UnknownRevisionError(revision, f"{ref} was unset at that point")
@@ -267,9 +271,11 @@ class Repository:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
         config = self.config
         base_root = self.read_snapshot(base).root if base else None
-        cache = StatCache(self.store / "index", config.mode, sync=self.sync) if (
-            config.mode == "content_hash"
-        ) else None
+        cache = (
+            StatCache(self.store / "index", config.mode, sync=self.sync)
+            if (config.mode == "content_hash")
+            else None
+        )
         skip = frozenset({os.fsencode(self.store)})
         scanner = Scanner(
             os.fsencode(config.root),
@@ -430,18 +436,31 @@ class Repository:
             with self.refs.transaction(REF_LAST) as txn:
                 current = txn.value
                 if current is not None:
-                    return CycleResult("unchanged", None, current, unstable=unstable,
-                                       problems=problems,
-                                       message="another process recorded the baseline")
+                    return CycleResult(
+                        "unchanged",
+                        None,
+                        current,
+                        unstable=unstable,
+                        problems=problems,
+                        message="another process recorded the baseline",
+                    )
                 txn.set(snap_id, reason=f"baseline: first scan, {result.files} files")
             return CycleResult(
-                "baseline", snap_id, snap_id, unstable=unstable, problems=problems,
+                "baseline",
+                snap_id,
+                snap_id,
+                unstable=unstable,
+                problems=problems,
                 message=f"recorded a baseline of {result.files} files; nothing to process",
             )
         changes = self._diff_scan(last, result)
         if not changes:
             return CycleResult(
-                "unchanged", None, last, unstable=unstable, problems=problems,
+                "unchanged",
+                None,
+                last,
+                unstable=unstable,
+                problems=problems,
                 message="no changes since last"
                 + (f"; {len(unstable)} file(s) still settling" if unstable else ""),
             )
@@ -452,14 +471,22 @@ class Repository:
                 return self._in_flight(current, last)
             txn.set(snap_id, expected=None, reason=f"{reason_prefix}: {_describe(changes)}")
         return CycleResult(
-            "started", snap_id, last, changes, unstable, problems,
+            "started",
+            snap_id,
+            last,
+            changes,
+            unstable,
+            problems,
             message=f"pending {snap_id[:12]}: {_describe(changes)}",
         )
 
     def _in_flight(self, pending: str, last: str | None) -> CycleResult:
         changes = self.diff_snapshots(last, pending)
         return CycleResult(
-            "in_flight", pending, last, changes,
+            "in_flight",
+            pending,
+            last,
+            changes,
             message=f"pending {pending[:12]} is already in flight ({_describe(changes)})",
         )
 
@@ -471,18 +498,25 @@ class Repository:
             if pending != snapshot_id:
                 last = self.refs.find_ref(REF_LAST)
                 if last == snapshot_id:
-                    return CycleResult("already_done", snapshot_id, last,
-                                       message=f"{snapshot_id[:12]} is already last")
+                    return CycleResult(
+                        "already_done",
+                        snapshot_id,
+                        last,
+                        message=f"{snapshot_id[:12]} is already last",
+                    )
                 return CycleResult(
-                    "not_pending", pending, last,
+                    "not_pending",
+                    pending,
+                    last,
                     message=f"pending is {pending[:12] if pending else 'unset'}, not "
                     f"{snapshot_id[:12]}; nothing promoted",
                 )
             with self.refs.transaction(REF_LAST) as last_txn:
                 last_txn.set(snapshot_id, reason=reason)
             pending_txn.set(None, reason=reason)
-        return CycleResult("promoted", snapshot_id, snapshot_id,
-                           message=f"last is now {snapshot_id[:12]}")
+        return CycleResult(
+            "promoted", snapshot_id, snapshot_id, message=f"last is now {snapshot_id[:12]}"
+        )
 
     def abandon(self, snapshot_id: str, *, reason: str = "abandoned") -> CycleResult:
         """Only if ``pending == snapshot_id``: clear it and keep ``last``."""
@@ -491,17 +525,21 @@ class Repository:
             pending = txn.value
             last = self.refs.find_ref(REF_LAST)
             if pending is None:
-                return CycleResult("already_done", snapshot_id, last,
-                                   message="nothing pending")
+                return CycleResult("already_done", snapshot_id, last, message="nothing pending")
             if pending != snapshot_id:
                 return CycleResult(
-                    "not_pending", pending, last,
+                    "not_pending",
+                    pending,
+                    last,
                     message=f"pending is {pending[:12]}, not {snapshot_id[:12]}; kept",
                 )
             txn.set(None, reason=reason)
-        return CycleResult("abandoned", snapshot_id, last,
-                           message=f"abandoned {snapshot_id[:12]}; last stays "
-                           f"{last[:12] if last else 'unset'}")
+        return CycleResult(
+            "abandoned",
+            snapshot_id,
+            last,
+            message=f"abandoned {snapshot_id[:12]}; last stays {last[:12] if last else 'unset'}",
+        )
 
     # -- maintenance --------------------------------------------------------------------
 
@@ -587,32 +625,49 @@ class Repository:
             if isinstance(obj, Snapshot):
                 snapshots += 1
                 if obj.format > FORMAT_VERSION:
-                    problems.append(FsckProblem(
-                        "error", f"snapshot {oid}", f"format {obj.format} is too new"))
+                    problems.append(
+                        FsckProblem("error", f"snapshot {oid}", f"format {obj.format} is too new")
+                    )
         missing: list[tuple[str, str]] = []
         self._reachable(self._roots(), missing)
         for oid, wanted_by in missing:
-            problems.append(FsckProblem("error", f"object {oid}", f"missing, wanted by {wanted_by}"))
+            problems.append(
+                FsckProblem("error", f"object {oid}", f"missing, wanted by {wanted_by}")
+            )
         refs = 0
         for name, value in self.refs.iter_refs():
             refs += 1
             if value is None:
                 problems.append(FsckProblem("error", f"ref {name}", "does not hold a snapshot id"))
             elif self.objects.find_snapshot(value) is None:
-                problems.append(FsckProblem(
-                    "error", f"ref {name}", f"points at {value}, which is not a stored snapshot"))
+                problems.append(
+                    FsckProblem(
+                        "error", f"ref {name}", f"points at {value}, which is not a stored snapshot"
+                    )
+                )
         for name in self.refs.iter_reflog_names():
             for detail in self.refs.iter_reflog_problems(name):
                 problems.append(FsckProblem("warning", f"reflog {name}", detail))
         for lock in self.refs.iter_lock_files():
             age = lock_age(lock)
-            problems.append(FsckProblem(
-                "warning", str(lock),
-                f"lock file present ({age:.0f}s old); if no manifest process or Dagster tick is "
-                "running, remove it" if age is not None else "lock file present"))
+            problems.append(
+                FsckProblem(
+                    "warning",
+                    str(lock),
+                    f"lock file present ({age:.0f}s old); if no manifest process or "
+                    "Dagster tick is running, remove it"
+                    if age is not None
+                    else "lock file present",
+                )
+            )
         for tmp in self.objects.iter_temp_files():
-            problems.append(FsckProblem(
-                "warning", str(tmp), "leftover of an interrupted write; `manifest gc` removes it"))
+            problems.append(
+                FsckProblem(
+                    "warning",
+                    str(tmp),
+                    "leftover of an interrupted write; `manifest gc` removes it",
+                )
+            )
         return FsckReport(count, snapshots, refs, tuple(problems))
 
 

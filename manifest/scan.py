@@ -264,9 +264,7 @@ class Scanner:
         if not sub:
             return  # empty folders are not recorded (only files are)
         oid = self._store_tree(sub)
-        entries.append(
-            TreeEntry(name, KIND_TREE, self.files - files_before, 0, bytes.fromhex(oid))
-        )
+        entries.append(TreeEntry(name, KIND_TREE, self.files - files_before, 0, bytes.fromhex(oid)))
 
     def _scan_file(
         self,

@@ -11,11 +11,16 @@ from hypothesis import HealthCheck, settings
 from manifest import Repository, load_config
 
 settings.register_profile(
-    "ci", derandomize=True, max_examples=60, deadline=None,
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
-    "dev", max_examples=100, deadline=None,
+    "dev",
+    max_examples=100,
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -56,7 +61,10 @@ MakeRepo = Callable[..., Repository]
 def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
     def make(**overrides: object) -> Repository:
         kwargs: dict[str, object] = {
-            "root": raw, "store": tmp_path / "state", "cooldown_sec": 0, "env": {},
+            "root": raw,
+            "store": tmp_path / "state",
+            "cooldown_sec": 0,
+            "env": {},
         }
         kwargs.update(overrides)
         return Repository(load_config(**kwargs), lock_timeout=2.0)  # type: ignore[arg-type]

@@ -50,10 +50,13 @@ def test_killed_writers_leave_a_sound_store(tmp_path: Path) -> None:
             lock.unlink()  # what an operator does after a crash (fsck names them)
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(root), str(store), str(attempt)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == b"ready", child.stderr.read() if child.stderr else ""
+        assert child.stdout.readline().strip() == b"ready", (
+            child.stderr.read() if child.stderr else ""
+        )
         time.sleep(rng.uniform(0.01, 0.25))
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)

@@ -23,7 +23,9 @@ def test_hash_file_is_blake3_of_the_bytes(tmp_path: Path) -> None:
     assert st.st_size == len(data)
 
 
-def test_large_files_hash_with_mmap_and_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_files_hash_with_mmap_and_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(manifest.fingerprint, "MMAP_THRESHOLD", 1024)
     calls: list[str] = []
     real = manifest.fingerprint.blake3

@@ -19,7 +19,8 @@ def test_engine_imports_only_stdlib_msgspec_blake3() -> None:
     code = (
         "import sys; before = set(sys.modules); import manifest;"
         "new = {m.split('.')[0] for m in set(sys.modules) - before};"
-        "third = sorted(n for n in new if n not in sys.stdlib_module_names and not n.startswith('_'));"
+        "third = sorted(n for n in new"
+        " if n not in sys.stdlib_module_names and not n.startswith('_'));"
         "print(' '.join(third))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

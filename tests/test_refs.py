@@ -56,8 +56,22 @@ def test_no_op_update_writes_no_reflog_line(refs: RefStore) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "..", "a/../b", "../escape", "/abs", "a//b", "trail/", "bad\nname", "tab\tname",
-     "a.lock", "x@{1}", "sp ace", "dir/.hidden..x", "-dash"],
+    [
+        "",
+        "..",
+        "a/../b",
+        "../escape",
+        "/abs",
+        "a//b",
+        "trail/",
+        "bad\nname",
+        "tab\tname",
+        "a.lock",
+        "x@{1}",
+        "sp ace",
+        "dir/.hidden..x",
+        "-dash",
+    ],
 )
 def test_invalid_ref_names(name: str) -> None:
     with pytest.raises(InvalidRefNameError):

@@ -104,8 +104,7 @@ def test_removed_file(repo: Repository, raw: Path) -> None:
 
 def _begin_in_process(args: tuple[str, str]) -> tuple[str, str | None]:
     root, store = args
-    repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}),
-                      lock_timeout=30)
+    repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}), lock_timeout=30)
     result = repo.begin()
     return result.outcome, result.snapshot
 
@@ -124,8 +123,7 @@ def test_two_processes_begin_at_once_one_wins(repo: Repository, raw: Path, tmp_p
 
 def _promote_in_process(args: tuple[str, str, str]) -> str:
     root, store, sid = args
-    repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}),
-                      lock_timeout=30)
+    repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}), lock_timeout=30)
     return repo.promote(sid).outcome
 
 
@@ -137,14 +135,16 @@ def test_two_processes_promote_at_once(repo: Repository, raw: Path, tmp_path: Pa
     with multiprocessing.get_context("fork").Pool(4) as pool:
         outcomes = pool.map(_promote_in_process, [(str(raw), str(tmp_path / "state"), sid)] * 4)
     assert sorted(outcomes) == ["already_done"] * 3 + ["promoted"]
-    assert [e.reason for e in repo.log("last")][0] == "promoted"
+    assert repo.log("last")[0].reason == "promoted"
     assert len(repo.log("last")) == 2
 
 
 # -- snapshots, revisions, reset ------------------------------------------------------------
 
 
-def test_one_file_change_writes_only_the_changed_folders(make_repo: MakeRepo, raw: Path, tmp_path: Path) -> None:
+def test_one_file_change_writes_only_the_changed_folders(
+    make_repo: MakeRepo, raw: Path, tmp_path: Path
+) -> None:
     for d in range(20):
         for f in range(20):
             write(raw / "bulk" / f"d{d:02d}" / f"f{f:02d}.csv", f"{d},{f}\n")
@@ -204,7 +204,9 @@ def test_ambiguous_prefix(repo: Repository) -> None:
     assert repo.resolve(oid) == oid
 
 
-def test_reset_moves_last_by_hand_and_refuses_unknown_revisions(repo: Repository, raw: Path) -> None:
+def test_reset_moves_last_by_hand_and_refuses_unknown_revisions(
+    repo: Repository, raw: Path
+) -> None:
     base = repo.begin().snapshot
     edit(raw)
     sid = repo.begin().snapshot
@@ -267,7 +269,9 @@ def test_gc_keeps_what_reflogs_reference(repo: Repository, raw: Path) -> None:
     assert repo.diff("last@{1}", "last") == ChangeSet(modified=("link_templates.csv",))
 
 
-def test_fsck_reports_corruption_missing_objects_and_locks(repo: Repository, tmp_path: Path) -> None:
+def test_fsck_reports_corruption_missing_objects_and_locks(
+    repo: Repository, tmp_path: Path
+) -> None:
     sid = repo.begin().snapshot
     assert sid is not None
     assert repo.fsck().ok

@@ -92,7 +92,9 @@ def test_store_under_root_is_never_entered(make_repo: MakeRepo, raw: Path) -> No
     assert repo.status().changes == ChangeSet()
 
 
-def test_vanished_file_is_simply_absent(make_repo: MakeRepo, raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vanished_file_is_simply_absent(
+    make_repo: MakeRepo, raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     victim = raw / "link_templates.csv"
 
     class Racing(Scanner):

@@ -1,0 +1,610 @@
+"""The ``manifest`` command: parses, calls the engine (``manifest.repo``), formats.
+
+Exit codes (a contract, see docs/cli.md): 0 success; 1 differences (only with
+``--exit-code``); 2 usage error; 3 manifest error; 4 lock held or compare-and-swap lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import unicodedata
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from manifest.config import load_config
+from manifest.errors import ManifestError
+from manifest.model import ChangeSet, TreeEntry
+from manifest.repo import LogEntry, Repository, Status
+
+EXIT_DIFFERENCES = 1
+
+app = typer.Typer(
+    name="manifest",
+    help="Content-addressed manifests of the raw data tree, with git-style snapshots.\n\n"
+    "Example: manifest status",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Options:
+    def __init__(
+        self,
+        root: Path | None,
+        store: Path | None,
+        mode: str | None,
+        cooldown: float | None,
+    ) -> None:
+        self.root = root
+        self.store = store
+        self.mode = mode
+        self.cooldown = cooldown
+
+    def repository(self) -> Repository:
+        return Repository(
+            load_config(
+                root=self.root, store=self.store, mode=self.mode, cooldown_sec=self.cooldown
+            )
+        )
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root", help="Data root [env RAW_DATA_DIR; default data/1_raw].", show_default=False
+        ),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            help="State store [env RAW_STATE_DIR; default "
+            "$DAGSTER_HOME/state, or ./.manifest without DAGSTER_HOME].",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="content_hash or mtime_size [env RAW_SCAN_HASH_MODE; default content_hash].",
+            show_default=False,
+        ),
+    ] = None,
+    cooldown: Annotated[
+        float | None,
+        typer.Option(
+            "--cooldown",
+            help="Seconds a file must be left alone before it counts "
+            "[env RAW_SCAN_COOLDOWN_SEC; default 3].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Options(root, store, mode, cooldown)
+
+
+def _repo(ctx: typer.Context) -> Repository:
+    options: Options = ctx.obj
+    return options.repository()
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Expected errors: one line on stderr, no traceback, the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ManifestError as exc:
+            sys.stderr.write(f"manifest: error: {escape_text(str(exc))}\n")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+_C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
+
+
+def escape_text(text: str) -> str:
+    """Escape control characters and undecodable bytes, never print them raw."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in "\n\t\r":
+            out.append(_C_ESCAPES[ch])
+        elif unicodedata.category(ch)[0] == "C":
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def quote_path(path: str) -> str:
+    """A path as git prints it: as is when plain, else C-quoted in double quotes."""
+    escaped = escape_text(path)
+    if escaped == path and '"' not in path and "\\" not in path:
+        return path
+    body = "".join(_C_ESCAPES.get(ch, ch) if ch in '"\\' else ch for ch in path)
+    return '"' + escape_text(body) + '"'
+
+
+def to_json(data: Any) -> str:
+    """JSON with undecodable name bytes as ``\\udcXX`` escapes (reversible, see docs)."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(to_json(data) + "\n")
+
+
+def _use_color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def paint(text: str, color: str) -> str:
+    if not _use_color():
+        return text
+    codes = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "dim": "2", "bold": "1"}
+    return f"\033[{codes[color]}m{text}\033[0m"
+
+
+def iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return (
+        datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def ago(ns: int | None) -> str:
+    if ns is None:
+        return ""
+    seconds = max(0, time.time() - ns / 1e9)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return f"{int(seconds)} seconds ago"
+
+
+def short(oid: str | None) -> str:
+    return oid[:12] if oid else "(unset)"
+
+
+def changes_json(changes: ChangeSet) -> dict[str, Any]:
+    return {
+        "added": list(changes.added),
+        "modified": list(changes.modified),
+        "removed": list(changes.removed),
+        "renamed": [{"from": a, "to": b} for a, b in changes.renamed],
+    }
+
+
+def print_changes(changes: ChangeSet, indent: str = "\t") -> None:
+    renamed_new = {b for _, b in changes.renamed}
+    renamed_old = {a for a, _ in changes.renamed}
+    for label, paths, color in (
+        ("added", [p for p in changes.added if p not in renamed_new], "green"),
+        ("modified", changes.modified, "yellow"),
+        ("removed", [p for p in changes.removed if p not in renamed_old], "red"),
+    ):
+        for path in paths:
+            typer.echo(paint(f"{indent}{label + ':':<10}{quote_path(path)}", color))
+    for old, new in changes.renamed:
+        typer.echo(paint(f"{indent}{'renamed:':<10}{quote_path(old)} -> {quote_path(new)}", "cyan"))
+
+
+class HashProgress:
+    """A progress bar on stderr once hashing takes more than a moment, only on a terminal."""
+
+    DELAY = 0.5
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty() and "NO_COLOR" not in os.environ
+        self.started = time.monotonic()
+        self.files = 0
+        self.bytes = 0
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, nbytes: int) -> None:
+        self.files += 1
+        self.bytes += nbytes
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.started < self.DELAY:
+                return
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("hashing {task.fields[files]} files, {task.fields[mib]:.1f} MiB"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("hash", files=0, mib=0.0)
+        self.bar.update(self.task, files=self.files, mib=self.bytes / 2**20)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _with_progress(fn: Callable[[HashProgress], R]) -> R:
+    progress = HashProgress()
+    try:
+        return fn(progress)
+    finally:
+        progress.close()
+
+
+# -- commands -------------------------------------------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (see docs/cli.md).")]
+ExitCodeOpt = Annotated[
+    bool, typer.Option("--exit-code", help="Exit 1 when there are differences.")
+]
+
+
+def status_json(status: Status) -> dict[str, Any]:
+    return {
+        "root": status.root,
+        "store": status.store,
+        "mode": status.mode,
+        "last": status.last,
+        "pending": status.pending,
+        "last_moved": iso(status.last_moved_ns),
+        "pending_moved": iso(status.pending_moved_ns),
+        **changes_json(status.changes),
+        "unstable": list(status.unstable),
+        "problems": [{"path": p.path, "message": p.message} for p in status.problems],
+        "skipped": list(status.skipped),
+        "files": status.files,
+    }
+
+
+@app.command()
+@handle_errors
+def status(ctx: typer.Context, as_json: JsonOpt = False, exit_code: ExitCodeOpt = False) -> None:
+    """Show the working tree against `last`, and where `last` and `pending` point.
+
+    Example: manifest status --exit-code
+    """
+    repo = _repo(ctx)
+    st = _with_progress(lambda progress: repo.status(on_hash=progress))
+    if as_json:
+        print_json(status_json(st))
+    else:
+        _print_status(st, repo.config.cooldown_sec)
+    if exit_code and st.changes:
+        raise typer.Exit(EXIT_DIFFERENCES)
+
+
+def _print_status(st: Status, cooldown: float) -> None:
+    typer.echo(f"root:    {quote_path(st.root)}")
+    typer.echo(f"store:   {quote_path(st.store)} ({st.mode})")
+    moved = f"  moved {iso(st.last_moved_ns)} ({ago(st.last_moved_ns)})" if st.last else ""
+    typer.echo(f"last:    {short(st.last)}{moved}")
+    if st.pending:
+        typer.echo(
+            f"pending: {short(st.pending)}  set {iso(st.pending_moved_ns)} "
+            f"({ago(st.pending_moved_ns)}); a run is processing it"
+        )
+    else:
+        typer.echo("pending: (none)")
+    typer.echo("")
+    if st.last is None:
+        typer.echo(
+            "No `last` yet: the first Dagster tick (or `manifest snapshot --ref last`) "
+            "records a baseline."
+        )
+    if st.changes:
+        typer.echo(f"Changes since last ({st.files} files scanned):")
+        typer.echo(
+            '  (use "manifest diff last" for the same list, or "manifest reset" to roll back)'
+        )
+        print_changes(st.changes)
+        typer.echo("")
+    if st.unstable:
+        typer.echo(f"Settling (modified in the last {cooldown:g}s; picked up once they settle):")
+        for path in st.unstable:
+            typer.echo(paint(f"\t{quote_path(path)}", "dim"))
+        typer.echo("")
+    if st.problems:
+        typer.echo("Scan problems (kept as they were in last):")
+        for problem in st.problems:
+            typer.echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
+        typer.echo("")
+    if not st.changes:
+        typer.echo(f"nothing changed since last ({st.files} files)")
+
+
+@app.command()
+@handle_errors
+def snapshot(
+    ctx: typer.Context,
+    ref: Annotated[str | None, typer.Option("--ref", help="Move this ref to the snapshot.")] = None,
+    message: Annotated[str, typer.Option("-m", "--message", help="Snapshot message.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Scan and store a snapshot; print its id.
+
+    Example: manifest snapshot -m "before the backfill" --ref before-backfill
+    """
+    repo = _repo(ctx)
+    sid, changes = _with_progress(
+        lambda progress: repo.snapshot(message=message, ref=ref, on_hash=progress)
+    )
+    if as_json:
+        print_json({"id": sid, "ref": ref, **changes_json(changes)})
+    else:
+        typer.echo(sid)
+
+
+def log_json(entry: LogEntry) -> dict[str, Any]:
+    counts = entry.counts
+    return {
+        "id": entry.id,
+        "previous": entry.previous,
+        "time": iso(entry.time_ns),
+        "reason": entry.reason,
+        "counts": None
+        if counts is None
+        else {
+            "files": counts.files,
+            "added": counts.added,
+            "modified": counts.modified,
+            "removed": counts.removed,
+        },
+    }
+
+
+@app.command()
+@handle_errors
+def log(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="The ref whose history to show.")] = "last",
+    limit: Annotated[int | None, typer.Option("-n", help="Show at most N moves.", min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The history of a ref, newest first: each move, when, and why.
+
+    Example: manifest log last -n 5
+    """
+    entries = _repo(ctx).log(ref, limit)
+    if as_json:
+        print_json([log_json(e) for e in entries])
+        return
+    if not entries:
+        typer.echo(f"{ref} has never moved")
+    for n, e in enumerate(entries):
+        counts = (
+            f"+{e.counts.added} ~{e.counts.modified} -{e.counts.removed}, {e.counts.files} files"
+            if e.counts
+            else "unset"
+        )
+        typer.echo(
+            f"{paint(short(e.id), 'yellow')}  {iso(e.time_ns)}  {ref}@{{{n}}}  "
+            f"{escape_text(e.reason)}  ({counts})"
+        )
+        typer.echo(paint(f"    from {short(e.previous)}", "dim"))
+
+
+@app.command()
+@handle_errors
+def diff(
+    ctx: typer.Context,
+    old: Annotated[str, typer.Argument(help="Revision: id, prefix, ref, or REF@{n}.")],
+    new: Annotated[str | None, typer.Argument(help="Revision; omitted = the working tree.")] = None,
+    as_json: JsonOpt = False,
+    exit_code: ExitCodeOpt = False,
+) -> None:
+    """What changed between two revisions, or a revision and the working tree.
+
+    Example: manifest diff last@{1} last
+    """
+    repo = _repo(ctx)
+    changes = repo.diff(old, new)
+    if as_json:
+        print_json(changes_json(changes))
+    elif changes:
+        print_changes(changes, indent="")
+    else:
+        typer.echo("no differences")
+    if exit_code and changes:
+        raise typer.Exit(EXIT_DIFFERENCES)
+
+
+def entry_json(path: str, entry: TreeEntry) -> dict[str, Any]:
+    kind = {0: "file", 2: "symlink"}.get(entry.kind, "file")
+    return {
+        "path": path,
+        "kind": kind,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns or None,
+        "fingerprint": entry.fingerprint,
+    }
+
+
+@app.command()
+@handle_errors
+def show(
+    ctx: typer.Context,
+    rev: Annotated[str, typer.Argument(help="Revision: id, prefix, ref, or REF@{n}.")] = "last",
+    as_json: JsonOpt = False,
+) -> None:
+    """A snapshot's metadata and its entries.
+
+    Example: manifest show last
+    """
+    repo = _repo(ctx)
+    sid = repo.resolve(rev)
+    snap = repo.read_snapshot(sid)
+    entries = list(repo.iter_files(sid))
+    if as_json:
+        print_json(
+            {
+                "id": sid,
+                "root_tree": snap.root,
+                "parent": snap.parent,
+                "created": iso(snap.created_ns),
+                "mode": snap.mode,
+                "data_root": snap.data_root,
+                "message": snap.message,
+                "counts": {
+                    "files": snap.counts.files,
+                    "bytes": snap.counts.bytes,
+                    "added": snap.counts.added,
+                    "modified": snap.counts.modified,
+                    "removed": snap.counts.removed,
+                },
+                "entries": [entry_json(p, e) for p, e in entries],
+            }
+        )
+        return
+    typer.echo(f"snapshot {sid}")
+    typer.echo(f"tree     {snap.root}")
+    typer.echo(f"parent   {snap.parent or '(none)'}")
+    typer.echo(f"created  {iso(snap.created_ns)}")
+    typer.echo(f"mode     {snap.mode}")
+    typer.echo(f"root     {quote_path(snap.data_root)}")
+    c = snap.counts
+    typer.echo(f"files    {c.files} ({c.bytes} bytes); +{c.added} ~{c.modified} -{c.removed}")
+    if snap.message:
+        typer.echo(f"message  {escape_text(snap.message)}")
+    typer.echo("")
+    for path, entry in entries:
+        typer.echo(f"{entry.fingerprint[:16]:<16}  {entry.size:>10}  {quote_path(path)}")
+
+
+@app.command()
+@handle_errors
+def reset(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="The ref to move, usually 'last'.")],
+    rev: Annotated[
+        str | None, typer.Argument(help="Revision to move it to (id, prefix, ref, REF@{n}).")
+    ] = None,
+    message: Annotated[str, typer.Option("-m", "--message", help="Why (kept in the log).")] = "",
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Unset the ref instead (e.g. a stuck pending).")
+    ] = False,
+) -> None:
+    """Move a ref by hand, recorded in its log: roll `last` back to reprocess.
+
+    Example: manifest reset last last@{1} -m "reprocess after the bad template fix"
+    """
+    repo = _repo(ctx)
+    if delete:
+        if rev is not None:
+            raise typer.BadParameter("give either a revision or --delete, not both")
+        old = repo.delete_ref(ref, message=message)
+        typer.echo(f"{ref}: {short(old)} -> (unset)")
+        return
+    if rev is None:
+        raise typer.BadParameter("missing revision (or pass --delete)")
+    old, new = repo.reset(ref, rev, message=message)
+    typer.echo(f"{ref}: {short(old)} -> {short(new)}")
+
+
+@app.command()
+@handle_errors
+def gc(
+    ctx: typer.Context,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            help="Keep unreferenced objects younger than this "
+            "many seconds (a run may be writing them).",
+            min=0,
+        ),
+    ] = 3600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete objects that no ref or reflog entry reaches.
+
+    Example: manifest gc --grace 0
+    """
+    result = _repo(ctx).gc(grace_seconds=grace)
+    if as_json:
+        print_json(
+            {
+                "kept": result.kept,
+                "removed": result.removed,
+                "removed_bytes": result.removed_bytes,
+                "temp_files_removed": result.temp_files_removed,
+            }
+        )
+    else:
+        typer.echo(
+            f"removed {result.removed} objects ({result.removed_bytes} bytes) and "
+            f"{result.temp_files_removed} temp files; kept {result.kept}"
+        )
+
+
+@app.command()
+@handle_errors
+def fsck(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Verify every object, ref and reflog; exit 3 if anything is damaged.
+
+    Example: manifest fsck --json
+    """
+    report = _repo(ctx).fsck()
+    if as_json:
+        print_json(
+            {
+                "ok": report.ok,
+                "objects": report.objects,
+                "snapshots": report.snapshots,
+                "refs": report.refs,
+                "problems": [
+                    {"severity": p.severity, "subject": p.subject, "message": p.message}
+                    for p in report.problems
+                ],
+            }
+        )
+    else:
+        for p in report.problems:
+            typer.echo(
+                paint(
+                    f"{p.severity}: {escape_text(p.subject)}: {escape_text(p.message)}",
+                    "red" if p.severity == "error" else "yellow",
+                )
+            )
+        typer.echo(
+            f"checked {report.objects} objects ({report.snapshots} snapshots), {report.refs} refs: "
+            + ("ok" if report.ok else "DAMAGED")
+        )
+    if not report.ok:
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    app(prog_name="manifest")
