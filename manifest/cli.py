@@ -187,7 +187,8 @@ def ago(ns: int | None) -> str:
         if seconds >= size:
             n = int(seconds // size)
             return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return f"{int(seconds)} seconds ago"
+    n = int(seconds)
+    return f"{n} second{'s' if n != 1 else ''} ago"
 
 
 def short(oid: str | None) -> str:
