@@ -36,6 +36,8 @@ ENV_COOLDOWN = "RAW_SCAN_COOLDOWN_SEC"
 ENV_INCLUDE = "RAW_SCAN_INCLUDE"
 ENV_EXCLUDE = "RAW_SCAN_EXCLUDE"
 ENV_BOOTSTRAP = "RAW_SCAN_BOOTSTRAP"
+ENV_LOCK_TIMEOUT = "RAW_LOCK_TIMEOUT_SEC"
+DEFAULT_LOCK_TIMEOUT_SEC = 5.0
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -48,6 +50,7 @@ class Config(msgspec.Struct, frozen=True):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
+    lock_timeout_sec: float = DEFAULT_LOCK_TIMEOUT_SEC
 
 
 def _split_globs(text: str) -> tuple[str, ...]:
@@ -68,7 +71,7 @@ def parse_bootstrap(value: str, variable: str = ENV_BOOTSTRAP) -> Bootstrap:
     return value
 
 
-def parse_cooldown(value: str | float, variable: str = ENV_COOLDOWN) -> float:
+def parse_seconds(value: str | float, variable: str) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -120,9 +123,12 @@ def load_config(
         hash_mode = parse_hash_mode(env.get(ENV_HASH_MODE) or DEFAULT_HASH_MODE)
 
     if cooldown_sec is not None:
-        cooldown = parse_cooldown(cooldown_sec, "--cooldown")
+        cooldown = parse_seconds(cooldown_sec, "--cooldown")
     else:
-        cooldown = parse_cooldown(env.get(ENV_COOLDOWN) or DEFAULT_COOLDOWN_SEC)
+        cooldown = parse_seconds(env.get(ENV_COOLDOWN) or DEFAULT_COOLDOWN_SEC, ENV_COOLDOWN)
+    lock_timeout = parse_seconds(
+        env.get(ENV_LOCK_TIMEOUT) or DEFAULT_LOCK_TIMEOUT_SEC, ENV_LOCK_TIMEOUT
+    )
 
     inc = include if include is not None else _split_globs(env.get(ENV_INCLUDE, ""))
     exc = exclude if exclude is not None else _split_globs(env.get(ENV_EXCLUDE, ""))
@@ -140,4 +146,5 @@ def load_config(
         include=tuple(inc),
         exclude=tuple(exc),
         bootstrap=boot,
+        lock_timeout_sec=lock_timeout,
     )

@@ -137,11 +137,17 @@ def _describe(changes: ChangeSet) -> str:
 class Repository:
     """A data root and the state store that records its snapshots."""
 
-    def __init__(self, config: Config, *, sync: bool = True, lock_timeout: float = 5.0) -> None:
+    def __init__(
+        self, config: Config, *, sync: bool = True, lock_timeout: float | None = None
+    ) -> None:
         self.config = config
         self.store = config.store
         self.objects = ObjectStore(self.store / "objects", sync=sync)
-        self.refs = RefStore(self.store, sync=sync, lock_timeout=lock_timeout)
+        self.refs = RefStore(
+            self.store,
+            sync=sync,
+            lock_timeout=config.lock_timeout_sec if lock_timeout is None else lock_timeout,
+        )
         self.sync = sync
         self._checked_format = False
 
@@ -639,12 +645,14 @@ class Repository:
             refs += 1
             if value is None:
                 problems.append(FsckProblem("error", f"ref {name}", "does not hold a snapshot id"))
-            elif self.objects.find_snapshot(value) is None:
-                problems.append(
-                    FsckProblem(
-                        "error", f"ref {name}", f"points at {value}, which is not a stored snapshot"
-                    )
-                )
+                continue
+            try:
+                found = self.objects.find_snapshot(value) is not None
+                detail = "which is not a stored snapshot"
+            except ManifestError as exc:
+                found, detail = False, f"which cannot be read ({exc})"
+            if not found:
+                problems.append(FsckProblem("error", f"ref {name}", f"points at {value}, {detail}"))
         for name in self.refs.iter_reflog_names():
             for detail in self.refs.iter_reflog_problems(name):
                 problems.append(FsckProblem("warning", f"reflog {name}", detail))

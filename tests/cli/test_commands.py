@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from manifest.cli import app, escape_text, quote_path, to_json
+
+from ..conftest import write
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli(raw: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    base = ["--root", str(raw), "--store", str(tmp_path / "state"), "--cooldown", "0"]
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, [*base, *args], env={"NO_COLOR": "1"})
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.output
+
+    return run
+
+
+def edit(raw: Path) -> None:
+    write(raw / "link_templates.csv", "template_id,template_file\nnew,links/new.txt\n")
+
+
+def test_status_before_and_after_a_baseline(cli, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    out = cli("status")
+    assert "last:    (unset)" in out and "added:    link_templates.csv" in out
+    sid = cli("snapshot", "--ref", "last", "-m", "baseline").strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", sid)
+    out = cli("status")
+    assert f"last:    {sid[:12]}" in out and "nothing changed since last (5 files)" in out
+    edit(raw)
+    out = cli("status")
+    assert "modified: link_templates.csv" in out
+    cli("status", "--exit-code", code=1)
+
+
+def test_status_json_contract(cli, raw: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("snapshot", "--ref", "last")
+    edit(raw)
+    (raw / "links" / "analogy.txt").rename(raw / "links" / "moved.txt")
+    data = json.loads(cli("status", "--json"))
+    assert data["modified"] == ["link_templates.csv"]
+    assert data["added"] == ["links/moved.txt"] and data["removed"] == ["links/analogy.txt"]
+    assert data["renamed"] == [{"from": "links/analogy.txt", "to": "links/moved.txt"}]
+    assert data["root"] == str(raw) and data["store"] == str(tmp_path / "state")
+    assert data["mode"] == "content_hash" and data["pending"] is None
+    assert re.fullmatch(r"[0-9a-f]{64}", data["last"])
+    assert data["unstable"] == [] and data["problems"] == []
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["last_moved"])
+
+
+def test_status_lists_settling_files(raw: Path, tmp_path: Path) -> None:
+    write(raw / "fresh.csv", "x\n", age=0)
+    result = runner.invoke(
+        app, ["--root", str(raw), "--store", str(tmp_path / "s"), "status", "--json"]
+    )
+    assert json.loads(result.output)["unstable"] == ["fresh.csv"]
+
+
+def test_snapshot_json_and_show(cli) -> None:  # type: ignore[no-untyped-def]
+    snap = json.loads(cli("snapshot", "--json", "-m", "hello"))
+    assert re.fullmatch(r"[0-9a-f]{64}", snap["id"]) and len(snap["added"]) == 5
+    shown = json.loads(cli("show", snap["id"][:10], "--json"))
+    assert shown["id"] == snap["id"] and shown["message"] == "hello"
+    assert [e["path"] for e in shown["entries"]][:1] == ["concepts/concepts_metadata.csv"]
+    assert all(len(e["fingerprint"]) == 64 for e in shown["entries"])
+    out = cli("show", snap["id"])
+    assert f"snapshot {snap['id']}" in out and "link_templates.csv" in out
+
+
+def test_log_json_newest_first(cli, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    first = cli("snapshot", "--ref", "last", "-m", "one").strip()
+    edit(raw)
+    second = cli("snapshot", "--ref", "last", "-m", "two").strip()
+    entries = json.loads(cli("log", "--json"))
+    assert [e["id"] for e in entries] == [second, first]
+    assert entries[0]["previous"] == first and entries[1]["previous"] is None
+    assert entries[0]["reason"] == "snapshot: two"
+    assert entries[0]["counts"]["modified"] == 1
+    assert len(json.loads(cli("log", "-n", "1", "--json"))) == 1
+    out = cli("log")
+    assert out.index(second[:12]) < out.index(first[:12]) and "last@{1}" in out
+    assert "never moved" in cli("log", "pending")
+
+
+def test_diff_between_revisions_and_worktree(cli, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("snapshot", "--ref", "last")
+    edit(raw)
+    cli("snapshot", "--ref", "last")
+    assert json.loads(cli("diff", "last@{1}", "last", "--json"))["modified"] == [
+        "link_templates.csv"
+    ]
+    assert "no differences" in cli("diff", "last")
+    cli("diff", "last", "--exit-code")
+    cli("diff", "last@{1}", "--exit-code", code=1)
+
+
+def test_reset_rolls_back_and_is_logged(cli, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    first = cli("snapshot", "--ref", "last").strip()
+    edit(raw)
+    second = cli("snapshot", "--ref", "last").strip()
+    out = cli("reset", "last", "last@{1}", "-m", "reprocess")
+    assert out.strip() == f"last: {second[:12]} -> {first[:12]}"
+    assert json.loads(cli("log", "--json"))[0]["reason"] == "reset by hand: reprocess"
+    assert "modified: link_templates.csv" in cli("status")
+
+
+def test_reset_delete_clears_a_ref(cli) -> None:  # type: ignore[no-untyped-def]
+    sid = cli("snapshot", "--ref", "pending").strip()
+    assert cli("reset", "pending", "--delete").strip() == f"pending: {sid[:12]} -> (unset)"
+    assert json.loads(cli("status", "--json"))["pending"] is None
+    cli("reset", "pending", "last", "--delete", code=2)
+    cli("reset", "pending", code=2)
+
+
+def test_gc_and_fsck(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("snapshot", "--ref", "last")
+    orphan = cli("snapshot").strip()
+    gc = json.loads(cli("gc", "--grace", "0", "--json"))
+    assert gc["removed"] == 1
+    cli("show", orphan, code=3)
+    report = json.loads(cli("fsck", "--json"))
+    assert report["ok"] is True and report["problems"] == []
+    assert "ok" in cli("fsck")
+    objects = tmp_path / "state" / "objects"
+    victim = next(p for p in objects.rglob("*") if p.is_file())
+    victim.write_bytes(b"junk")
+    report = json.loads(cli("fsck", "--json", code=3))
+    assert report["ok"] is False
+    assert any("corrupt object" in p["message"] for p in report["problems"])
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["show", "nosuchrev"], 3, "unknown revision 'nosuchrev'"),
+        (["reset", "last", "deadbeef"], 3, "unknown revision 'deadbeef'"),
+        (["reset", "../x", "last"], 3, "invalid ref name '../x'"),
+        (["--mode", "sha1", "status"], 3, "invalid --mode='sha1'"),
+        (["log", "-n", "0"], 2, ""),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_error_paths_exit_codes(
+    raw: Path, tmp_path: Path, args: list[str], code: int, needle: str
+) -> None:
+    result = runner.invoke(app, ["--root", str(raw), "--store", str(tmp_path / "s"), *args])
+    assert result.exit_code == code
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_root_is_exit_3(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["--root", str(tmp_path / "nope"), "--store", str(tmp_path / "s"), "status"]
+    )
+    assert result.exit_code == 3 and "does not exist" in result.output
+
+
+def test_held_lock_is_exit_4(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    cli("snapshot", "--ref", "last")
+    (tmp_path / "state" / "refs" / "last.lock").write_text("1 host\n")
+    monkeypatch.setenv("RAW_LOCK_TIMEOUT_SEC", "0.1")
+    out = cli("snapshot", "--ref", "last", code=4)
+    assert "last.lock exists" in out
+
+
+def test_dangerous_names_are_escaped(cli, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("snapshot", "--ref", "last")
+    write(raw / "evil\x1b[31mred\nline.csv", "x")
+    out = cli("status")
+    assert "\x1b" not in out
+    assert '"evil\\x1b[31mred\\nline.csv"' in out
+
+
+def test_non_utf8_name_in_json_is_reversible(cli, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    name = b"caf\xe9.csv"
+    path = os.fsencode(raw) + b"/" + name
+    with open(path, "wb") as fh:
+        fh.write(b"x")
+    os.utime(path, ns=(10**18, 10**18))
+    out = cli("status", "--json")
+    assert "\\udce9" in out
+    (added,) = [p for p in json.loads(out)["added"] if p.startswith("caf")]
+    assert os.fsencode(added) == name
+    assert "caf\\xe9.csv" in cli("status")
+
+
+def test_escape_helpers() -> None:
+    assert quote_path("plain/name.csv") == "plain/name.csv"
+    assert quote_path("tab\there") == '"tab\\there"'
+    assert quote_path('quo"te\nx') == '"quo\\"te\\nx"'
+    assert escape_text("bell\x07") == "bell\\x07"
+    assert to_json({"p": "a\udcffb"}) == '{\n  "p": "a\\udcffb"\n}'
+    assert json.loads(to_json({"p": "é"})) == {"p": "é"}
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    names = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
+    assert names == ["diff", "fsck", "gc", "log", "reset", "show", "snapshot", "status"]
+    for name in names:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0
+        assert "Example: manifest " in result.output, name
+
+
+def test_every_command_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    for c in app.registered_commands:
+        name = c.name or c.callback.__name__  # type: ignore[union-attr]
+        assert f"### `manifest {name}" in doc, name
+    for code in range(5):
+        assert f"| {code} |" in doc
