@@ -221,3 +221,28 @@ def test_every_command_is_documented() -> None:
         assert f"### `manifest {name}" in doc, name
     for code in range(5):
         assert f"| {code} |" in doc
+
+
+def test_progress_bar_only_on_a_terminal_after_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from manifest import cli as cli_module
+
+    class FakeTty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(cli_module.sys, "stderr", io.StringIO())
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    quiet = cli_module.HashProgress()
+    quiet(100)
+    assert not quiet.enabled and quiet.bar is None
+
+    monkeypatch.setattr(cli_module.sys, "stderr", FakeTty())
+    progress = cli_module.HashProgress()
+    progress(100)
+    assert progress.enabled and progress.bar is None  # not yet: hashing just started
+    progress.started -= 1.0
+    progress(2**20)
+    assert progress.bar is not None and progress.files == 2
+    progress.close()

@@ -1,0 +1,118 @@
+"""The real command in a real process: exit codes, colour, start-up imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import write
+
+
+@pytest.fixture
+def run(raw: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_"))}
+    env.update(
+        RAW_DATA_DIR=str(raw), RAW_STATE_DIR=str(tmp_path / "state"), RAW_SCAN_COOLDOWN_SEC="0"
+    )
+
+    def call(
+        *args: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "manifest", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **(extra_env or {})},
+            timeout=60,
+        )
+
+    call.env = env  # type: ignore[attr-defined]
+    return call
+
+
+def test_exit_codes(run, raw: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert run("status", "--exit-code").returncode == 1  # no last: everything is added
+    assert run("snapshot", "--ref", "last").returncode == 0
+    assert run("status", "--exit-code").returncode == 0
+    write(raw / "link_templates.csv", "changed\n")
+    assert run("status", "--exit-code").returncode == 1
+    assert run("diff", "last", "--exit-code").returncode == 1
+    assert run("no-such-command").returncode == 2
+    bad = run("show", "zzzz")
+    assert bad.returncode == 3
+    assert bad.stderr.startswith("manifest: error: unknown revision 'zzzz'")
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    (tmp_path / "state" / "refs" / "last.lock").write_text("1 host\n")
+    held = run("reset", "last", "last", extra_env={"RAW_LOCK_TIMEOUT_SEC": "0"})
+    assert held.returncode == 4 and "last.lock exists" in held.stderr
+    assert run("--mode", "nope", "status").returncode == 3
+
+
+def test_configuration_error_names_the_variable(run) -> None:  # type: ignore[no-untyped-def]
+    out = run("status", extra_env={"RAW_SCAN_HASH_MODE": "sha1"})
+    assert out.returncode == 3
+    assert "RAW_SCAN_HASH_MODE='sha1'" in out.stderr and "content_hash or mtime_size" in out.stderr
+
+
+def _run_on_tty(args: list[str], env: dict[str, str]) -> str:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manifest", *args],
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_colour_on_a_terminal_and_plain_otherwise(run, raw: Path) -> None:  # type: ignore[no-untyped-def]
+    run("snapshot", "--ref", "last")
+    write(raw / "link_templates.csv", "changed\n")
+    env = {**run.env, "TERM": "xterm"}
+    assert "\x1b[33m" in _run_on_tty(["status"], env)
+    assert "\x1b[" not in _run_on_tty(["status"], {**env, "NO_COLOR": "1"})
+    piped = run("status")
+    assert "modified: link_templates.csv" in piped.stdout and "\x1b[" not in piped.stdout
+
+
+def test_status_imports_neither_dagster_nor_rich(run) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "manifest", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=run.env,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["last"] is None
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "typer" in imported  # the measurement works
+    assert not imported & {"dagster", "rich", "dagster_glue", "pandas"}
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "manifest"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "status" in proc.stdout
