@@ -1,0 +1,89 @@
+"""What to do with an in-flight ``pending`` snapshot, given the runs that process it.
+
+A pure function of plain data, so the orchestrator face stays thin: the Dagster glue looks up
+its runs by tag, reduces each to ``in_progress``/``success``/``failure``, and acts on the
+``Decision``. ``pending`` is split into batches (numbered from 1); each batch may have had
+several attempts (runs), oldest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import msgspec
+
+RunState = Literal["in_progress", "success", "failure"]
+Action = Literal["promote", "wait", "request", "give_up", "abandon"]
+
+
+class RunInfo(msgspec.Struct, frozen=True):
+    run_id: str
+    state: RunState
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """``request``: run ``batches`` again as ``attempt``. ``promote``: every batch succeeded
+    (``runs`` are the successful runs). ``abandon``: the tree changed since ``pending`` was
+    taken and nothing is running, begin afresh. ``wait``/``give_up``: skip, with ``message``."""
+
+    action: Action
+    message: str
+    batches: tuple[int, ...] = ()
+    attempt: int = 1
+    runs: tuple[str, ...] = ()
+
+
+def reconcile(
+    n_batches: int,
+    runs_by_batch: Mapping[int, Sequence[RunInfo]],
+    *,
+    pending_age_sec: float,
+    grace_sec: float,
+    max_attempts: int,
+    tree_changed: Callable[[], bool],
+) -> Decision:
+    batches = range(1, n_batches + 1)
+    latest = {b: runs_by_batch[b][-1] for b in batches if runs_by_batch.get(b)}
+    if len(latest) == n_batches and all(r.state == "success" for r in latest.values()):
+        return Decision(
+            "promote",
+            "every batch succeeded",
+            runs=tuple(latest[b].run_id for b in batches),
+        )
+    running = [r.run_id for r in latest.values() if r.state == "in_progress"]
+    if running:
+        return Decision(
+            "wait", f"run {', '.join(running)} is still queued or running", runs=tuple(running)
+        )
+    missing = [b for b in batches if b not in latest]
+    failed = [b for b in batches if b in latest and latest[b].state == "failure"]
+    overdue = pending_age_sec >= grace_sec
+    if missing and not failed and not overdue:
+        return Decision(
+            "wait",
+            f"no run carries batch {', '.join(map(str, missing))} yet (the daemon may not "
+            f"have created it); requesting again after {grace_sec:g}s",
+        )
+    if tree_changed():
+        return Decision("abandon", "the raw tree changed again since pending was taken")
+    failures = {
+        b: [r.run_id for r in runs_by_batch.get(b, ()) if r.state == "failure"] for b in failed
+    }
+    worst = max((len(v) for v in failures.values()), default=0)
+    if worst >= max_attempts:
+        failed_runs = sorted({run for runs in failures.values() for run in runs})
+        return Decision(
+            "give_up",
+            f"stopped retrying after {worst} failed attempts (runs {', '.join(failed_runs)}); "
+            "fix the cause and edit the data, or roll back with `manifest reset`",
+            runs=tuple(failed_runs),
+        )
+    to_request = tuple(sorted(failed + (missing if overdue else [])))
+    attempt = 1 + max(len(runs_by_batch.get(b, ())) for b in to_request)
+    return Decision(
+        "request",
+        f"requesting batch {', '.join(map(str, to_request))} again (attempt {attempt})",
+        batches=to_request,
+        attempt=attempt,
+    )
