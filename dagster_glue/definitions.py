@@ -3,7 +3,7 @@ the promotion sensor. ``dagster dev`` finds it through ``[tool.dagster]`` in pyp
 
 import dagster as dg
 
-from dagster_glue.assets import materialize_assets, observe_assets
+from dagster_glue.assets import RAW_FILES, materialize_assets, observe_assets
 from dagster_glue.schedule import TAG_FINGERPRINT, RawGlue
 from dagster_glue.settings import GlueSettings, load_glue_settings
 from manifest import Repository, load_config
@@ -20,7 +20,7 @@ def build(settings: GlueSettings | None = None) -> tuple[dg.Definitions, RawGlue
     if observe:
         job = dg.define_asset_job(
             OBSERVE_JOB,
-            selection=dg.AssetSelection.assets("raw_sources"),
+            selection=dg.AssetSelection.assets(*RAW_FILES),
             description="Observe the changed raw files.",
         )
     else:

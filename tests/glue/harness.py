@@ -1,0 +1,92 @@
+"""A temp raw tree, a temp store and a real Dagster test instance, with helpers to tick the
+schedule and execute what it requests in process."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from dagster_glue.definitions import build
+from dagster_glue.settings import GlueSettings
+from manifest import Repository, load_config
+
+SAMPLE = Path(__file__).parents[2] / "data" / "1_raw"
+
+
+def age_tree(root: Path, seconds: float = 3600) -> None:
+    stamp = time.time_ns() - int(seconds * 1e9)
+    for path in root.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(stamp, stamp))
+
+
+def edit(path: Path, text: str, *, append: bool = True) -> None:
+    if append:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    stamp = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(stamp, stamp))
+
+
+class Harness:
+    def __init__(
+        self, root: Path, store: Path, instance: dg.DagsterInstance, settings: GlueSettings
+    ) -> None:
+        self.root = root
+        self.store = store
+        self.instance = instance
+        self.settings = settings
+        self.defs, self.glue = build(settings)
+        self.schedule = self.defs.resolve_schedule_def("raw_schedule")
+        self.job = self.defs.resolve_job_def(self.glue.job_name)
+
+    @property
+    def repo(self) -> Repository:
+        return Repository(load_config())
+
+    def tick(self, name: str = "raw_schedule") -> dg.ScheduleExecutionData:
+        context = dg.build_schedule_context(
+            instance=self.instance,
+            scheduled_execution_time=datetime.datetime.now(datetime.UTC),
+        )
+        return self.defs.resolve_schedule_def(name).evaluate_tick(context)
+
+    def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return self.job.execute_in_process(
+            instance=self.instance,
+            asset_selection=request.asset_selection,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+
+    def materialized(self, result: dg.ExecuteInProcessResult) -> set[str]:
+        return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+@pytest.fixture
+def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    root = tmp_path / "raw"
+    shutil.copytree(SAMPLE, root)
+    age_tree(root)
+    for key in list(os.environ):
+        if key.startswith("RAW_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("RAW_DATA_DIR", str(root))
+    monkeypatch.setenv("RAW_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("RAW_SCAN_COOLDOWN_SEC", "0")
+    with dg.instance_for_test() as instance:
+
+        def make(**settings: Any) -> Harness:
+            return Harness(root, tmp_path / "state", instance, GlueSettings(**settings))
+
+        yield make
