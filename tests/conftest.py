@@ -75,3 +75,6 @@ def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
 @pytest.fixture
 def repo(make_repo: MakeRepo) -> Repository:
     return make_repo()
+
+
+from tests.glue.harness import make_harness  # noqa: E402, F401  (the Dagster fixture)

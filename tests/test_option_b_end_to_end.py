@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from .glue.harness import edit, make_harness  # noqa: F401
+from .glue.harness import edit
 
 DOWNSTREAM_OF_EVALUATION = {"raw_evaluation_templates", "evaluation_tasks"}
 

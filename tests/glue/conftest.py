@@ -1,1 +1,0 @@
-from .harness import make_harness  # noqa: F401
