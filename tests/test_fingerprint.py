@@ -149,3 +149,10 @@ def test_cache_keeps_the_clock_out_of_the_snapshot(make_repo: MakeRepo, raw: Pat
             os.utime(path, ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))
     snap, _ = repo.snapshot()
     assert repo.read_snapshot(snap).root == first
+
+
+def test_rehash_all_ignores_the_stat_cache(make_repo: MakeRepo) -> None:
+    repo = make_repo()
+    repo.begin()
+    assert repo.scan(base=repo.resolve("last")).hashed == 0
+    assert repo.scan(base=repo.resolve("last"), rehash_all=True).hashed == 5

@@ -1,0 +1,235 @@
+"""Tick outcomes, with a real Dagster instance and real in-process runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from dagster_glue.assets import RAW_FILES
+from dagster_glue.definitions import defs as sample_defs
+from dagster_glue.schedule import path_to_asset_key
+from dagster_glue.settings import load_glue_settings
+from manifest.errors import ConfigError
+
+from .harness import edit
+
+NEW_EVAL = "clarity,Clarity,evaluation_templates/coherence.txt,true\n"
+
+
+def test_mapping_comes_from_source_path_metadata() -> None:
+    assert path_to_asset_key("concepts/concepts_metadata.csv") == dg.AssetKey("raw_concepts")
+    assert path_to_asset_key("link_templates.csv") == dg.AssetKey("raw_link_templates")
+    assert path_to_asset_key("essay_templates.csv") == dg.AssetKey("raw_essay_templates")
+    assert path_to_asset_key("evaluation_templates.csv") == dg.AssetKey("raw_evaluation_templates")
+    # Deliberately not observed:
+    assert path_to_asset_key("concepts/descriptions/c001.txt") is None
+    assert path_to_asset_key("generation_templates/links/analogy.txt") is None
+    specs = {s.key.to_user_string(): s for s in sample_defs.resolve_all_asset_specs()}
+    for name, rel in RAW_FILES.items():
+        assert specs[name].metadata["source_path"] == rel
+
+
+def test_unchanged_tree_skips(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    data = h.tick()
+    assert data.run_requests == [] and data.skip_message == "no changes since last"
+
+
+def test_one_request_with_expected_key_and_tags(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    (request,) = h.tick().run_requests
+    assert request.run_key.endswith("-b1") and len(request.run_key) == 19
+    assert request.job_name == "raw_reload_job"
+    # Same change, same key: the key is a hash of the changed files and fingerprints.
+    h.repo.abandon(request.tags["raw_fingerprint"])
+    (again,) = h.tick().run_requests
+    assert again.run_key == request.run_key
+    assert again.tags["raw_fingerprint"] != request.tags["raw_fingerprint"]
+
+
+def test_cooldown_filters_a_fresh_edit(make_harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAW_SCAN_COOLDOWN_SEC", "30")
+    h = make_harness()
+    h.tick()
+    path = h.root / "evaluation_templates.csv"
+    with open(path, "a") as fh:
+        fh.write(NEW_EVAL)  # mtime: now
+    data = h.tick()
+    assert data.run_requests == [] and "still settling" in (data.skip_message or "")
+    stamp = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(stamp, stamp))
+    assert len(h.tick().run_requests) == 1
+
+
+def test_batching_splits_and_promotes_only_when_every_batch_succeeded(make_harness: Any) -> None:
+    h = make_harness(batch_size=1)
+    h.tick()
+    assert h.job.execute_in_process(instance=h.instance).success
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    edit(
+        h.root / "essay_templates.csv",
+        "letter2,Letter,generation_templates/essay/letter.txt,true\n",
+    )
+    requests = h.tick().run_requests
+    assert [r.tags["raw_batch"] for r in requests] == ["1/2", "2/2"]
+    assert len({r.run_key for r in requests}) == 2
+    pending = h.repo.find_ref("pending")
+    assert h.execute(requests[0]).success
+    assert h.tick().run_requests == []  # batch 2 has no run yet: wait
+    assert h.repo.find_ref("pending") == pending
+    assert h.execute(requests[1]).success
+    h.tick()
+    assert h.repo.find_ref("last") == pending and h.repo.find_ref("pending") is None
+
+
+def test_failed_batch_is_retried_alone(make_harness: Any) -> None:
+    h = make_harness(batch_size=1)
+    h.tick()
+    assert h.job.execute_in_process(instance=h.instance).success
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    edit(h.root / "link_templates.csv", "bad,Bad,generation_templates/links/missing.txt,true\n")
+    first, second = h.tick().run_requests
+    results = [h.execute(first), h.execute(second)]
+    assert [r.success for r in results] == [True, False]  # evaluation ok, links broken
+    (retry,) = h.tick().run_requests
+    assert retry.tags["raw_batch"] == second.tags["raw_batch"]
+    assert retry.tags["raw_attempt"] == "2"
+
+
+def test_retry_limit_then_skip_with_instructions(make_harness: Any) -> None:
+    h = make_harness(max_attempts=2)
+    h.tick()
+    assert h.job.execute_in_process(instance=h.instance).success
+    edit(h.root / "link_templates.csv", "bad,Bad,generation_templates/links/missing.txt,true\n")
+    (request,) = h.tick().run_requests
+    assert not h.execute(request).success
+    (retry,) = h.tick().run_requests
+    assert not h.execute(retry).success
+    data = h.tick()
+    assert data.run_requests == []
+    assert "stopped retrying after 2 failed attempts" in (data.skip_message or "")
+    assert "manifest reset" in (data.skip_message or "")
+    assert h.repo.find_ref("pending") == request.tags["raw_fingerprint"]
+
+
+def test_changes_mapping_to_no_asset_advance_last_without_a_run(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    edit(h.root / "concepts" / "descriptions" / "c001.txt", "More prose.\n")
+    data = h.tick()
+    assert data.run_requests == []
+    assert "concepts/descriptions/c001.txt" in (data.skip_message or "")
+    assert h.repo.find_ref("pending") is None
+    assert h.repo.log("last")[0].reason.startswith("no observed file changed")
+    assert h.tick().skip_message == "no changes since last"
+
+
+def test_bootstrap_all_requests_everything(
+    make_harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAW_SCAN_BOOTSTRAP", "all")
+    h = make_harness()
+    (request,) = h.tick().run_requests
+    assert len(request.asset_selection) == 9
+    assert h.execute(request).success
+    h.tick()
+    assert h.repo.find_ref("last") == request.tags["raw_fingerprint"]
+
+
+def test_removed_file_is_an_empty_table(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    assert h.job.execute_in_process(instance=h.instance).success
+    (h.root / "evaluation_templates.csv").unlink()
+    (request,) = h.tick().run_requests
+    assert request.tags["raw_removed"] == "1"
+    result = h.execute(request)
+    assert result.success
+    assert result.output_for_node("evaluation_tasks") == []
+
+
+def test_missed_ticks_replayed_back_to_back_are_harmless(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    assert len(h.tick().run_requests) == 1
+    replays = [h.tick() for _ in range(5)]
+    assert all(r.run_requests == [] for r in replays)
+
+
+def test_lost_request_is_requested_again_after_the_grace_period(make_harness: Any) -> None:
+    h = make_harness(run_grace_sec=0)
+    h.tick()
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    (request,) = h.tick().run_requests  # never executed: the request was lost
+    (again,) = h.tick().run_requests
+    assert again.tags["raw_fingerprint"] == request.tags["raw_fingerprint"]
+
+
+def test_promotion_sensor_promotes_at_once(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    (request,) = h.tick().run_requests
+    result = h.execute(request)
+    sensor = h.defs.resolve_sensor_def("raw_promotion_sensor")
+    context = dg.build_run_status_sensor_context(
+        sensor_name="raw_promotion_sensor",
+        dagster_instance=h.instance,
+        dagster_run=result.dagster_run,
+        dagster_event=result.get_run_success_event(),
+    )
+    sensor(context)
+    assert h.repo.find_ref("last") == request.tags["raw_fingerprint"]
+    assert h.repo.find_ref("pending") is None
+    sensor(context)  # idempotent, and the tick agrees
+    assert h.tick().skip_message == "no changes since last"
+
+
+def test_full_hash_check_catches_an_edit_that_kept_size_and_mtime(make_harness: Any) -> None:
+    h = make_harness()
+    h.tick()
+    path = h.root / "evaluation_templates.csv"
+    st = path.stat()
+    data = path.read_bytes().replace(b"Coherence", b"COHERENCE")
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (request,) = h.tick("raw_full_hash_check").run_requests
+    assert {k.to_user_string() for k in request.asset_selection} >= {"raw_evaluation_templates"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RAW_ASSET_MODE", "both"),
+        ("RAW_SCAN_CRON", "every minute"),
+        ("RAW_MAX_ATTEMPTS", "0"),
+        ("RAW_BATCH_SIZE", "x"),
+        ("RAW_SCHEDULE_ENABLED", "maybe"),
+    ],
+)
+def test_bad_glue_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_glue_settings({variable: value})
+
+
+def test_schedule_is_stopped_unless_enabled() -> None:
+    from dagster_glue.definitions import build
+
+    off, _ = build(load_glue_settings({}))
+    on, _ = build(
+        load_glue_settings({"RAW_SCHEDULE_ENABLED": "true", "RAW_SCAN_CRON": "* * * * *"})
+    )
+    assert (
+        off.resolve_schedule_def("raw_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
+    )
+    schedule = on.resolve_schedule_def("raw_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == "* * * * *"
