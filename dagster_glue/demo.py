@@ -50,14 +50,14 @@ def main() -> int:
                         scheduled_execution_time=datetime.datetime.now(datetime.UTC),
                     )
                 )
+                requests = list(data.run_requests or [])
                 print(
-                    f"[tick] {label}: "
-                    + (data.skip_message or f"{len(data.run_requests)} run request(s)")
+                    f"[tick] {label}: " + (data.skip_message or f"{len(requests)} run request(s)")
                 )
-                for r in data.run_requests:
-                    keys = ", ".join(k.to_user_string() for k in r.asset_selection)
+                for r in requests:
+                    keys = ", ".join(k.to_user_string() for k in r.asset_selection or [])
                     print(f"       run_key={r.run_key} batch={r.tags['raw_batch']} assets: {keys}")
-                return list(data.run_requests)
+                return requests
 
             tick("first tick")
             result = job.execute_in_process(instance=instance)
@@ -73,7 +73,9 @@ def main() -> int:
                     instance=instance, asset_selection=request.asset_selection, tags=request.tags
                 )
                 done = sorted(
-                    e.asset_key.to_user_string() for e in run.get_asset_materialization_events()
+                    e.asset_key.to_user_string()
+                    for e in run.get_asset_materialization_events()
+                    if e.asset_key is not None
                 )
                 print(
                     f"[run]  {run.run_id[:8]} success={run.success} materialized: {', '.join(done)}"

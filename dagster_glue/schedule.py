@@ -16,7 +16,7 @@ from blake3 import blake3
 from dagster_glue.assets import SOURCE_PATH, observation_version
 from dagster_glue.settings import GlueSettings
 from manifest import ChangeSet, Repository, load_config
-from manifest.reconcile import Decision, RunInfo, reconcile
+from manifest.reconcile import Decision, RunInfo, RunState, reconcile
 from manifest.refs import REF_PENDING
 
 TAG_TRIGGER: Final = "trigger"
@@ -148,7 +148,7 @@ class RawGlue:
                 batch = int(batch_tag.split("/")[0])
             except ValueError:
                 continue
-            state = (
+            state: RunState = (
                 "success"
                 if run.status in _SUCCESS
                 else "failure"
