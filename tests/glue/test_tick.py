@@ -233,3 +233,17 @@ def test_schedule_is_stopped_unless_enabled() -> None:
     schedule = on.resolve_schedule_def("raw_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.cron_schedule == "* * * * *"
+
+
+def test_observe_path_records_missing_for_a_removed_file(make_harness: Any) -> None:
+    h = make_harness(asset_mode="observe")
+    h.tick()
+    (h.root / "link_templates.csv").unlink()
+    (request,) = h.tick().run_requests
+    assert [k.to_user_string() for k in request.asset_selection] == ["raw_link_templates"]
+    result = h.execute(request)
+    assert result.success
+    (observation,) = result.asset_observations_for_node("raw_sources")
+    assert observation.data_version == "missing"
+    record = h.instance.get_latest_data_version_record(dg.AssetKey("raw_link_templates"))
+    assert record is not None
