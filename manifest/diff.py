@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from manifest.model import (
+    KIND_FILE,
     KIND_TREE,
     ChangeSet,
     Tree,
@@ -44,6 +45,19 @@ def iter_files(
             yield path, entry
 
 
+def same_entry(old: TreeEntry, new: TreeEntry) -> bool:
+    """Equal, except that a file digest missing on one side is not a difference: in
+    ``mtime_size`` mode a digest is only known after a full-hash check."""
+    if old == new:
+        return True
+    return (
+        old.kind == new.kind == KIND_FILE
+        and old.size == new.size
+        and old.mtime_ns == new.mtime_ns
+        and (not old.digest or not new.digest)
+    )
+
+
 def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> ChangeSet:
     """``added``/``modified``/``removed`` between two root trees (None = empty tree).
 
@@ -63,7 +77,7 @@ def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> Chan
             o = old_entries.get(name)
             n = new_entries.get(name)
             path = prefix + name
-            if o is not None and n is not None and o == n:
+            if o is not None and n is not None and same_entry(o, n):
                 continue
             o_tree = o is not None and o.kind == KIND_TREE
             n_tree = n is not None and n.kind == KIND_TREE

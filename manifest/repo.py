@@ -3,6 +3,7 @@ abandon, gc, fsck. All logic the CLI and the Dagster glue share lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -21,6 +22,7 @@ from manifest.errors import (
     InvalidRefNameError,
     ManifestError,
     ObjectNotFoundError,
+    RefConflictError,
     StoreError,
     UnknownRevisionError,
 )
@@ -277,11 +279,7 @@ class Repository:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
         config = self.config
         base_root = self.read_snapshot(base).root if base else None
-        cache = (
-            StatCache(self.store / "index", config.mode, sync=self.sync)
-            if (config.mode == "content_hash")
-            else None
-        )
+        cache = StatCache(self.store / "index", config.mode, sync=self.sync)
         skip = frozenset({os.fsencode(self.store)})
         scanner = Scanner(
             os.fsencode(config.root),
@@ -460,6 +458,8 @@ class Repository:
                 message=f"recorded a baseline of {result.files} files; nothing to process",
             )
         changes = self._diff_scan(last, result)
+        if not changes and rehash_all and last is not None:
+            self._record_hashes(result, last)
         if not changes:
             return CycleResult(
                 "unchanged",
@@ -485,6 +485,21 @@ class Repository:
             problems,
             message=f"pending {snap_id[:12]}: {_describe(changes)}",
         )
+
+    def _record_hashes(self, result: ScanResult, last: str) -> None:
+        """After a full-hash check that found no change: if the tree differs from ``last``
+        only by newly known digests (``mtime_size`` mode), store it as ``last`` so the next
+        check has content to compare against. Same files, same content: nothing to process."""
+        if result.root_id == self.read_snapshot(last).root or self.find_ref(REF_PENDING):
+            return
+        snap_id = self._write_snapshot(result, last, ChangeSet(), "content hashes recorded")
+        with contextlib.suppress(RefConflictError):
+            self.refs.update_ref(
+                REF_LAST,
+                snap_id,
+                expected=last,
+                reason="full-hash check: recorded content hashes, no content changed",
+            )
 
     def _in_flight(self, pending: str, last: str | None) -> CycleResult:
         changes = self.diff_snapshots(last, pending)

@@ -280,16 +280,11 @@ class Scanner:
             self.unstable.append(path_to_text(rel))
             self._carry(rel_dir, name, entries)
             return
-        if not self.content:
-            entries.append(TreeEntry(name, KIND_FILE, st.st_size, mtime, b""))
-            self.files += 1
-            self.bytes += st.st_size
-            return
         cache = self.cache
         digest = None
         if cache is not None and not self.rehash_all:
             digest = cache.lookup(rel, st)
-        if digest is None:
+        if digest is None and (self.content or self.rehash_all):
             try:
                 digest, st = hash_file(abs_path)
             except FileNotFoundError:
@@ -306,6 +301,12 @@ class Scanner:
                 self.on_hash(st.st_size)
             if cache is not None:
                 cache.record(rel, st, digest)
-        entries.append(TreeEntry(name, KIND_FILE, st.st_size, 0, digest))
+        if self.content:
+            entries.append(TreeEntry(name, KIND_FILE, st.st_size, 0, digest or b""))
+        else:
+            # mtime_size mode: the last known content hash rides along when the stat cache
+            # has one for this very stat (recorded by a full-hash check); diffs compare
+            # digests only when both sides have one.
+            entries.append(TreeEntry(name, KIND_FILE, st.st_size, st.st_mtime_ns, digest or b""))
         self.files += 1
         self.bytes += st.st_size

@@ -156,3 +156,33 @@ def test_rehash_all_ignores_the_stat_cache(make_repo: MakeRepo) -> None:
     repo.begin()
     assert repo.scan(base=repo.resolve("last")).hashed == 0
     assert repo.scan(base=repo.resolve("last"), rehash_all=True).hashed == 5
+
+
+def test_mtime_mode_full_hash_check_records_then_catches_a_silent_edit(
+    make_repo: MakeRepo, raw: Path
+) -> None:
+    repo = make_repo(mode="mtime_size")
+    base = repo.begin().snapshot
+    first = repo.begin(rehash_all=True)  # first check after install: only records hashes
+    assert first.outcome == "unchanged"
+    assert repo.find_ref("last") != base
+    assert repo.log()[0].reason == "full-hash check: recorded content hashes, no content changed"
+    assert repo.diff(base, "last") == ChangeSet()  # same files, same content
+    assert repo.status().changes == ChangeSet() and repo.status().hashed == 0
+
+    path = raw / "concepts" / "descriptions" / "c2.txt"
+    before = path.stat()
+    write(path, "An EMBER.\n")  # same size...
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and the same mtime
+    assert repo.begin().outcome == "unchanged"  # mtime_size cannot see it
+    caught = repo.begin(rehash_all=True)
+    assert caught.outcome == "started"
+    assert caught.changes == ChangeSet(modified=("concepts/descriptions/c2.txt",))
+
+
+def test_mtime_mode_real_edit_after_hashes_were_recorded(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(mode="mtime_size")
+    repo.begin()
+    repo.begin(rehash_all=True)
+    write(raw / "link_templates.csv", "a,b\n")
+    assert repo.begin().changes == ChangeSet(modified=("link_templates.csv",))

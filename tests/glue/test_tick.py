@@ -247,3 +247,19 @@ def test_observe_path_records_missing_for_a_removed_file(make_harness: Any) -> N
     assert observation.data_version == "missing"
     record = h.instance.get_latest_data_version_record(dg.AssetKey("raw_link_templates"))
     assert record is not None
+
+
+def test_full_hash_check_in_mtime_mode(make_harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAW_SCAN_HASH_MODE", "mtime_size")
+    h = make_harness()
+    h.tick()
+    recorded = h.tick("raw_full_hash_check")  # the first check only records content hashes
+    assert recorded.run_requests == [] and recorded.skip_message == "no changes since last"
+    assert h.repo.log("last")[0].reason.startswith("full-hash check: recorded content hashes")
+    path = h.root / "evaluation_templates.csv"
+    st = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"Coherence", b"COHERENCE"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert h.tick().run_requests == []  # invisible to size + mtime
+    (request,) = h.tick("raw_full_hash_check").run_requests
+    assert "raw_evaluation_templates" in {k.to_user_string() for k in request.asset_selection}
