@@ -15,7 +15,7 @@ from blake3 import blake3
 
 from dagster_glue.assets import SOURCE_PATH, observation_version
 from dagster_glue.settings import GlueSettings
-from manifest import ChangeSet, Repository, load_config
+from manifest import ChangeSet, ManifestError, Repository, load_config
 from manifest.reconcile import Decision, RunInfo, RunState, reconcile
 from manifest.refs import REF_PENDING
 
@@ -178,6 +178,18 @@ class RawGlue:
 
     def tick(
         self, context: dg.ScheduleEvaluationContext, *, rehash_all: bool = False
+    ) -> dg.SkipReason | list[dg.RunRequest]:
+        """One evaluation. A lock held by another process (or a lost compare-and-swap) is a
+        skip to retry next tick; any other engine error fails the tick with its message."""
+        try:
+            return self._tick(context, rehash_all=rehash_all)
+        except ManifestError as exc:
+            if not exc.retryable:
+                raise
+            return dg.SkipReason(f"retrying next tick: {exc}")
+
+    def _tick(
+        self, context: dg.ScheduleEvaluationContext, *, rehash_all: bool
     ) -> dg.SkipReason | list[dg.RunRequest]:
         repo = Repository(load_config())
         instance = context.instance

@@ -263,3 +263,30 @@ def test_full_hash_check_in_mtime_mode(make_harness: Any, monkeypatch: pytest.Mo
     assert h.tick().run_requests == []  # invisible to size + mtime
     (request,) = h.tick("raw_full_hash_check").run_requests
     assert "raw_evaluation_templates" in {k.to_user_string() for k in request.asset_selection}
+
+
+def test_a_held_lock_is_a_skip_to_retry(make_harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAW_LOCK_TIMEOUT_SEC", "0")
+    h = make_harness()
+    h.tick()
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    lock = h.store / "refs" / "pending.lock"
+    lock.write_text("1 host\n")
+    data = h.tick()
+    assert data.run_requests == []
+    assert "retrying next tick" in (data.skip_message or "")
+    assert "pending.lock exists" in (data.skip_message or "")
+    assert h.repo.find_ref("pending") is None
+    lock.unlink()
+    assert len(h.tick().run_requests) == 1
+
+
+def test_a_missing_root_fails_the_tick_with_a_clear_message(
+    make_harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = make_harness()
+    monkeypatch.setenv("RAW_DATA_DIR", str(h.root / "nope"))
+    with pytest.raises(dg.DagsterError) as info:
+        h.tick()
+    cause = info.value.__cause__
+    assert cause is not None and "does not exist" in str(cause) and "RAW_DATA_DIR" in str(cause)
