@@ -279,7 +279,9 @@ class Repository:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
         config = self.config
         base_root = self.read_snapshot(base).root if base else None
-        cache = StatCache(self.store / "index", config.mode, sync=self.sync)
+        cache: StatCache | None = StatCache(self.store / "index", config.mode, sync=self.sync)
+        if config.mode == "mtime_size" and not rehash_all and cache is not None and not cache.old:
+            cache = None  # nothing known to look up: the plain size + mtime fast path
         skip = frozenset({os.fsencode(self.store)})
         scanner = Scanner(
             os.fsencode(config.root),

@@ -203,50 +203,74 @@ class Scanner:
             return list(it)
 
     def _scan_dir(self, abs_dir: bytes, rel_dir: bytes) -> list[TreeEntry]:
+        listing = self._list_dir(abs_dir)
+        # lstat relative to an open folder: the kernel resolves one name, not the whole path.
+        dir_fd = os.open(abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return self._scan_listing(abs_dir, rel_dir, listing, dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _scan_listing(
+        self, abs_dir: bytes, rel_dir: bytes, listing: list[os.DirEntry[bytes]], dir_fd: int
+    ) -> list[TreeEntry]:
         entries: list[TreeEntry] = []
+        append = entries.append
         filt = self.filter
-        for entry in self._list_dir(abs_dir):
+        everything = filt.everything
+        lstat = os.stat
+        isreg = stat.S_ISREG
+        # The plain case, inlined: mtime_size mode, no stat cache to consult.
+        plain_mtime = not self.content and self.cache is None and not self.rehash_all
+        after, before = self._unstable_after, self._unstable_before
+        for entry in listing:
             name = entry.name
-            rel = rel_dir + name
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
             if is_dir:
+                rel = rel_dir + name
                 if entry.path in self.skip_dirs:
                     continue
-                if not filt.everything and filt.skips_dir(path_to_text(rel)):
+                if not everything and filt.skips_dir(path_to_text(rel)):
                     continue
                 self._scan_subdir(entry.path, rel, rel_dir, name, entries)
                 continue
-            if not filt.everything and not filt.wants_file(path_to_text(rel)):
+            if not everything and not filt.wants_file(path_to_text(rel_dir + name)):
                 continue
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
-                continue
+                continue  # vanished between listing and stat: simply absent
             except OSError as exc:
-                self._problem(rel, exc)
+                self._problem(rel_dir + name, exc)
                 self._carry(rel_dir, name, entries)
                 continue
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
-                self._scan_file(entry.path, rel, rel_dir, name, st, entries)
-            elif stat.S_ISLNK(mode):
+            if isreg(st.st_mode):
+                mtime = st.st_mtime_ns
+                if plain_mtime and not after < mtime < before:
+                    append(TreeEntry(name, KIND_FILE, st.st_size, mtime, b""))
+                    self.files += 1
+                    self.bytes += st.st_size
+                else:
+                    self._scan_file(
+                        abs_dir + b"/" + name, rel_dir + name, rel_dir, name, st, entries
+                    )
+            elif stat.S_ISLNK(st.st_mode):
+                rel = rel_dir + name
                 try:
-                    target = os.readlink(entry.path)
+                    target = os.readlink(name, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
                     self._problem(rel, exc)
                     self._carry(rel_dir, name, entries)
                     continue
-                entries.append(
-                    TreeEntry(name, KIND_SYMLINK, len(target), 0, blake3(target).digest())
-                )
+                append(TreeEntry(name, KIND_SYMLINK, len(target), 0, blake3(target).digest()))
                 self.files += 1
             else:
-                self.skipped.append(path_to_text(rel))
+                self.skipped.append(path_to_text(rel_dir + name))
         return entries
 
     def _scan_subdir(
