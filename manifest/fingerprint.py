@@ -47,9 +47,17 @@ def hash_file(path: bytes | str | os.PathLike[str]) -> tuple[bytes, os.stat_resu
             hasher = blake3(max_threads=blake3.AUTO)
             hasher.update_mmap(os.fsdecode(path))
             return hasher.digest(), st
-        hasher = blake3()
+        if st.st_size < _READ_CHUNK:
+            # One read of size + 1 bytes: a short read of a regular file means end of file,
+            # so a small file costs a single read call (a longer one means it grew: go on).
+            data = os.read(fd, st.st_size + 1)
+            if len(data) <= st.st_size:
+                return blake3(data).digest(), st
+            hasher = blake3(data)
+        else:
+            hasher = blake3()
         while True:
-            chunk = os.read(fd, _READ_CHUNK if st.st_size >= _READ_CHUNK else st.st_size + 1)
+            chunk = os.read(fd, _READ_CHUNK)
             if not chunk:
                 break
             hasher.update(chunk)
@@ -88,13 +96,9 @@ class StatCache:
     def lookup(self, rel: bytes, st: os.stat_result) -> bytes | None:
         """The cached digest if the stat is unchanged (and the entry is not smudged)."""
         entry = self.old.get(rel)
-        if (
-            entry is not None
-            and entry.size == st.st_size
-            and entry.mtime_ns == st.st_mtime_ns
-            and entry.ino == st.st_ino
-            and entry.ctime_ns == st.st_ctime_ns
-        ):
+        if entry is None or entry.mtime_ns != st.st_mtime_ns:
+            return None
+        if entry.size == st.st_size and entry.ctime_ns == st.st_ctime_ns and entry.ino == st.st_ino:
             self.new[rel] = entry
             return entry.digest
         return None
@@ -125,7 +129,7 @@ class StatCache:
             e
             if e.mtime_ns < threshold or e.size < 0
             else IndexEntry(e.path, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
-            for _, e in sorted(self.new.items())
+            for e in self.new.values()  # scan order: the index is a cache, sorting buys nothing
         ]
         data = encode_index(Index(format=FORMAT_VERSION, mode=self.mode, entries=entries))
         lock = LockFile(self.path, timeout=0.0)
@@ -135,7 +139,9 @@ class StatCache:
             return False
         try:
             with contextlib.suppress(OSError):
-                atomic_write(self.path, data, sync=self.sync)
+                # No fsync: after a crash the old or the new index (or none) is found, and
+                # each is only a cache (a missing or stale entry costs one re-hash).
+                atomic_write(self.path, data, sync=False)
                 return True
             return False
         finally:

@@ -26,6 +26,21 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new temporary file beside ``path`` (not synced); return its name."""
+    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
 def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a uniquely named temporary file and a rename."""
     tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
@@ -95,3 +110,36 @@ def lock_age(path: Path) -> float | None:
         return max(0.0, time.time() - path.stat().st_mtime)
     except OSError:
         return None
+
+
+_LIBC: object = None
+
+
+def sync_filesystem(folder: Path) -> bool:
+    """``syncfs(2)`` on the filesystem holding ``folder``: one call makes every write before it
+    durable. False where unavailable (not Linux, no libc), so the caller fsyncs file by file."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            _LIBC = libc if hasattr(libc, "syncfs") else False
+        except (ImportError, OSError):
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _LIBC.syncfs(fd) == 0  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import msgspec
@@ -18,7 +18,7 @@ from manifest.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from manifest.fsutil import atomic_write
+from manifest.fsutil import atomic_write, fsync_dir, fsync_path, sync_filesystem, write_temp
 from manifest.model import (
     FORMAT_VERSION,
     Snapshot,
@@ -29,6 +29,8 @@ from manifest.model import (
 )
 
 ID_HEX_LEN = 64
+# From this many new objects on, one syncfs replaces an fsync per object and folder.
+BULK_WRITE_THRESHOLD = 32
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _PREFIX_RE = re.compile(r"[0-9a-f]{4,64}")
 
@@ -72,6 +74,41 @@ class ObjectStore:
         except OSError as exc:
             raise StoreError(str(target), f"cannot write object: {exc.strerror or exc}") from exc
         return oid
+
+    def write_many(self, objects: Mapping[str, bytes]) -> int:
+        """Store many encoded objects (a snapshot's trees); returns how many were new.
+
+        A few are written one by one, each fsynced. Many are renamed into place unsynced and
+        then made durable together by one ``syncfs`` (or, where that is unavailable, an
+        fsync of each file and folder), before anything can refer to them."""
+        new = [(oid, data) for oid, data in objects.items() if not self.contains(oid)]
+        if len(new) < BULK_WRITE_THRESHOLD or not self.sync:
+            for _oid, data in new:
+                self.write_bytes(data)
+            return len(new)
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for oid, data in new:
+                target = self._object_path(oid)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged.append((write_temp(target, data), target))
+            # Bytes durable before any name points at them, names durable before return.
+            if not sync_filesystem(self.path):
+                for tmp, _ in staged:
+                    fsync_path(tmp)
+            for tmp, target in staged:
+                os.replace(tmp, target)
+            if not sync_filesystem(self.path):
+                for folder in {t.parent for _, t in staged} | {self.path}:
+                    fsync_dir(folder)
+        except OSError as exc:
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise StoreError(
+                str(self.path), f"cannot write objects: {exc.strerror or exc}"
+            ) from exc
+        return len(new)
 
     def write_object(self, obj: StoredObject) -> str:
         return self.write_bytes(encode_object(obj))

@@ -340,9 +340,7 @@ class Repository:
         self, result: ScanResult, parent: str | None, changes: ChangeSet, message: str
     ) -> SnapshotId:
         self._check_format(create=True)
-        for oid, data in result.trees.items():
-            if not self.objects.contains(oid):
-                self.objects.write_bytes(data)
+        self.objects.write_many(result.trees)
         snap = Snapshot(
             root=result.root_id,
             parent=parent,
