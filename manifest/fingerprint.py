@@ -33,14 +33,34 @@ class NotRegularFile(Exception):
     """The path turned out not to be a regular file when opened (a race)."""
 
 
-def hash_file(path: bytes | str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+def hash_file(
+    path: bytes | str | os.PathLike[str],
+    *,
+    dir_fd: int | None = None,
+    name: bytes | None = None,
+    lstat: os.stat_result | None = None,
+) -> tuple[bytes, os.stat_result]:
     """BLAKE3 digest of a regular file and the ``fstat`` of what was hashed.
 
     Opens with ``O_NOFOLLOW|O_NONBLOCK`` so a symlink or FIFO swapped in never hangs us.
+    With ``dir_fd`` and ``name`` the file is opened relative to that open folder (cheaper
+    than resolving ``path`` again); ``path`` is still what large files are mapped by.
+    ``lstat``, the scan's own stat of a small regular file, spares the ``fstat`` when exactly
+    that many bytes are read (anything else, a FIFO or a file that changed, is re-checked).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    if dir_fd is not None and name is not None:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    else:
+        fd = os.open(path, flags)
     try:
+        if lstat is not None and lstat.st_size < _READ_CHUNK and stat.S_ISREG(lstat.st_mode):
+            data = os.read(fd, lstat.st_size + 1)
+            if len(data) == lstat.st_size:
+                return blake3(data).digest(), lstat
         st = os.fstat(fd)
+        if lstat is not None and stat.S_ISREG(st.st_mode):
+            os.lseek(fd, 0, os.SEEK_SET)  # start over: the file is not what the scan saw
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(path)
         if st.st_size >= MMAP_THRESHOLD:

@@ -255,7 +255,7 @@ class Scanner:
                     self.bytes += st.st_size
                 else:
                     self._scan_file(
-                        abs_dir + b"/" + name, rel_dir + name, rel_dir, name, st, entries
+                        abs_dir + b"/" + name, rel_dir + name, rel_dir, name, st, entries, dir_fd
                     )
             elif stat.S_ISLNK(st.st_mode):
                 rel = rel_dir + name
@@ -298,6 +298,7 @@ class Scanner:
         name: bytes,
         st: os.stat_result,
         entries: list[TreeEntry],
+        dir_fd: int | None = None,
     ) -> None:
         mtime = st.st_mtime_ns
         if self._unstable_after < mtime < self._unstable_before:
@@ -310,7 +311,7 @@ class Scanner:
             digest = cache.lookup(rel, st)
         if digest is None and (self.content or self.rehash_all):
             try:
-                digest, st = hash_file(abs_path)
+                digest, st = hash_file(abs_path, dir_fd=dir_fd, name=name, lstat=st)
             except FileNotFoundError:
                 return
             except NotRegularFile:

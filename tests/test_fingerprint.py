@@ -186,3 +186,15 @@ def test_mtime_mode_real_edit_after_hashes_were_recorded(make_repo: MakeRepo, ra
     repo.begin(rehash_all=True)
     write(raw / "link_templates.csv", "a,b\n")
     assert repo.begin().changes == ChangeSet(modified=("link_templates.csv",))
+
+
+def test_hash_file_trusts_the_scans_stat_only_when_the_size_matches(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.csv", "abc")
+    stale = path.stat()
+    write(path, "abcdef")  # grew after the scan's lstat
+    digest, st = hash_file(path, lstat=stale)
+    assert digest == blake3(b"abcdef").digest() and st.st_size == 6
+    os.unlink(path)
+    os.mkfifo(path)  # a FIFO swapped in after the lstat of a regular file
+    with pytest.raises(manifest.fingerprint.NotRegularFile):
+        hash_file(path, lstat=stale)

@@ -120,10 +120,12 @@ def test_unreadable_file_is_a_problem_not_a_removal(
     write(target, "concept_id,name\nc1,tide\n")  # modified, but we cannot read it
     real_hash = manifest.scan.hash_file
 
-    def deny(path: bytes | str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    def deny(
+        path: bytes | str | os.PathLike[str], **kwargs: object
+    ) -> tuple[bytes, os.stat_result]:
         if os.fsencode(path) == os.fsencode(target):
             raise PermissionError(13, "Permission denied")
-        return real_hash(path)
+        return real_hash(path, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(manifest.scan, "hash_file", deny)
     status = repo.status()
