@@ -20,7 +20,14 @@ from blake3 import blake3
 
 from manifest.errors import FormatVersionError
 from manifest.fsutil import LockFile, atomic_write
-from manifest.model import FORMAT_VERSION, Index, IndexEntry, decode_index, encode_index
+from manifest.model import (
+    FORMAT_VERSION,
+    Index,
+    IndexEntry,
+    IndexFolder,
+    decode_index,
+    encode_index,
+)
 
 # Files at least this big are hashed with update_mmap and BLAKE3's own threads.
 MMAP_THRESHOLD: Final = 8 * 1024 * 1024
@@ -87,14 +94,18 @@ def hash_file(
 
 
 class StatCache:
-    """Path -> (stat, digest), loaded from and saved to ``<store>/index``."""
+    """Path -> (stat, digest), loaded from and saved to ``<store>/index``.
+
+    Kept by folder (``old[folder][name]``), so the scan's hot loop looks names up in a small
+    dict without building each file's relative path. ``old`` is what was loaded, ``new`` what
+    this scan saw (and is saved)."""
 
     def __init__(self, path: Path, mode: str, *, sync: bool = True) -> None:
         self.path = path
         self.mode = mode
         self.sync = sync
-        self.old: dict[bytes, IndexEntry] = {}
-        self.new: dict[bytes, IndexEntry] = {}
+        self.old: dict[bytes, dict[bytes, IndexEntry]] = {}
+        self.new: dict[bytes, dict[bytes, IndexEntry]] = {}
         self.dirty = False
         self._load()
 
@@ -106,52 +117,79 @@ class StatCache:
         try:
             index = decode_index(data)
         except msgspec.DecodeError:
-            # A cache, not a record: a damaged one is rebuilt by re-hashing.
+            # A cache, not a record: a damaged (or older-layout) one is rebuilt by re-hashing.
             self.dirty = True
             return
         if index.format > FORMAT_VERSION:
             raise FormatVersionError(str(self.path), index.format, FORMAT_VERSION)
-        self.old = {e.path: e for e in index.entries}
+        self.old = {f.path: {e.name: e for e in f.entries} for f in index.folders}
+
+    @staticmethod
+    def _split(rel: bytes) -> tuple[bytes, bytes]:
+        folder, slash, name = rel.rpartition(b"/")
+        return folder + slash, name
+
+    def _keep_entry(self, folder: bytes, entry: IndexEntry) -> None:
+        here = self.new.get(folder)
+        if here is None:
+            here = self.new[folder] = {}
+        here[entry.name] = entry
 
     def lookup(self, rel: bytes, st: os.stat_result) -> bytes | None:
         """The cached digest if the stat is unchanged (and the entry is not smudged)."""
-        entry = self.old.get(rel)
+        folder, name = self._split(rel)
+        entry = self.old.get(folder, {}).get(name)
         if entry is None or entry.mtime_ns != st.st_mtime_ns:
             return None
         if entry.size == st.st_size and entry.ctime_ns == st.st_ctime_ns and entry.ino == st.st_ino:
-            self.new[rel] = entry
+            self._keep_entry(folder, entry)
             return entry.digest
         return None
 
-    def known_digest(self, rel: bytes) -> bytes | None:
-        entry = self.old.get(rel)
-        return entry.digest if entry is not None else None
-
     def record(self, rel: bytes, st: os.stat_result, digest: bytes) -> None:
-        self.new[rel] = IndexEntry(
-            rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest
+        folder, name = self._split(rel)
+        self._keep_entry(
+            folder, IndexEntry(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
         )
         self.dirty = True
 
     def keep(self, rel: bytes) -> None:
         """Carry an entry over unchanged (an unstable or unreadable file)."""
-        entry = self.old.get(rel)
+        folder, name = self._split(rel)
+        entry = self.old.get(folder, {}).get(name)
         if entry is not None:
-            self.new[rel] = entry
+            self._keep_entry(folder, entry)
+
+    def keep_below(self, prefix: bytes) -> None:
+        """Carry over every entry under a folder (an unreadable folder)."""
+        for folder, entries in self.old.items():
+            if folder.startswith(prefix):
+                for entry in entries.values():
+                    self._keep_entry(folder, entry)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.old.values())
 
     def save(self, scan_started_ns: int) -> bool:
         """Write the entries seen in this scan, smudging racy ones. Skips if another
         process holds the index lock (the cache is an optimisation, never a record)."""
-        if not self.dirty and len(self.new) == len(self.old):
+        if not self.dirty and sum(map(len, self.new.values())) == len(self):
             return False
         threshold = scan_started_ns - RACY_NS
-        entries = [
-            e
-            if e.mtime_ns < threshold or e.size < 0
-            else IndexEntry(e.path, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
-            for e in self.new.values()  # scan order: the index is a cache, sorting buys nothing
+        # Scan order, unsorted: the index is a cache, sorting buys nothing.
+        folders = [
+            IndexFolder(
+                folder,
+                [
+                    e
+                    if e.mtime_ns < threshold or e.size < 0
+                    else IndexEntry(e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
+                    for e in entries.values()
+                ],
+            )
+            for folder, entries in self.new.items()
         ]
-        data = encode_index(Index(format=FORMAT_VERSION, mode=self.mode, entries=entries))
+        data = encode_index(Index(format=FORMAT_VERSION, mode=self.mode, folders=folders))
         lock = LockFile(self.path, timeout=0.0)
         try:
             lock.acquire()

@@ -83,7 +83,7 @@ class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
     ``size`` is -1 for a smudged (racy) entry, which never matches and is re-hashed.
     """
 
-    path: bytes
+    name: bytes
     size: int
     mtime_ns: int
     ino: int
@@ -91,10 +91,17 @@ class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
     digest: bytes
 
 
+class IndexFolder(msgspec.Struct, frozen=True, array_like=True):
+    """The stat cache lines of one folder; ``path`` is ``b""`` or ends with ``/``."""
+
+    path: bytes
+    entries: list[IndexEntry]
+
+
 class Index(msgspec.Struct, frozen=True):
     format: int
     mode: str
-    entries: list[IndexEntry]
+    folders: list[IndexFolder]
 
 
 class ReflogEntry(msgspec.Struct, frozen=True):

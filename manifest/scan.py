@@ -30,6 +30,7 @@ from manifest.model import (
     KIND_FILE,
     KIND_SYMLINK,
     KIND_TREE,
+    IndexEntry,
     Tree,
     TreeEntry,
     encode_object,
@@ -181,18 +182,13 @@ class Scanner:
         entries.append(old)
         if old.kind == KIND_TREE:
             self.files += old.size
-            self._keep_cached_below(rel_dir + name + b"/")
+            if self.cache is not None:
+                self.cache.keep_below(rel_dir + name + b"/")
         else:
             self.files += 1
             self.bytes += old.size if old.kind == KIND_FILE else 0
             if self.cache is not None:
                 self.cache.keep(rel_dir + name)
-
-    def _keep_cached_below(self, prefix: bytes) -> None:
-        if self.cache is not None:
-            for path in self.cache.old:
-                if path.startswith(prefix):
-                    self.cache.keep(path)
 
     def _problem(self, rel: bytes, exc: OSError | str) -> None:
         message = exc if isinstance(exc, str) else (exc.strerror or str(exc))
@@ -220,8 +216,12 @@ class Scanner:
         everything = filt.everything
         lstat = os.stat
         isreg = stat.S_ISREG
-        # The plain case, inlined: mtime_size mode, no stat cache to consult.
+        # The two common cases, inlined: mtime_size mode with no stat cache to consult, and
+        # content_hash mode where the stat cache already knows the file's digest.
         plain_mtime = not self.content and self.cache is None and not self.rehash_all
+        cache = self.cache if self.content and not self.rehash_all else None
+        known_here = cache.old.get(rel_dir) if cache is not None else None
+        seen_here: dict[bytes, IndexEntry] = {}
         after, before = self._unstable_after, self._unstable_before
         for entry in listing:
             name = entry.name
@@ -253,10 +253,24 @@ class Scanner:
                     append(TreeEntry(name, KIND_FILE, st.st_size, mtime, b""))
                     self.files += 1
                     self.bytes += st.st_size
-                else:
-                    self._scan_file(
-                        abs_dir + b"/" + name, rel_dir + name, rel_dir, name, st, entries, dir_fd
-                    )
+                    continue
+                if known_here is not None and not after < mtime < before:
+                    known = known_here.get(name)
+                    if (
+                        known is not None
+                        and known.mtime_ns == mtime
+                        and known.size == st.st_size
+                        and known.ctime_ns == st.st_ctime_ns
+                        and known.ino == st.st_ino
+                    ):  # StatCache.lookup, inlined
+                        seen_here[name] = known
+                        append(TreeEntry(name, KIND_FILE, st.st_size, 0, known.digest))
+                        self.files += 1
+                        self.bytes += st.st_size
+                        continue
+                self._scan_file(
+                    abs_dir + b"/" + name, rel_dir + name, rel_dir, name, st, entries, dir_fd
+                )
             elif stat.S_ISLNK(st.st_mode):
                 rel = rel_dir + name
                 try:
@@ -271,6 +285,8 @@ class Scanner:
                 self.files += 1
             else:
                 self.skipped.append(path_to_text(rel_dir + name))
+        if seen_here and cache is not None:
+            cache.new.setdefault(rel_dir, {}).update(seen_here)
         return entries
 
     def _scan_subdir(
