@@ -107,6 +107,7 @@ class StatCache:
         self.old: dict[bytes, dict[bytes, IndexEntry]] = {}
         self.new: dict[bytes, dict[bytes, IndexEntry]] = {}
         self.dirty = False
+        self.recorded: list[tuple[bytes, bytes]] = []
         self._load()
 
     def _load(self) -> None:
@@ -151,6 +152,7 @@ class StatCache:
         self._keep_entry(
             folder, IndexEntry(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
         )
+        self.recorded.append((folder, name))
         self.dirty = True
 
     def keep(self, rel: bytes) -> None:
@@ -175,19 +177,18 @@ class StatCache:
         process holds the index lock (the cache is an optimisation, never a record)."""
         if not self.dirty and sum(map(len, self.new.values())) == len(self):
             return False
+        # Only entries hashed in this scan can be racy: a loaded one was judged when it was
+        # recorded (trusted stays trusted, smudged stays smudged).
         threshold = scan_started_ns - RACY_NS
+        for folder, name in self.recorded:
+            e = self.new[folder][name]
+            if e.mtime_ns >= threshold and e.size >= 0:
+                self.new[folder][name] = IndexEntry(
+                    e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest
+                )
         # Scan order, unsorted: the index is a cache, sorting buys nothing.
         folders = [
-            IndexFolder(
-                folder,
-                [
-                    e
-                    if e.mtime_ns < threshold or e.size < 0
-                    else IndexEntry(e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
-                    for e in entries.values()
-                ],
-            )
-            for folder, entries in self.new.items()
+            IndexFolder(folder, list(entries.values())) for folder, entries in self.new.items()
         ]
         data = encode_index(Index(format=FORMAT_VERSION, mode=self.mode, folders=folders))
         lock = LockFile(self.path, timeout=0.0)
