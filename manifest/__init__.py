@@ -14,7 +14,6 @@ from manifest.repo import (
     LogEntry,
     Repository,
     Status,
-    open_repository,
 )
 
 __version__ = "0.1.0"
@@ -35,5 +34,4 @@ __all__ = [
     "Status",
     "TreeEntry",
     "load_config",
-    "open_repository",
 ]

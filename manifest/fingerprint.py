@@ -100,10 +100,9 @@ class StatCache:
     dict without building each file's relative path. ``old`` is what was loaded, ``new`` what
     this scan saw (and is saved)."""
 
-    def __init__(self, path: Path, mode: str, *, sync: bool = True) -> None:
+    def __init__(self, path: Path, mode: str) -> None:
         self.path = path
         self.mode = mode
-        self.sync = sync
         self.old: dict[bytes, dict[bytes, IndexEntry]] = {}
         self.new: dict[bytes, dict[bytes, IndexEntry]] = {}
         self.dirty = False

@@ -279,8 +279,9 @@ class Repository:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
         config = self.config
         base_root = self.read_snapshot(base).root if base else None
-        cache: StatCache | None = StatCache(self.store / "index", config.mode, sync=self.sync)
-        if config.mode == "mtime_size" and not rehash_all and cache is not None and not cache.old:
+        loaded = StatCache(self.store / "index", config.mode)
+        cache: StatCache | None = loaded
+        if config.mode == "mtime_size" and not rehash_all and not loaded.old:
             cache = None  # nothing known to look up: the plain size + mtime fast path
         skip = frozenset({os.fsencode(self.store)})
         scanner = Scanner(
@@ -701,13 +702,6 @@ def _lookup(tree: Tree, name: bytes) -> TreeEntry | None:
     return None
 
 
-def open_repository(config: Config | None = None, **overrides: object) -> Repository:
-    """A repository for ``config`` (default: from the environment)."""
-    from manifest.config import load_config
-
-    return Repository(config if config is not None else load_config(**overrides))  # type: ignore[arg-type]
-
-
 __all__ = [
     "REF_LAST",
     "REF_PENDING",
@@ -718,5 +712,4 @@ __all__ = [
     "LogEntry",
     "Repository",
     "Status",
-    "open_repository",
 ]
