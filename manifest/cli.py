@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ import typer
 from manifest.config import load_config
 from manifest.errors import ManifestError
 from manifest.model import ChangeSet, TreeEntry
+from manifest.text import C_ESCAPES, escape_text
 from manifest.repo import LogEntry, Repository, Status
 
 EXIT_DIFFERENCES = 1
@@ -122,31 +122,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 # -- formatting -----------------------------------------------------------------------------
 
-_C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
-
-
-def escape_text(text: str) -> str:
-    """Escape control characters and undecodable bytes, never print them raw."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch in "\n\t\r":
-            out.append(_C_ESCAPES[ch])
-        elif unicodedata.category(ch)[0] == "C":
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def quote_path(path: str) -> str:
     """A path as git prints it: as is when plain, else C-quoted in double quotes."""
     escaped = escape_text(path)
     if escaped == path and '"' not in path and "\\" not in path:
         return path
-    body = "".join(_C_ESCAPES.get(ch, ch) if ch in '"\\' else ch for ch in path)
+    body = "".join(C_ESCAPES.get(ch, ch) if ch in '"\\' else ch for ch in path)
     return '"' + escape_text(body) + '"'
 
 
@@ -375,6 +356,7 @@ def log_json(entry: LogEntry) -> dict[str, Any]:
         "previous": entry.previous,
         "time": iso(entry.time_ns),
         "reason": entry.reason,
+        "runs": list(entry.runs),
         "counts": None
         if counts is None
         else {
@@ -415,6 +397,8 @@ def log(
             f"{escape_text(e.reason)}  ({counts})"
         )
         typer.echo(paint(f"    from {short(e.previous)}", "dim"))
+        if e.runs:
+            typer.echo(paint(f"    runs {', '.join(e.runs)}", "dim"))
 
 
 @app.command()

@@ -72,6 +72,15 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
     counts: Counts
     message: str = ""
     format: int = FORMAT_VERSION
+    # Paths its processing must cover although they may not differ from ``parent``: carried
+    # over from a pending snapshot that was superseded before its runs succeeded.
+    requested: tuple[str, ...] = ()
+    # Sorted ``(key, value)`` pairs the face that took it records (e.g. the Dagster tick and
+    # asset mode); the engine stores them and never interprets them.
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
 
 
 StoredObject = Tree | Snapshot
@@ -111,27 +120,39 @@ class ReflogEntry(msgspec.Struct, frozen=True):
     new: str | None
     time_ns: int
     reason: str
+    # The orchestrator's runs that processed the move (promotions), oldest first.
+    runs: tuple[str, ...] = ()
 
 
 class ChangeSet(msgspec.Struct, frozen=True):
     """What changed between two states, as sorted relative POSIX paths.
 
     ``renamed`` is for display only (content mode, same bytes at a new path); each rename
-    is also in ``removed`` and ``added``, which is what triggering uses.
+    is also in ``removed`` and ``added``, which is what triggering uses. ``requeued`` are
+    paths that do not differ now but were requested by a pending snapshot that was
+    superseded before its runs succeeded: they are processed again.
     """
 
     added: tuple[str, ...] = ()
     modified: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     renamed: tuple[tuple[str, str], ...] = ()
+    requeued: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.modified or self.removed)
+        return bool(self.added or self.modified or self.removed or self.requeued)
 
     @property
     def paths(self) -> tuple[str, ...]:
-        """Every changed path, sorted."""
-        return tuple(sorted({*self.added, *self.modified, *self.removed}))
+        """Every path to process, sorted."""
+        return tuple(sorted({*self.added, *self.modified, *self.removed, *self.requeued}))
+
+    def kind(self, path: str) -> str:
+        """``added``, ``modified``, ``removed``, ``requeued`` or ``unchanged``."""
+        for name in ("added", "modified", "removed", "requeued"):
+            if path in getattr(self, name):
+                return name
+        return "unchanged"
 
 
 _OBJECT_ENCODER: Final = msgspec.msgpack.Encoder()

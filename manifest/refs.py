@@ -29,6 +29,9 @@ from manifest.objects import is_object_id
 
 REF_LAST: Final = "last"
 REF_PENDING: Final = "pending"
+# A pending snapshot superseded before its runs succeeded: the next ``begin`` carries its
+# requested paths over, so a requested change is never dropped.
+REF_UNFINISHED: Final = "unfinished"
 
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _ANY: Final = object()
@@ -125,10 +128,11 @@ class RefStore:
         *,
         reason: str,
         expected: str | object | None = _ANY,
+        runs: tuple[str, ...] = (),
     ) -> str | None:
         """Set ``name`` to ``new`` (None deletes it) if it holds ``expected``; returns old."""
         with self.transaction(name) as txn:
-            return txn.set(new, reason=reason, expected=expected)
+            return txn.set(new, reason=reason, expected=expected, runs=runs)
 
     def read_reflog(self, name: str) -> list[ReflogEntry]:
         """Oldest first. A torn last line (a crash mid-append) is skipped."""
@@ -199,6 +203,7 @@ class RefTransaction:
         *,
         reason: str,
         expected: str | object | None = _ANY,
+        runs: tuple[str, ...] = (),
     ) -> str | None:
         refs = self.refs
         old = refs.find_ref(self.name)
@@ -217,7 +222,9 @@ class RefTransaction:
                 atomic_write(path, (new + "\n").encode("ascii"), sync=refs.sync)
             if new != old:
                 refs._append_reflog(
-                    self.name, ReflogEntry(old=old, new=new, time_ns=time.time_ns(), reason=reason)
+                    self.name, ReflogEntry(
+                        old=old, new=new, time_ns=time.time_ns(), reason=reason, runs=runs
+                    ),
                 )
         except OSError as exc:
             raise StoreError(str(path), f"cannot update ref: {exc.strerror or exc}") from exc

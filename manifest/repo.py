@@ -42,7 +42,7 @@ from manifest.model import (
     text_to_path,
 )
 from manifest.objects import ObjectStore, is_id_prefix, is_object_id
-from manifest.refs import REF_LAST, REF_PENDING, RefStore, validate_ref_name
+from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 
 GC_GRACE_SECONDS: Final = 3600.0
@@ -103,6 +103,7 @@ class LogEntry(msgspec.Struct, frozen=True):
     time_ns: int
     reason: str
     counts: Counts | None
+    runs: tuple[str, ...] = ()
 
 
 class GcResult(msgspec.Struct, frozen=True):
@@ -130,10 +131,13 @@ class FsckReport(msgspec.Struct, frozen=True):
 
 
 def _describe(changes: ChangeSet) -> str:
-    return (
+    text = (
         f"{len(changes.added)} added, {len(changes.modified)} modified, "
         f"{len(changes.removed)} removed"
     )
+    if changes.requeued:
+        text += f", {len(changes.requeued)} requeued"
+    return text
 
 
 class Repository:
@@ -338,7 +342,14 @@ class Repository:
     # -- writing ------------------------------------------------------------------------
 
     def _write_snapshot(
-        self, result: ScanResult, parent: str | None, changes: ChangeSet, message: str
+        self,
+        result: ScanResult,
+        parent: str | None,
+        changes: ChangeSet,
+        message: str,
+        *,
+        requested: tuple[str, ...] = (),
+        labels: tuple[tuple[str, str], ...] = (),
     ) -> SnapshotId:
         self._check_format(create=True)
         self.objects.write_many(result.trees)
@@ -356,6 +367,8 @@ class Repository:
                 removed=len(changes.removed),
             ),
             message=message,
+            requested=requested,
+            labels=labels,
         )
         return SnapshotId(self.objects.write_object(snap))
 
@@ -421,14 +434,24 @@ class Repository:
                 except ManifestError:
                     snap = None
                 counts = snap.counts if snap is not None else None
-            out.append(LogEntry(e.new, e.old, e.time_ns, e.reason, counts))
+            out.append(LogEntry(e.new, e.old, e.time_ns, e.reason, counts, e.runs))
         return out
 
     # -- the processing cycle -----------------------------------------------------------
 
-    def begin(self, *, rehash_all: bool = False, reason_prefix: str = "begin") -> CycleResult:
+    def begin(
+        self,
+        *,
+        rehash_all: bool = False,
+        reason_prefix: str = "begin",
+        labels: dict[str, str] | None = None,
+    ) -> CycleResult:
         """Scan and diff against ``last``; if something changed, set ``pending`` to a new
-        snapshot. If ``pending`` is already set, report it instead of starting another."""
+        snapshot. If ``pending`` is already set, report it instead of starting another.
+
+        If ``unfinished`` names a superseded pending snapshot, its requested paths are carried
+        over (``changes.requeued`` for those that no longer differ) and ``unfinished`` is
+        cleared once the new ``pending`` holds them. ``labels`` are stored on the snapshot."""
         self._check_format(create=True)
         pending = self._ref_snapshot(REF_PENDING)
         last = self._ref_snapshot(REF_LAST)
@@ -459,6 +482,13 @@ class Repository:
                 message=f"recorded a baseline of {result.files} files; nothing to process",
             )
         changes = self._diff_scan(last, result)
+        unfinished = self._ref_snapshot(REF_UNFINISHED)
+        carried = self._carried_paths(unfinished, last) if unfinished else ()
+        if carried:
+            differing = set(changes.paths)
+            changes = msgspec.structs.replace(
+                changes, requeued=tuple(p for p in carried if p not in differing)
+            )
         if not changes and rehash_all and last is not None:
             self._record_hashes(result, last)
         if not changes:
@@ -471,12 +501,28 @@ class Repository:
                 message="no changes since last"
                 + (f"; {len(unstable)} file(s) still settling" if unstable else ""),
             )
-        snap_id = self._write_snapshot(result, last, changes, "")
+        snap_id = self._write_snapshot(
+            result,
+            last,
+            changes,
+            "",
+            requested=tuple(sorted(set(carried) | set(changes.paths))) if carried else (),
+            labels=tuple(sorted((labels or {}).items())),
+        )
         with self.refs.transaction(REF_PENDING) as txn:
             current = txn.value
             if current is not None:
                 return self._in_flight(current, last)
             txn.set(snap_id, expected=None, reason=f"{reason_prefix}: {_describe(changes)}")
+        if unfinished is not None:
+            # pending now carries its paths; a crash before this line only carries them twice
+            with contextlib.suppress(RefConflictError):
+                self.refs.update_ref(
+                    REF_UNFINISHED,
+                    None,
+                    expected=unfinished,
+                    reason=f"carried over into pending {snap_id[:12]}",
+                )
         return CycleResult(
             "started",
             snap_id,
@@ -486,6 +532,13 @@ class Repository:
             problems,
             message=f"pending {snap_id[:12]}: {_describe(changes)}",
         )
+
+    def _carried_paths(self, unfinished: str, last: str | None) -> tuple[str, ...]:
+        """What a superseded pending snapshot asked to process: its diff against ``last``
+        and the paths it had carried itself."""
+        snap = self.read_snapshot(unfinished)
+        paths = set(snap.requested) | set(self.diff_snapshots(last, unfinished).paths)
+        return tuple(sorted(paths))
 
     def _record_hashes(self, result: ScanResult, last: str) -> None:
         """After a full-hash check that found no change: if the tree differs from ``last``
@@ -512,7 +565,9 @@ class Repository:
             message=f"pending {pending[:12]} is already in flight ({_describe(changes)})",
         )
 
-    def promote(self, snapshot_id: str, *, reason: str = "promoted") -> CycleResult:
+    def promote(
+        self, snapshot_id: str, *, reason: str = "promoted", runs: tuple[str, ...] = ()
+    ) -> CycleResult:
         """Only if ``pending == snapshot_id``: move ``last`` to it and clear ``pending``."""
         self._check_format(create=True)
         with self.refs.transaction(REF_PENDING) as pending_txn:
@@ -534,14 +589,19 @@ class Repository:
                     f"{snapshot_id[:12]}; nothing promoted",
                 )
             with self.refs.transaction(REF_LAST) as last_txn:
-                last_txn.set(snapshot_id, reason=reason)
-            pending_txn.set(None, reason=reason)
+                last_txn.set(snapshot_id, reason=reason, runs=runs)
+            pending_txn.set(None, reason=reason, runs=runs)
         return CycleResult(
             "promoted", snapshot_id, snapshot_id, message=f"last is now {snapshot_id[:12]}"
         )
 
-    def abandon(self, snapshot_id: str, *, reason: str = "abandoned") -> CycleResult:
-        """Only if ``pending == snapshot_id``: clear it and keep ``last``."""
+    def abandon(
+        self, snapshot_id: str, *, reason: str = "abandoned", carry: bool = True
+    ) -> CycleResult:
+        """Only if ``pending == snapshot_id``: clear it and keep ``last``.
+
+        With ``carry`` (the default) ``unfinished`` is pointed at it first, so the next
+        ``begin`` requests its paths again even if they no longer differ from ``last``."""
         self._check_format(create=True)
         with self.refs.transaction(REF_PENDING) as txn:
             pending = txn.value
@@ -555,6 +615,8 @@ class Repository:
                     last,
                     message=f"pending is {pending[:12]}, not {snapshot_id[:12]}; kept",
                 )
+            if carry:
+                self.refs.update_ref(REF_UNFINISHED, snapshot_id, reason=reason)
             txn.set(None, reason=reason)
         return CycleResult(
             "abandoned",

@@ -303,3 +303,56 @@ def test_log_is_newest_first_with_counts(repo: Repository, raw: Path) -> None:
     assert log[0].time_ns >= log[1].time_ns
     assert len(repo.log(limit=1)) == 1
     assert time.time_ns() - log[0].time_ns < 60 * 10**9
+
+
+def test_abandoned_pending_is_carried_into_the_next_begin(repo: Repository, raw: Path) -> None:
+    """A change that was requested is never dropped: the file is restored after a failed
+    run, so it no longer differs from last, yet the next begin requests it again."""
+    assert repo.begin().outcome == "baseline"
+    csv = raw / "link_templates.csv"
+    good = csv.read_bytes()
+    write(csv, good + b"broken,row\n")
+    first = repo.begin()
+    assert first.changes == ChangeSet(modified=("link_templates.csv",))
+    write(csv, good)  # restored; the diff against last is empty now
+    assert repo.status().changes == ChangeSet()
+    assert first.snapshot is not None
+    assert repo.abandon(first.snapshot, reason="superseded").outcome == "abandoned"
+    assert repo.find_ref("unfinished") == first.snapshot
+    second = repo.begin()
+    assert second.outcome == "started"
+    assert second.changes == ChangeSet(requeued=("link_templates.csv",))
+    assert second.snapshot is not None
+    assert repo.read_snapshot(second.snapshot).requested == ("link_templates.csv",)
+    assert repo.find_ref("unfinished") is None
+    # superseded again with a new edit elsewhere: the union of both requests
+    write(raw / "concepts" / "descriptions" / "c1.txt", "A new tide.\n")
+    repo.abandon(second.snapshot)
+    third = repo.begin()
+    assert third.changes == ChangeSet(
+        modified=("concepts/descriptions/c1.txt",), requeued=("link_templates.csv",)
+    )
+    assert third.snapshot is not None
+    repo.promote(third.snapshot, runs=("run-1", "run-2"))
+    assert repo.log("last")[0].runs == ("run-1", "run-2")
+    assert repo.begin().outcome == "unchanged"
+
+
+def test_abandon_without_carry_drops_the_request(repo: Repository, raw: Path) -> None:
+    repo.begin()
+    write(raw / "link_templates.csv", "template_id\n")
+    started = repo.begin()
+    assert started.snapshot is not None
+    repo.abandon(started.snapshot, carry=False)
+    assert repo.find_ref("unfinished") is None
+    assert repo.begin().changes == ChangeSet(modified=("link_templates.csv",))
+
+
+def test_begin_records_labels(repo: Repository, raw: Path) -> None:
+    repo.begin()
+    write(raw / "link_templates.csv", "template_id\n")
+    started = repo.begin(labels={"tick": "raw_schedule@t1", "asset_mode": "observe"})
+    assert started.snapshot is not None
+    snap = repo.read_snapshot(started.snapshot)
+    assert snap.labels == (("asset_mode", "observe"), ("tick", "raw_schedule@t1"))
+    assert snap.label("tick") == "raw_schedule@t1" and snap.label("nope") is None
