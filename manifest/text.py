@@ -28,6 +28,9 @@ def escape_text(text: str) -> str:
     return "".join(out)
 
 
+_UNPRINTED = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def escape_path(text: str) -> str:
     """A path as one line of printable text, reversibly (:func:`unescape_path` undoes it).
 
@@ -52,8 +55,11 @@ def escape_path(text: str) -> str:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif ch in "\n\t\r":
             out.append(C_ESCAPES[ch])
-        elif unicodedata.category(ch)[0] == "C":
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+        elif unicodedata.category(ch) in _UNPRINTED:
+            if code < 0x80:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
         else:
             out.append(ch)
     return "".join(out)
@@ -83,6 +89,9 @@ def unescape_path(text: str) -> str:
         elif nxt == "u":
             out.append(chr(int(text[i + 2 : i + 6], 16)))
             i += 6
+        elif nxt == "U":
+            out.append(chr(int(text[i + 2 : i + 10], 16)))
+            i += 10
         else:
             raise ValueError(f"not an escaped path: {text!r}")
     return "".join(out)
