@@ -1,215 +1,173 @@
-"""The sample pipeline's assets, in the two shapes ``RAW_ASSET_MODE`` chooses between.
+"""The sample pipeline's assets: a consumer of the public API like any user's project.
 
-* ``materialize``: each raw file is a loader ``@asset`` (value: the CSV's rows); derived
-  assets take them as inputs. The schedule runs ``raw_reload_job`` for the changed raw assets
-  plus everything downstream.
-* ``observe``: the raw files are observable source assets; ``observe_raw_sources`` records a
-  new data version (the file's fingerprint) for exactly the changed files, and derived assets
-  recompute through ``AutomationCondition.eager()``.
+Raw files declare themselves with ``source_path`` metadata; derived assets are written once
+and read the raw files through the ``raw_manifest`` resource, so the same definitions serve
+both asset modes:
 
-Each raw asset declares its file under the metadata key ``source_path`` (relative to the raw
-root); the path -> asset key mapping is read back from these definitions.
+* ``materialize``: each raw CSV is an ``@asset`` that validates the file and records its
+  source; the schedule runs ``raw_reload_job`` for the changed ones plus downstream.
+* ``observe``: the raw CSVs are observable sources; ``observe_raw_sources`` records a new data
+  version for exactly the changed files, and derived assets recompute through
+  ``AutomationCondition.eager()``.
 
-Not observed, by design: concept description ``.txt`` files and template ``.txt`` files. They
-are read when a derived asset recomputes, but editing one alone triggers nothing.
+Per-file partitions (materialize mode): every ``feedback/*.txt`` is a partition of
+``raw_feedback`` and ``feedback_words``; ``feedback_digest`` fans them in.
+
+Not watched, by design: concept description and template ``.txt`` files. They are read when
+a derived asset recomputes, but editing one alone triggers nothing.
 """
 
+
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from dagster_glue import sample
-from manifest import load_config
-from manifest.model import TreeEntry
-
-SOURCE_PATH = "source_path"
-MISSING_VERSION = "missing"
+from dagster_glue import SOURCE_PATH, ManifestResource
+from dagster_glue import sample as S
 
 RAW_FILES: dict[str, str] = {
-    "raw_concepts": sample.CONCEPTS_CSV,
-    "raw_link_templates": sample.LINK_TEMPLATES_CSV,
-    "raw_essay_templates": sample.ESSAY_TEMPLATES_CSV,
-    "raw_evaluation_templates": sample.EVALUATION_TEMPLATES_CSV,
+    "raw_concepts": S.CONCEPTS_CSV,
+    "raw_link_templates": S.LINK_TEMPLATES_CSV,
+    "raw_essay_templates": S.ESSAY_TEMPLATES_CSV,
+    "raw_evaluation_templates": S.EVALUATION_TEMPLATES_CSV,
 }
 RAW_GROUP = "raw"
 DERIVED_GROUP = "derived"
+FEEDBACK_PARTITIONS = "raw_feedback_files"
 
 
-def raw_root() -> Path:
-    """The data root, resolved by the same rule as the CLI (``RAW_DATA_DIR``...)."""
-    return load_config().root
+def _rows(rows: list[Any]) -> dict[str, Any]:
+    return {"rows": dg.MetadataValue.int(len(rows))}
 
 
-def _raw_spec(name: str, rel: str, **kwargs: Any) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        name,
-        group_name=RAW_GROUP,
-        metadata={SOURCE_PATH: rel},
-        description=f"The raw file {rel}.",
-        **kwargs,
-    )
-
-
-def _rows_metadata(rel: str, rows: list[sample.Row]) -> dict[str, Any]:
-    return {"path": rel, "rows": len(rows), "missing": not rows and not (raw_root() / rel).exists()}
-
-
-# -- materialize path -------------------------------------------------------------------------
-
-
-def _loader(name: str, rel: str) -> dg.AssetsDefinition:
+def _raw_loader(name: str, rel: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
         group_name=RAW_GROUP,
         metadata={SOURCE_PATH: rel},
-        description=f"Rows of the raw file {rel} (empty if the file was removed).",
+        description=f"The raw file {rel}: validated, its rows counted.",
     )
-    def load(context: dg.AssetExecutionContext) -> dg.Output[list[sample.Row]]:
-        rows = sample.load_csv(raw_root(), rel)
-        meta = _rows_metadata(rel, rows)
-        if meta["missing"]:
-            context.log.warning(f"{rel} does not exist under {raw_root()}: empty table")
-        return dg.Output(rows, metadata=meta)
+    def load(context: dg.AssetExecutionContext, raw_manifest: ManifestResource) -> dg.MaterializeResult:
+        rows = S.load_csv(raw_manifest.root_path(), rel)
+        if not rows and not raw_manifest.path(rel).exists():
+            context.log.warning(f"{raw_manifest.path(rel)} does not exist: empty table")
+        return dg.MaterializeResult(
+            metadata={**raw_manifest.source_metadata(context), **_rows(rows)}
+        )
 
     return load
 
 
-def materialize_assets() -> list[dg.AssetsDefinition]:
-    loaders = [_loader(name, rel) for name, rel in RAW_FILES.items()]
+def _raw_sources() -> dg.AssetsDefinition:
+    specs = [
+        dg.AssetSpec(
+            name,
+            group_name=RAW_GROUP,
+            metadata={SOURCE_PATH: rel},
+            description=f"The raw file {rel}.",
+        )
+        for name, rel in RAW_FILES.items()
+    ]
 
-    @dg.asset(group_name=DERIVED_GROUP)
-    def concepts(raw_concepts: list[sample.Row]) -> list[dict[str, Any]]:
+    @dg.multi_observable_source_asset(specs=specs, can_subset=True, name="raw_sources")
+    def raw_sources(
+        context: dg.AssetExecutionContext, raw_manifest: ManifestResource
+    ) -> Iterator[dg.ObserveResult]:
+        yield from raw_manifest.observe(context)
+
+    return raw_sources
+
+
+def _derived(eager: bool) -> list[dg.AssetsDefinition]:
+    auto = dg.AutomationCondition.eager() if eager else None
+
+    def derived(**kwargs: Any) -> Any:
+        return dg.asset(group_name=DERIVED_GROUP, automation_condition=auto, **kwargs)
+
+    @derived(deps=["raw_concepts"])
+    def concepts(raw_manifest: ManifestResource) -> dg.Output[list[dict[str, Any]]]:
         """One record per concept, with its description text."""
-        return sample.build_concepts(raw_root(), raw_concepts)
+        root = raw_manifest.root_path()
+        out = S.build_concepts(root, S.load_csv(root, S.CONCEPTS_CSV))
+        return dg.Output(out, metadata=_rows(out))
 
-    @dg.asset(group_name=DERIVED_GROUP)
-    def concept_pairs(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    @derived()
+    def concept_pairs(concepts: list[dict[str, Any]]) -> dg.Output[list[dict[str, Any]]]:
         """Every unordered pair of concepts."""
-        return sample.build_concept_pairs(concepts)
+        out = S.build_concept_pairs(concepts)
+        return dg.Output(out, metadata=_rows(out))
 
-    @dg.asset(group_name=DERIVED_GROUP)
+    @derived(deps=["raw_link_templates"])
     def link_generation_tasks(
-        concept_pairs: list[dict[str, Any]], raw_link_templates: list[sample.Row]
-    ) -> list[dict[str, Any]]:
+        concept_pairs: list[dict[str, Any]], raw_manifest: ManifestResource
+    ) -> dg.Output[list[dict[str, Any]]]:
         """Concept pairs x active link templates."""
-        return sample.build_link_tasks(raw_root(), concept_pairs, raw_link_templates)
+        root = raw_manifest.root_path()
+        out = S.build_link_tasks(root, concept_pairs, S.load_csv(root, S.LINK_TEMPLATES_CSV))
+        return dg.Output(out, metadata=_rows(out))
 
-    @dg.asset(group_name=DERIVED_GROUP)
+    @derived(deps=["raw_essay_templates"])
     def essay_generation_tasks(
         concept_pairs: list[dict[str, Any]],
         link_generation_tasks: list[dict[str, Any]],
-        raw_essay_templates: list[sample.Row],
-    ) -> list[dict[str, Any]]:
+        raw_manifest: ManifestResource,
+    ) -> dg.Output[list[dict[str, Any]]]:
         """Concept pairs x active essay templates, listing the pair's link tasks."""
-        return sample.build_essay_tasks(
-            raw_root(), concept_pairs, link_generation_tasks, raw_essay_templates
-        )
+        root = raw_manifest.root_path()
+        templates = S.load_csv(root, S.ESSAY_TEMPLATES_CSV)
+        out = S.build_essay_tasks(root, concept_pairs, link_generation_tasks, templates)
+        return dg.Output(out, metadata=_rows(out))
 
-    @dg.asset(group_name=DERIVED_GROUP)
+    @derived(deps=["raw_evaluation_templates"])
     def evaluation_tasks(
-        essay_generation_tasks: list[dict[str, Any]],
-        raw_evaluation_templates: list[sample.Row],
-    ) -> list[dict[str, Any]]:
+        essay_generation_tasks: list[dict[str, Any]], raw_manifest: ManifestResource
+    ) -> dg.Output[list[dict[str, Any]]]:
         """Essay tasks x active evaluation templates."""
-        return sample.build_evaluation_tasks(
-            raw_root(), essay_generation_tasks, raw_evaluation_templates
-        )
+        root = raw_manifest.root_path()
+        templates = S.load_csv(root, S.EVALUATION_TEMPLATES_CSV)
+        out = S.build_evaluation_tasks(root, essay_generation_tasks, templates)
+        return dg.Output(out, metadata=_rows(out))
 
-    return [
-        *loaders,
-        concepts,
-        concept_pairs,
-        link_generation_tasks,
-        essay_generation_tasks,
-        evaluation_tasks,
-    ]
+    return [concepts, concept_pairs, link_generation_tasks, essay_generation_tasks, evaluation_tasks]
 
 
-# -- observe path -----------------------------------------------------------------------------
-
-
-def observation_version(entry: TreeEntry | None) -> str:
-    """The data version of a raw file: its manifest fingerprint, or ``missing``."""
-    return entry.fingerprint if entry is not None else MISSING_VERSION
-
-
-def _observe_entries(context: dg.AssetExecutionContext) -> dict[str, TreeEntry | None]:
-    """The entries of the snapshot this run processes (tag ``raw_fingerprint``), or of a
-    fresh snapshot when the run was launched by hand."""
-    from manifest import Repository
-
-    repo = Repository(load_config())
-    snapshot = context.run.tags.get("raw_fingerprint")
-    if not snapshot:
-        snapshot, _ = repo.snapshot(message=f"observation run {context.run_id}")
-    return {rel: repo.find_file(snapshot, rel) for rel in RAW_FILES.values()}
-
-
-def observe_assets() -> list[dg.AssetsDefinition]:
-    eager = dg.AutomationCondition.eager()
-    specs = [_raw_spec(name, rel) for name, rel in RAW_FILES.items()]
-
-    @dg.multi_observable_source_asset(specs=specs, can_subset=True, name="raw_sources")
-    def raw_sources(context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:
-        entries = _observe_entries(context)
-        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-            rel = context.assets_def.specs_by_key[key].metadata[SOURCE_PATH]
-            entry = entries[rel]
-            version = observation_version(entry)
-            yield dg.ObserveResult(
-                asset_key=key,
-                data_version=dg.DataVersion(version),
-                metadata={
-                    "path": rel,
-                    "size": entry.size if entry is not None else 0,
-                    "mtime_ns": entry.mtime_ns if entry is not None else 0,
-                    "fingerprint": version,
-                },
-            )
-
-    def read(rel: str) -> list[sample.Row]:
-        return sample.load_csv(raw_root(), rel)
-
-    @dg.asset(group_name=DERIVED_GROUP, deps=["raw_concepts"], automation_condition=eager)
-    def concepts() -> list[dict[str, Any]]:
-        """One record per concept, with its description text."""
-        return sample.build_concepts(raw_root(), read(sample.CONCEPTS_CSV))
-
-    @dg.asset(group_name=DERIVED_GROUP, automation_condition=eager)
-    def concept_pairs(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Every unordered pair of concepts."""
-        return sample.build_concept_pairs(concepts)
-
-    @dg.asset(group_name=DERIVED_GROUP, deps=["raw_link_templates"], automation_condition=eager)
-    def link_generation_tasks(concept_pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Concept pairs x active link templates."""
-        return sample.build_link_tasks(raw_root(), concept_pairs, read(sample.LINK_TEMPLATES_CSV))
-
-    @dg.asset(group_name=DERIVED_GROUP, deps=["raw_essay_templates"], automation_condition=eager)
-    def essay_generation_tasks(
-        concept_pairs: list[dict[str, Any]], link_generation_tasks: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Concept pairs x active essay templates, listing the pair's link tasks."""
-        return sample.build_essay_tasks(
-            raw_root(), concept_pairs, link_generation_tasks, read(sample.ESSAY_TEMPLATES_CSV)
-        )
+def _feedback() -> list[dg.AssetsDefinition]:
+    # One definition object per build: Dagster caches instance state on it.
+    partitions = dg.DynamicPartitionsDefinition(name=FEEDBACK_PARTITIONS)
 
     @dg.asset(
-        group_name=DERIVED_GROUP, deps=["raw_evaluation_templates"], automation_condition=eager
+        group_name=RAW_GROUP,
+        partitions_def=partitions,
+        metadata={SOURCE_PATH: S.FEEDBACK_GLOB},
+        description="One partition per feedback/*.txt file.",
     )
-    def evaluation_tasks(essay_generation_tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Essay tasks x active evaluation templates."""
-        return sample.build_evaluation_tasks(
-            raw_root(), essay_generation_tasks, read(sample.EVALUATION_TEMPLATES_CSV)
-        )
+    def raw_feedback(
+        context: dg.AssetExecutionContext, raw_manifest: ManifestResource
+    ) -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=raw_manifest.source_metadata(context))
 
-    return [
-        raw_sources,
-        concepts,
-        concept_pairs,
-        link_generation_tasks,
-        essay_generation_tasks,
-        evaluation_tasks,
-    ]
+    @dg.asset(group_name=DERIVED_GROUP, partitions_def=partitions, deps=[raw_feedback])
+    def feedback_words(
+        context: dg.AssetExecutionContext, raw_manifest: ManifestResource
+    ) -> dg.Output[dict[str, Any]]:
+        """The words of one feedback file."""
+        out = S.feedback_words(raw_manifest.root_path(), raw_manifest.source_file(context))
+        return dg.Output(out, metadata={"words": dg.MetadataValue.int(out["words"])})
+
+    @dg.asset(group_name=DERIVED_GROUP, deps=[feedback_words])
+    def feedback_digest(raw_manifest: ManifestResource) -> dg.Output[list[dict[str, Any]]]:
+        """Every feedback file and its word count (fans in all partitions)."""
+        out = S.build_feedback_digest(raw_manifest.root_path())
+        return dg.Output(out, metadata=_rows(out))
+
+    return [raw_feedback, feedback_words, feedback_digest]
+
+
+def sample_assets(asset_mode: str) -> list[dg.AssetsDefinition]:
+    """The sample pipeline for ``asset_mode``; per-file partitions only when materializing
+    (an observation carries no partition)."""
+    if asset_mode == "observe":
+        return [_raw_sources(), *_derived(eager=True)]
+    raw = [_raw_loader(name, rel) for name, rel in RAW_FILES.items()]
+    return [*raw, *_derived(eager=False), *_feedback()]

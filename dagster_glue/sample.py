@@ -21,7 +21,14 @@ ESSAY_TEMPLATES_CSV = "essay_templates.csv"
 EVALUATION_TEMPLATES_CSV = "evaluation_templates.csv"
 
 
+FEEDBACK_GLOB = "feedback/*.txt"
+
+
 class MissingRawFile(Exception):
+    pass
+
+
+class MalformedRawFile(Exception):
     pass
 
 
@@ -35,7 +42,16 @@ def load_csv(root: Path, rel_path: str, *, missing_ok: bool = True) -> list[Row]
         if missing_ok:
             return []
         raise MissingRawFile(f"{path} does not exist") from None
-    return [dict(row) for row in csv.DictReader(io.StringIO(text))]
+    rows = []
+    reader = csv.DictReader(io.StringIO(text))
+    for row in reader:
+        if None in row or None in row.values():
+            raise MalformedRawFile(
+                f"{path} line {reader.line_num}: expected {len(reader.fieldnames or [])} fields "
+                f"({', '.join(reader.fieldnames or [])}); fix the row"
+            )
+        rows.append(dict(row))
+    return rows
 
 
 def _active(rows: list[Row]) -> list[Row]:
@@ -142,3 +158,16 @@ def build_evaluation_tasks(
                 }
             )
     return tasks
+
+
+def feedback_words(root: Path, rel_path: str) -> dict[str, Any]:
+    """One feedback file: its words."""
+    text = (root / rel_path).read_text(encoding="utf-8")
+    return {"file": rel_path, "words": len(text.split())}
+
+
+def build_feedback_digest(root: Path) -> list[dict[str, Any]]:
+    """Every feedback file and its word count, sorted by file."""
+    folder = root / "feedback"
+    files = sorted(p for p in folder.glob("*.txt") if p.is_file()) if folder.is_dir() else []
+    return [feedback_words(root, p.relative_to(root).as_posix()) for p in files]

@@ -1,4 +1,6 @@
-"""The glue's own knobs (the engine's are in manifest.config), validated like the engine's."""
+"""The sample definitions' knobs, read from ``RAW_*`` environment variables (the library
+itself takes arguments; see ``change_detection``). The engine's own variables (root, store,
+hash mode, cooldown, globs, bootstrap) are read by ``manifest.load_config``."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from dagster_glue.factory import ASSET_MODES, _cron
 from manifest.config import parse_seconds
 from manifest.errors import ConfigError
 
@@ -20,7 +23,6 @@ ENV_MAX_ATTEMPTS = "RAW_MAX_ATTEMPTS"
 ENV_BATCH_SIZE = "RAW_BATCH_SIZE"
 ENV_FULL_HASH_CRON = "RAW_FULL_HASH_CRON"
 ENV_RUN_GRACE = "RAW_RUN_GRACE_SEC"
-
 
 DEFAULT_CRON = "*/5 * * * *"
 DEFAULT_FULL_HASH_CRON = "30 2 * * *"
@@ -52,32 +54,22 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _cron(env: Mapping[str, str], name: str, default: str) -> str:
-    text = env.get(name, "").strip() or default
-    fields = text.split()
-    if len(fields) != 5:
-        raise ConfigError(name, text, "a 5-field cron expression such as '*/5 * * * *'")
-    from dagster._utils.schedules import is_valid_cron_string
-
-    if not is_valid_cron_string(text):
-        raise ConfigError(name, text, "a valid 5-field cron expression such as '*/5 * * * *'")
-    return text
-
-
 def load_glue_settings(env: Mapping[str, str] | None = None) -> GlueSettings:
     env = os.environ if env is None else env
     mode = env.get(ENV_ASSET_MODE, "").strip() or "materialize"
-    if mode not in ("materialize", "observe"):
-        raise ConfigError(ENV_ASSET_MODE, mode, "materialize or observe")
+    if mode not in ASSET_MODES:
+        raise ConfigError(ENV_ASSET_MODE, mode, " or ".join(ASSET_MODES))
     enabled_text = env.get(ENV_ENABLED, "").strip().lower() or "false"
     if enabled_text not in ("true", "false", "1", "0", "yes", "no"):
         raise ConfigError(ENV_ENABLED, enabled_text, "true or false")
     return GlueSettings(
         asset_mode=mode,  # type: ignore[arg-type]
-        cron=_cron(env, ENV_CRON, DEFAULT_CRON),
+        cron=_cron(env.get(ENV_CRON, "").strip() or DEFAULT_CRON, ENV_CRON),
         enabled=enabled_text in ("true", "1", "yes"),
         max_attempts=_positive_int(env, ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS),
         batch_size=_positive_int(env, ENV_BATCH_SIZE, DEFAULT_BATCH_SIZE),
-        full_hash_cron=_cron(env, ENV_FULL_HASH_CRON, DEFAULT_FULL_HASH_CRON),
+        full_hash_cron=_cron(
+            env.get(ENV_FULL_HASH_CRON, "").strip() or DEFAULT_FULL_HASH_CRON, ENV_FULL_HASH_CRON
+        ),
         run_grace_sec=parse_seconds(env.get(ENV_RUN_GRACE) or DEFAULT_RUN_GRACE_SEC, ENV_RUN_GRACE),
     )

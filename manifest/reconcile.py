@@ -42,48 +42,75 @@ def reconcile(
     grace_sec: float,
     max_attempts: int,
     tree_changed: Callable[[], bool],
+    after: Mapping[int, Sequence[int]] | None = None,
+    owner: bool = False,
 ) -> Decision:
+    """Decide what to do with ``pending``.
+
+    ``after[b]`` lists the batches that must succeed before batch ``b`` is requested (it was
+    not requested with the others). ``owner`` is True when this is a later tick of the
+    schedule that took ``pending``: that schedule's runs for an earlier tick exist by now
+    (the daemon creates a tick's runs before it evaluates the next), so a batch with no run
+    was never launched (a preview, a crash) and is requested at once. Anyone else waits
+    ``grace_sec`` before requesting, in case the owner is not ticking.
+    """
+    after = after or {}
     batches = range(1, n_batches + 1)
     latest = {b: runs_by_batch[b][-1] for b in batches if runs_by_batch.get(b)}
     if len(latest) == n_batches and all(r.state == "success" for r in latest.values()):
         return Decision(
             "promote",
             "every batch succeeded",
-            runs=tuple(latest[b].run_id for b in batches),
+            runs=tuple(r.run_id for b in batches for r in runs_by_batch[b] if r.state == "success"),
         )
+    done = {b for b, r in latest.items() if r.state == "success"}
     running = [r.run_id for r in latest.values() if r.state == "in_progress"]
-    if running:
-        return Decision(
-            "wait", f"run {', '.join(running)} is still queued or running", runs=tuple(running)
-        )
-    missing = [b for b in batches if b not in latest]
     failed = [b for b in batches if b in latest and latest[b].state == "failure"]
-    overdue = pending_age_sec >= grace_sec
-    if missing and not failed and not overdue:
+    unrun = [b for b in batches if b not in latest]
+    ready = [b for b in unrun if all(d in done for d in after.get(b, ()))]
+    blocked = [b for b in unrun if b not in ready]
+    may_request = owner or pending_age_sec >= grace_sec
+    if not failed and not ready:
+        if running:
+            return Decision(
+                "wait",
+                f"run {', '.join(running)} is still queued or running",
+                runs=tuple(running),
+            )
+        # only blocked batches left, yet nothing runs: their prerequisites failed before
+        return Decision(
+            "wait", f"batch {', '.join(map(str, blocked))} waits for earlier batches"
+        )
+    if not running and tree_changed():
+        return Decision("abandon", "the raw tree changed again since pending was taken")
+    if not may_request:
+        waiting = sorted(failed + ready)
         return Decision(
             "wait",
-            f"no run carries batch {', '.join(map(str, missing))} yet (the daemon may not "
-            f"have created it); requesting again after {grace_sec:g}s",
+            f"batch {', '.join(map(str, waiting))} has no successful run yet; the schedule "
+            f"that requested it asks again on its next tick (anyone else after {grace_sec:g}s)",
         )
-    if tree_changed():
-        return Decision("abandon", "the raw tree changed again since pending was taken")
     failures = {
         b: [r.run_id for r in runs_by_batch.get(b, ()) if r.state == "failure"] for b in failed
     }
     worst = max((len(v) for v in failures.values()), default=0)
     if worst >= max_attempts:
         failed_runs = sorted({run for runs in failures.values() for run in runs})
+        if running:
+            return Decision(
+                "wait", f"run {', '.join(running)} is still queued or running", runs=tuple(running)
+            )
         return Decision(
             "give_up",
             f"stopped retrying after {worst} failed attempts (runs {', '.join(failed_runs)}); "
             "fix the cause and edit the data, or roll back with `manifest reset`",
             runs=tuple(failed_runs),
         )
-    to_request = tuple(sorted(failed + (missing if overdue else [])))
+    to_request = tuple(sorted(failed + ready))
     attempt = 1 + max(len(runs_by_batch.get(b, ())) for b in to_request)
     return Decision(
         "request",
-        f"requesting batch {', '.join(map(str, to_request))} again (attempt {attempt})",
+        f"requesting batch {', '.join(map(str, to_request))} (attempt {attempt})",
         batches=to_request,
         attempt=attempt,
     )

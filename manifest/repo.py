@@ -418,6 +418,14 @@ class Repository:
         old_root = self.read_snapshot(old_id).root if old_id else None
         return diff_trees(tree_reader(self.objects), old_root, self.read_snapshot(new_id).root)
 
+    def pending_changes(self, snapshot_id: str, last: str | None) -> ChangeSet:
+        """What processing ``snapshot_id`` covers: its diff against ``last`` plus the paths it
+        carried over from a superseded pending (``requeued``)."""
+        changes = self.diff_snapshots(last, snapshot_id)
+        differing = set(changes.paths)
+        extra = tuple(p for p in self.read_snapshot(snapshot_id).requested if p not in differing)
+        return msgspec.structs.replace(changes, requeued=extra) if extra else changes
+
     def log(self, ref: str = REF_LAST, limit: int | None = None) -> list[LogEntry]:
         """The moves of ``ref``, newest first."""
         validate_ref_name(ref)
@@ -556,7 +564,7 @@ class Repository:
             )
 
     def _in_flight(self, pending: str, last: str | None) -> CycleResult:
-        changes = self.diff_snapshots(last, pending)
+        changes = self.pending_changes(pending, last)
         return CycleResult(
             "in_flight",
             pending,

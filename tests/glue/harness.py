@@ -46,28 +46,59 @@ class Harness:
         self.store = store
         self.instance = instance
         self.settings = settings
-        self.defs, self.glue = build(settings)
-        self.schedule = self.defs.resolve_schedule_def("raw_schedule")
-        self.job = self.defs.resolve_job_def(self.glue.job_name)
+        self.defs = build(settings)
+        self.repository_def = self.defs.get_repository_def()
+        name = "observe_raw_sources" if settings.asset_mode == "observe" else "raw_reload_job"
+        self.job = self.repository_def.get_job(name)
+        self.clock = datetime.datetime.now(datetime.UTC)
 
     @property
     def repo(self) -> Repository:
         return Repository(load_config())
 
-    def tick(self, name: str = "raw_schedule") -> dg.ScheduleExecutionData:
-        context = dg.build_schedule_context(
+    def context(self, when: datetime.datetime | None = None) -> dg.ScheduleEvaluationContext:
+        """A schedule context as the daemon builds it: each tick one minute after the last."""
+        if when is None:
+            self.clock += datetime.timedelta(minutes=1)
+            when = self.clock
+        return dg.build_schedule_context(
             instance=self.instance,
-            scheduled_execution_time=datetime.datetime.now(datetime.UTC),
+            scheduled_execution_time=when,
+            repository_def=self.repository_def,
+            resources=self.defs.resources,
         )
-        return self.defs.resolve_schedule_def(name).evaluate_tick(context)
+
+    def tick(
+        self, name: str = "raw_schedule", when: datetime.datetime | None = None
+    ) -> dg.ScheduleExecutionData:
+        schedule = self.repository_def.get_schedule_def(name)
+        with self.context(when) as context:
+            return schedule.evaluate_tick(context)
 
     def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         return self.job.execute_in_process(
             instance=self.instance,
             asset_selection=request.asset_selection,
             tags=request.tags,
+            partition_key=request.partition_key,
             raise_on_error=False,
         )
+
+    def warm(self) -> None:
+        """Materialize everything once, as a user would after the baseline: unpartitioned
+        assets in one run, then each registered file partition."""
+        graph = self.repository_def.asset_graph
+        keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
+        assert self.job.execute_in_process(instance=self.instance, asset_selection=keys).success
+        partitioned = [
+            k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None
+        ]
+        for name in {graph.get(k).partitions_def.name for k in partitioned}:  # type: ignore[union-attr]
+            for key in self.instance.get_dynamic_partitions(name):
+                result = self.job.execute_in_process(
+                    instance=self.instance, asset_selection=partitioned, partition_key=key
+                )
+                assert result.success
 
     def materialized(self, result: dg.ExecuteInProcessResult) -> set[str]:
         return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -11,13 +13,18 @@ import pytest
 
 from dagster_glue.assets import RAW_FILES
 from dagster_glue.definitions import defs as sample_defs
-from dagster_glue.schedule import path_to_asset_key
+from dagster_glue.planning import find_watched, match
 from dagster_glue.settings import load_glue_settings
 from manifest.errors import ConfigError
 
 from .harness import edit
 
 NEW_EVAL = "clarity,Clarity,evaluation_templates/coherence.txt,true\n"
+
+
+def path_to_asset_key(path: str) -> dg.AssetKey | None:
+    hits = match(find_watched(sample_defs.get_repository_def(), None), path)
+    return hits[0].key if hits else None
 
 
 def test_mapping_comes_from_source_path_metadata() -> None:
@@ -45,12 +52,18 @@ def test_one_request_with_expected_key_and_tags(make_harness: Any) -> None:
     h.tick()
     edit(h.root / "evaluation_templates.csv", NEW_EVAL)
     (request,) = h.tick().run_requests
-    assert request.run_key.endswith("-b1") and len(request.run_key) == 19
+    pending = h.repo.find_ref("pending")
+    assert pending is not None
+    assert request.run_key == f"raw-{pending[:16]}-b1-a1"
     assert request.job_name == "raw_reload_job"
-    # Same change, same key: the key is a hash of the changed files and fingerprints.
+    assert request.tags["raw_last"] == h.repo.find_ref("last")
+    assert request.tags["raw_paths"] == "evaluation_templates.csv"
+    assert request.tags["raw_paths_total"] == "1"
+    # The same change begun again (the first pending abandoned) is a new request with a new
+    # key: a run of the abandoned snapshot never stands in for it.
     h.repo.abandon(request.tags["raw_fingerprint"])
     (again,) = h.tick().run_requests
-    assert again.run_key == request.run_key
+    assert again.run_key != request.run_key
     assert again.tags["raw_fingerprint"] != request.tags["raw_fingerprint"]
 
 
@@ -62,7 +75,8 @@ def test_cooldown_filters_a_fresh_edit(make_harness: Any, monkeypatch: pytest.Mo
     with open(path, "a") as fh:
         fh.write(NEW_EVAL)  # mtime: now
     data = h.tick()
-    assert data.run_requests == [] and "still settling" in (data.skip_message or "")
+    assert data.run_requests == []
+    assert "waiting for evaluation_templates.csv to settle" in (data.skip_message or "")
     stamp = time.time_ns() - 60 * 10**9
     os.utime(path, ns=(stamp, stamp))
     assert len(h.tick().run_requests) == 1
@@ -71,7 +85,7 @@ def test_cooldown_filters_a_fresh_edit(make_harness: Any, monkeypatch: pytest.Mo
 def test_batching_splits_and_promotes_only_when_every_batch_succeeded(make_harness: Any) -> None:
     h = make_harness(batch_size=1)
     h.tick()
-    assert h.job.execute_in_process(instance=h.instance).success
+    h.warm()
     edit(h.root / "evaluation_templates.csv", NEW_EVAL)
     edit(
         h.root / "essay_templates.csv",
@@ -82,7 +96,8 @@ def test_batching_splits_and_promotes_only_when_every_batch_succeeded(make_harne
     assert len({r.run_key for r in requests}) == 2
     pending = h.repo.find_ref("pending")
     assert h.execute(requests[0]).success
-    assert h.tick().run_requests == []  # batch 2 has no run yet: wait
+    # batch 2 has no run: a later tick asks for it again (same key), and does not promote
+    assert [r.run_key for r in h.tick().run_requests] == [requests[1].run_key]
     assert h.repo.find_ref("pending") == pending
     assert h.execute(requests[1]).success
     h.tick()
@@ -92,7 +107,7 @@ def test_batching_splits_and_promotes_only_when_every_batch_succeeded(make_harne
 def test_failed_batch_is_retried_alone(make_harness: Any) -> None:
     h = make_harness(batch_size=1)
     h.tick()
-    assert h.job.execute_in_process(instance=h.instance).success
+    h.warm()
     edit(h.root / "evaluation_templates.csv", NEW_EVAL)
     edit(h.root / "link_templates.csv", "bad,Bad,generation_templates/links/missing.txt,true\n")
     first, second = h.tick().run_requests
@@ -106,7 +121,7 @@ def test_failed_batch_is_retried_alone(make_harness: Any) -> None:
 def test_retry_limit_then_skip_with_instructions(make_harness: Any) -> None:
     h = make_harness(max_attempts=2)
     h.tick()
-    assert h.job.execute_in_process(instance=h.instance).success
+    h.warm()
     edit(h.root / "link_templates.csv", "bad,Bad,generation_templates/links/missing.txt,true\n")
     (request,) = h.tick().run_requests
     assert not h.execute(request).success
@@ -127,7 +142,7 @@ def test_changes_mapping_to_no_asset_advance_last_without_a_run(make_harness: An
     assert data.run_requests == []
     assert "concepts/descriptions/c001.txt" in (data.skip_message or "")
     assert h.repo.find_ref("pending") is None
-    assert h.repo.log("last")[0].reason.startswith("no observed file changed")
+    assert h.repo.log("last")[0].reason.startswith("no watched file changed")
     assert h.tick().skip_message == "no changes since last"
 
 
@@ -136,17 +151,24 @@ def test_bootstrap_all_requests_everything(
 ) -> None:
     monkeypatch.setenv("RAW_SCAN_BOOTSTRAP", "all")
     h = make_harness()
-    (request,) = h.tick().run_requests
-    assert len(request.asset_selection) == 9
-    assert h.execute(request).success
+    partitions = h.tick().run_requests  # each feedback file first, one run per partition
+    assert sorted(r.partition_key for r in partitions) == [
+        "feedback/reviewer_a.txt",
+        "feedback/reviewer_b.txt",
+        "feedback/reviewer_c.txt",
+    ]
+    assert all(h.execute(r).success for r in partitions)
+    (rest,) = h.tick().run_requests  # then everything unpartitioned, the fan-in included
+    assert len(rest.asset_selection) == 10 and rest.partition_key is None
+    assert h.execute(rest).success
     h.tick()
-    assert h.repo.find_ref("last") == request.tags["raw_fingerprint"]
+    assert h.repo.find_ref("last") == rest.tags["raw_fingerprint"]
 
 
 def test_removed_file_is_an_empty_table(make_harness: Any) -> None:
     h = make_harness()
     h.tick()
-    assert h.job.execute_in_process(instance=h.instance).success
+    h.warm()
     (h.root / "evaluation_templates.csv").unlink()
     (request,) = h.tick().run_requests
     assert request.tags["raw_removed"] == "1"
@@ -159,9 +181,17 @@ def test_missed_ticks_replayed_back_to_back_are_harmless(make_harness: Any) -> N
     h = make_harness()
     h.tick()
     edit(h.root / "evaluation_templates.csv", NEW_EVAL)
-    assert len(h.tick().run_requests) == 1
-    replays = [h.tick() for _ in range(5)]
+    when = h.clock = h.clock + datetime.timedelta(minutes=1)
+    (request,) = h.tick(when=when).run_requests
+    # The daemon re-evaluating the same tick (after a crash) never requests twice
+    replays = [h.tick(when=when) for _ in range(5)]
     assert all(r.run_requests == [] for r in replays)
+    # A later tick that finds no run (the daemon creates a tick's runs before the next
+    # tick, so this one was never launched) requests it again at once, same key.
+    (again,) = h.tick().run_requests
+    assert again.run_key == request.run_key
+    assert h.execute(again).success
+    assert h.tick().run_requests == [] and h.repo.find_ref("pending") is None
 
 
 def test_lost_request_is_requested_again_after_the_grace_period(make_harness: Any) -> None:
@@ -185,6 +215,8 @@ def test_promotion_sensor_promotes_at_once(make_harness: Any) -> None:
         dagster_instance=h.instance,
         dagster_run=result.dagster_run,
         dagster_event=result.get_run_success_event(),
+        resources=h.defs.resources,
+        repository_def=h.repository_def,
     )
     sensor(context)
     assert h.repo.find_ref("last") == request.tags["raw_fingerprint"]
@@ -223,8 +255,8 @@ def test_bad_glue_settings_name_the_variable(variable: str, value: str) -> None:
 def test_schedule_is_stopped_unless_enabled() -> None:
     from dagster_glue.definitions import build
 
-    off, _ = build(load_glue_settings({}))
-    on, _ = build(
+    off = build(load_glue_settings({}))
+    on = build(
         load_glue_settings({"RAW_SCHEDULE_ENABLED": "true", "RAW_SCAN_CRON": "* * * * *"})
     )
     assert (
@@ -282,10 +314,10 @@ def test_a_held_lock_is_a_skip_to_retry(make_harness: Any, monkeypatch: pytest.M
 
 
 def test_a_missing_root_fails_the_tick_with_a_clear_message(
-    make_harness: Any, monkeypatch: pytest.MonkeyPatch
+    make_harness: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("RAW_DATA_DIR", str(tmp_path / "nope"))
     h = make_harness()
-    monkeypatch.setenv("RAW_DATA_DIR", str(h.root / "nope"))
     with pytest.raises(dg.DagsterError) as info:
         h.tick()
     cause = info.value.__cause__

@@ -1,0 +1,161 @@
+"""``change_detection(...)``: what a Dagster project adds to watch one raw root."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from dagster_glue.resource import ManifestResource, resource_key, validate_name
+from dagster_glue.sensors import automation_sensor, promotion_sensor
+from dagster_glue.tick import Glue
+from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC
+from manifest.errors import ConfigError
+
+ASSET_MODES = ("materialize", "observe")
+
+
+def _value(value: Any) -> Any:
+    """Definition-time settings (cron, enabled, mode) may be ``dg.EnvVar``s: read them now."""
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
+
+
+def _cron(value: Any, variable: str) -> str:
+    text = str(_value(value) or "").strip()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg.ScheduleDefinition(name="_check", cron_schedule=text, target="*")
+    except Exception as exc:  # Dagster raises its own error types for a bad cron string
+        raise ConfigError(variable, text, "a 5-field cron expression such as '*/5 * * * *'") from exc
+    return text
+
+
+def _bool(value: Any, variable: str) -> bool:
+    value = _value(value)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(variable, value, "true or false")
+    return text in ("true", "1", "yes")
+
+
+def change_detection(
+    *,
+    root: str | dg.EnvVar,
+    state_dir: str | dg.EnvVar | None = None,
+    name: str = "raw",
+    asset_mode: str = "materialize",
+    selection: dg.AssetSelection | str | None = None,
+    cron: str | dg.EnvVar = "*/5 * * * *",
+    full_hash_cron: str | dg.EnvVar = "30 2 * * *",
+    enabled: bool | str | dg.EnvVar = False,
+    hash_mode: str | dg.EnvVar = "content_hash",
+    cooldown_sec: float | dg.EnvVar = DEFAULT_COOLDOWN_SEC,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    batch_size: int | dg.EnvVar = 50,
+    max_attempts: int | dg.EnvVar = 3,
+    run_grace_sec: float | dg.EnvVar = 300,
+    bootstrap: str | dg.EnvVar = "baseline",
+    lock_timeout_sec: float | dg.EnvVar = DEFAULT_LOCK_TIMEOUT_SEC,
+) -> dg.Definitions:
+    """The job, ``{name}_schedule``, ``{name}_full_hash_check``, ``{name}_promotion_sensor``
+    (and in observe mode ``{name}_automation_sensor``) and the ``{name}_manifest`` resource
+    that watch ``root``. Merge it with your own definitions; your assets declare their file
+    with ``source_path`` metadata."""
+    validate_name(name)
+    mode = str(_value(asset_mode))
+    if mode not in ASSET_MODES:
+        raise ConfigError("asset_mode", mode, " or ".join(ASSET_MODES))
+    resource = ManifestResource(
+        root=root,
+        state_dir=state_dir,
+        name=name,
+        asset_mode=mode,
+        hash_mode=hash_mode,
+        cooldown_sec=cooldown_sec,
+        include=list(include),
+        exclude=list(exclude),
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        run_grace_sec=run_grace_sec,
+        bootstrap=bootstrap,
+        lock_timeout_sec=lock_timeout_sec,
+    )
+    observe = mode == "observe"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # include_sources is marked beta
+        if selection is None:
+            job_selection = dg.AssetSelection.all(include_sources=observe)
+        elif isinstance(selection, str):
+            job_selection = dg.AssetSelection.from_string(selection, include_sources=True)
+        else:
+            job_selection = selection
+        if not observe:
+            job_selection = job_selection.downstream()
+    job_name = f"observe_{name}_sources" if observe else f"{name}_reload_job"
+    shown_root = root.env_var_name if isinstance(root, dg.EnvVar) else root
+    shown_root = f"${shown_root}" if isinstance(root, dg.EnvVar) else shown_root
+    job = dg.define_asset_job(
+        job_name,
+        selection=job_selection,
+        description=(
+            f"Observe the changed files under {shown_root}."
+            if observe
+            else f"Reload the changed files under {shown_root} and recompute downstream "
+            "(the schedule selects the subset)."
+        ),
+    )
+    schedule_name = f"{name}_schedule"
+    glue = Glue(
+        name=name,
+        asset_mode=mode,  # type: ignore[arg-type]
+        job_name=job_name,
+        schedule_name=schedule_name,
+        selection=selection,
+    )
+    status = (
+        dg.DefaultScheduleStatus.RUNNING
+        if _bool(enabled, "enabled")
+        else dg.DefaultScheduleStatus.STOPPED
+    )
+    key = resource_key(name)
+
+    @dg.schedule(
+        name=schedule_name,
+        cron_schedule=_cron(cron, "cron"),
+        job=job,
+        default_status=status,
+        required_resource_keys={key},
+        description=f"Scan {shown_root} and request one run for what changed since last.",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
+        return glue.tick(context, schedule=schedule_name)
+
+    full_name = f"{name}_full_hash_check"
+
+    @dg.schedule(
+        name=full_name,
+        cron_schedule=_cron(full_hash_cron, "full_hash_cron"),
+        job=job,
+        default_status=status,
+        required_resource_keys={key},
+        description=f"Re-hash every file under {shown_root}, ignoring the stat cache, and "
+        "request whatever content differs from last.",
+    )
+    def _full_hash(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
+        return glue.tick(context, schedule=full_name, rehash_all=True)
+
+    sensors: list[dg.SensorDefinition] = [promotion_sensor(glue, job)]
+    if observe:
+        sensors.append(automation_sensor(glue))
+    return dg.Definitions(
+        jobs=[job],
+        schedules=[_schedule, _full_hash],
+        sensors=sensors,
+        resources={key: resource},
+    )
