@@ -17,7 +17,6 @@ Not watched, by design: concept description and template ``.txt`` files. They ar
 a derived asset recomputes, but editing one alone triggers nothing.
 """
 
-
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,7 +47,9 @@ def _raw_loader(name: str, rel: str) -> dg.AssetsDefinition:
         metadata={SOURCE_PATH: rel},
         description=f"The raw file {rel}: validated, its rows counted.",
     )
-    def load(context: dg.AssetExecutionContext, raw_manifest: ManifestResource) -> dg.MaterializeResult:
+    def load(
+        context: dg.AssetExecutionContext, raw_manifest: ManifestResource
+    ) -> dg.MaterializeResult:
         rows = S.load_csv(raw_manifest.root_path(), rel)
         if not rows and not raw_manifest.path(rel).exists():
             context.log.warning(f"{raw_manifest.path(rel)} does not exist: empty table")
@@ -129,7 +130,13 @@ def _derived(eager: bool) -> list[dg.AssetsDefinition]:
         out = S.build_evaluation_tasks(root, essay_generation_tasks, templates)
         return dg.Output(out, metadata=_rows(out))
 
-    return [concepts, concept_pairs, link_generation_tasks, essay_generation_tasks, evaluation_tasks]
+    return [
+        concepts,
+        concept_pairs,
+        link_generation_tasks,
+        essay_generation_tasks,
+        evaluation_tasks,
+    ]
 
 
 def _feedback() -> list[dg.AssetsDefinition]:

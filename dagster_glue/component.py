@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import dagster as dg
+from pydantic import Field
 
 from dagster_glue.factory import change_detection
 from manifest.config import DEFAULT_COOLDOWN_SEC
@@ -32,8 +33,8 @@ class ChangeDetectionComponent(dg.Component, dg.Model, dg.Resolvable):
     enabled: bool = False
     hash_mode: Literal["content_hash", "mtime_size"] = "content_hash"
     cooldown_sec: float = DEFAULT_COOLDOWN_SEC
-    include: list[str] = []
-    exclude: list[str] = []
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
     batch_size: int = 50
     max_attempts: int = 3
     run_grace_sec: float = 300

@@ -11,7 +11,7 @@ import dagster as dg
 from dagster_glue.resource import ManifestResource, resource_key, validate_name
 from dagster_glue.sensors import automation_sensor, promotion_sensor
 from dagster_glue.tick import Glue
-from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC
+from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC, parse_seconds
 from manifest.errors import ConfigError
 
 ASSET_MODES = ("materialize", "observe")
@@ -29,8 +29,25 @@ def _cron(value: Any, variable: str) -> str:
             warnings.simplefilter("ignore")
             dg.ScheduleDefinition(name="_check", cron_schedule=text, target="*")
     except Exception as exc:  # Dagster raises its own error types for a bad cron string
-        raise ConfigError(variable, text, "a 5-field cron expression such as '*/5 * * * *'") from exc
+        raise ConfigError(
+            variable, text, "a 5-field cron expression such as '*/5 * * * *'"
+        ) from exc
     return text
+
+
+def _count(value: Any, variable: str) -> int:
+    value = _value(value)
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(variable, value, "a whole number >= 1") from None
+    if number < 1:
+        raise ConfigError(variable, value, "a whole number >= 1")
+    return number
+
+
+def _seconds(value: Any, variable: str) -> float:
+    return parse_seconds(_value(value), variable)
 
 
 def _bool(value: Any, variable: str) -> bool:
@@ -66,7 +83,10 @@ def change_detection(
     """The job, ``{name}_schedule``, ``{name}_full_hash_check``, ``{name}_promotion_sensor``
     (and in observe mode ``{name}_automation_sensor``) and the ``{name}_manifest`` resource
     that watch ``root``. Merge it with your own definitions; your assets declare their file
-    with ``source_path`` metadata."""
+    with ``source_path`` metadata.
+
+    Every setting may be a ``dg.EnvVar``: ``root``, ``state_dir`` and ``hash_mode`` are read
+    when the resource is used; the others when the definitions load."""
     validate_name(name)
     mode = str(_value(asset_mode))
     if mode not in ASSET_MODES:
@@ -77,16 +97,17 @@ def change_detection(
         name=name,
         asset_mode=mode,
         hash_mode=hash_mode,
-        cooldown_sec=cooldown_sec,
+        cooldown_sec=_seconds(cooldown_sec, "cooldown_sec"),
         include=list(include),
         exclude=list(exclude),
-        batch_size=batch_size,
-        max_attempts=max_attempts,
-        run_grace_sec=run_grace_sec,
+        batch_size=_count(batch_size, "batch_size"),
+        max_attempts=_count(max_attempts, "max_attempts"),
+        run_grace_sec=_seconds(run_grace_sec, "run_grace_sec"),
         bootstrap=bootstrap,
-        lock_timeout_sec=lock_timeout_sec,
+        lock_timeout_sec=_seconds(lock_timeout_sec, "lock_timeout_sec"),
     )
     observe = mode == "observe"
+    job_selection: dg.AssetSelection
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # include_sources is marked beta
         if selection is None:

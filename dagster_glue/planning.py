@@ -82,7 +82,9 @@ def find_watched(
             )
         partitions = pdef.name if isinstance(pdef, dg.DynamicPartitionsDefinition) else None
         watched.append(
-            Watched(key, text, pattern, partitions, node.is_observable and not node.is_materializable)
+            Watched(
+                key, text, pattern, partitions, node.is_observable and not node.is_materializable
+            )
         )
     return watched
 
@@ -146,13 +148,13 @@ def plan(
                     "no partitions in asset_mode='observe' (observations carry no "
                     "partition); use asset_mode='materialize' for per-file partitions",
                 )
-            key = escape_path(path)
+            partition = escape_path(path)
             changed_partitioned.add(w.key)
             if path in removed:
-                gone.setdefault(w.partitions, set()).add(key)
+                gone.setdefault(w.partitions, set()).add(partition)
             else:
-                new.setdefault(w.partitions, set()).add(key)
-                partition_runs.add((w.key, key))
+                new.setdefault(w.partitions, set()).add(partition)
+                partition_runs.add((w.key, partition))
     batches: list[Batch] = []
     for key, partition in sorted(partition_runs, key=lambda kp: (kp[0].to_user_string(), kp[1])):
         batches.append(Batch(len(batches) + 1, (key,), partition))

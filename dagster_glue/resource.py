@@ -40,7 +40,7 @@ def observation_version(entry: TreeEntry | None) -> str:
     return entry.fingerprint if entry is not None else MISSING_VERSION
 
 
-class ManifestResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class ManifestResource(dg.ConfigurableResource):
     """Where a watched root and its state store are, and how to scan and process it."""
 
     root: str = Field(description="The raw data folder to watch.")

@@ -66,9 +66,7 @@ class Glue:
             observe=self.observe,
         )
 
-    def runs_by_batch(
-        self, instance: dg.DagsterInstance, pending: str
-    ) -> dict[int, list[RunInfo]]:
+    def runs_by_batch(self, instance: dg.DagsterInstance, pending: str) -> dict[int, list[RunInfo]]:
         out: dict[int, list[RunInfo]] = {}
         runs = instance.get_runs(filters=dg.RunsFilter(tags={T.pending(self.name): pending}))
         for run in reversed(list(runs)):  # oldest first
@@ -145,7 +143,9 @@ class Glue:
             )
             tags = {**base, T.batch(self.name): f"{number}/{len(planned.batches)}"}
             if ancestors:
-                tags[f"{self.name}_added_ancestors"] = ",".join(k.to_user_string() for k in ancestors)
+                tags[f"{self.name}_added_ancestors"] = ",".join(
+                    k.to_user_string() for k in ancestors
+                )
             if left_out and log is not None:
                 log.warning(
                     "not recomputed (partitioned downstream of an unpartitioned change; "
@@ -332,11 +332,7 @@ class Glue:
                 if result.unstable
                 else ""
             )
-            base = (
-                "no changes since last"
-                if result.outcome == "unchanged"
-                else result.message
-            )
+            base = "no changes since last" if result.outcome == "unchanged" else result.message
             return dg.SkipReason(base + settling + switched)
         changes = result.changes
         planned = self.plan(res, repository_def, changes)

@@ -21,8 +21,8 @@ import typer
 from manifest.config import load_config
 from manifest.errors import ManifestError
 from manifest.model import ChangeSet, TreeEntry
-from manifest.text import C_ESCAPES, escape_text
 from manifest.repo import LogEntry, Repository, Status
+from manifest.text import C_ESCAPES, escape_text
 
 EXIT_DIFFERENCES = 1
 
@@ -121,6 +121,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 # -- formatting -----------------------------------------------------------------------------
+
 
 def quote_path(path: str) -> str:
     """A path as git prints it: as is when plain, else C-quoted in double quotes."""

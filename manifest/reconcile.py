@@ -78,9 +78,7 @@ def reconcile(
                 runs=tuple(running),
             )
         # only blocked batches left, yet nothing runs: their prerequisites failed before
-        return Decision(
-            "wait", f"batch {', '.join(map(str, blocked))} waits for earlier batches"
-        )
+        return Decision("wait", f"batch {', '.join(map(str, blocked))} waits for earlier batches")
     if not running and tree_changed():
         return Decision("abandon", "the raw tree changed again since pending was taken")
     if not may_request:

@@ -222,9 +222,8 @@ class RefTransaction:
                 atomic_write(path, (new + "\n").encode("ascii"), sync=refs.sync)
             if new != old:
                 refs._append_reflog(
-                    self.name, ReflogEntry(
-                        old=old, new=new, time_ns=time.time_ns(), reason=reason, runs=runs
-                    ),
+                    self.name,
+                    ReflogEntry(old=old, new=new, time_ns=time.time_ns(), reason=reason, runs=runs),
                 )
         except OSError as exc:
             raise StoreError(str(path), f"cannot update ref: {exc.strerror or exc}") from exc

@@ -16,7 +16,7 @@ names = st.binary(min_size=1, max_size=40).map(os.fsdecode)
 def test_escape_path_round_trips_and_is_one_printable_line(text: str) -> None:
     escaped = escape_path(text)
     assert unescape_path(escaped) == text
-    assert not any(unicodedata.category(c) in ('Cc', 'Cs', 'Zl', 'Zp') for c in escaped)
+    assert not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in escaped)
     assert "..." not in escaped  # Dagster refuses it in partition keys
 
 

@@ -256,9 +256,7 @@ def test_schedule_is_stopped_unless_enabled() -> None:
     from dagster_glue.definitions import build
 
     off = build(load_glue_settings({}))
-    on = build(
-        load_glue_settings({"RAW_SCHEDULE_ENABLED": "true", "RAW_SCAN_CRON": "* * * * *"})
-    )
+    on = build(load_glue_settings({"RAW_SCHEDULE_ENABLED": "true", "RAW_SCAN_CRON": "* * * * *"}))
     assert (
         off.resolve_schedule_def("raw_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
     )
