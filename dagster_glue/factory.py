@@ -35,6 +35,14 @@ def _cron(value: Any, variable: str) -> str:
     return text
 
 
+def _shown(root: str | dg.EnvVar) -> str:
+    """The root as descriptions name it: the path, and the variable it came from."""
+    if not isinstance(root, dg.EnvVar):
+        return root
+    value = root.get_value()
+    return f"{value} (${root.env_var_name})" if value else f"${root.env_var_name}"
+
+
 def _count(value: Any, variable: str) -> int:
     value = _value(value)
     try:
@@ -119,8 +127,7 @@ def change_detection(
         if not observe:
             job_selection = job_selection.downstream()
     job_name = f"observe_{name}_sources" if observe else f"{name}_reload_job"
-    shown_root = root.env_var_name if isinstance(root, dg.EnvVar) else root
-    shown_root = f"${shown_root}" if isinstance(root, dg.EnvVar) else shown_root
+    shown_root = _shown(root)
     job = dg.define_asset_job(
         job_name,
         selection=job_selection,

@@ -38,26 +38,17 @@ def edit(path: Path, text: str, *, append: bool = True) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
-class Harness:
-    def __init__(
-        self, root: Path, store: Path, instance: dg.DagsterInstance, settings: GlueSettings
-    ) -> None:
-        self.root = root
-        self.store = store
+class Project:
+    """Any definitions, ticked and run the way the daemon would: each tick one minute after
+    the last, runs executed in process with the tags and partition the request carries."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.defs = defs
         self.instance = instance
-        self.settings = settings
-        self.defs = build(settings)
-        self.repository_def = self.defs.get_repository_def()
-        name = "observe_raw_sources" if settings.asset_mode == "observe" else "raw_reload_job"
-        self.job = self.repository_def.get_job(name)
+        self.repository_def = defs.get_repository_def()
         self.clock = datetime.datetime.now(datetime.UTC)
 
-    @property
-    def repo(self) -> Repository:
-        return Repository(load_config())
-
     def context(self, when: datetime.datetime | None = None) -> dg.ScheduleEvaluationContext:
-        """A schedule context as the daemon builds it: each tick one minute after the last."""
         if when is None:
             self.clock += datetime.timedelta(minutes=1)
             when = self.clock
@@ -76,7 +67,8 @@ class Harness:
             return schedule.evaluate_tick(context)
 
     def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-        return self.job.execute_in_process(
+        assert request.job_name is not None
+        return self.repository_def.get_job(request.job_name).execute_in_process(
             instance=self.instance,
             asset_selection=request.asset_selection,
             tags=request.tags,
@@ -84,24 +76,51 @@ class Harness:
             raise_on_error=False,
         )
 
-    def warm(self) -> None:
+    def warm(self, job_name: str = "raw_reload_job") -> None:
         """Materialize everything once, as a user would after the baseline: unpartitioned
         assets in one run, then each registered file partition."""
         graph = self.repository_def.asset_graph
-        keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
-        assert self.job.execute_in_process(instance=self.instance, asset_selection=keys).success
-        partitioned = [
-            k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None
-        ]
+        job = self.repository_def.get_job(job_name)
+        in_job = set(job.asset_layer.executable_asset_keys) & graph.materializable_asset_keys
+        keys = [k for k in in_job if graph.get(k).partitions_def is None]
+        assert job.execute_in_process(instance=self.instance, asset_selection=keys).success
+        partitioned = [k for k in in_job if graph.get(k).partitions_def is not None]
         for name in {graph.get(k).partitions_def.name for k in partitioned}:  # type: ignore[union-attr]
             for key in self.instance.get_dynamic_partitions(name):
-                result = self.job.execute_in_process(
+                result = job.execute_in_process(
                     instance=self.instance, asset_selection=partitioned, partition_key=key
                 )
                 assert result.success
 
     def materialized(self, result: dg.ExecuteInProcessResult) -> set[str]:
         return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+class Harness(Project):
+    """The bundled sample, configured by RAW_* variables as ``dagster dev`` would be."""
+
+    def __init__(
+        self, root: Path, store: Path, instance: dg.DagsterInstance, settings: GlueSettings
+    ) -> None:
+        super().__init__(build(settings), instance)
+        self.root = root
+        self.store = store
+        self.settings = settings
+        name = "observe_raw_sources" if settings.asset_mode == "observe" else "raw_reload_job"
+        self.job = self.repository_def.get_job(name)
+
+    @property
+    def repo(self) -> Repository:
+        return Repository(load_config())
+
+    def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return self.job.execute_in_process(
+            instance=self.instance,
+            asset_selection=request.asset_selection,
+            tags=request.tags,
+            partition_key=request.partition_key,
+            raise_on_error=False,
+        )
 
 
 @pytest.fixture
