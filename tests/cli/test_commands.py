@@ -246,3 +246,18 @@ def test_progress_bar_only_on_a_terminal_after_a_moment(monkeypatch: pytest.Monk
     progress(2**20)
     assert progress.bar is not None and progress.files == 2
     progress.close()
+
+
+def test_log_names_the_runs_that_processed_each_move(cli, raw: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from manifest import Repository, load_config
+
+    repo = Repository(load_config(root=raw, store=tmp_path / "state", cooldown_sec=0, env={}))
+    repo.begin()
+    edit(raw)
+    started = repo.begin()
+    assert started.snapshot is not None
+    repo.promote(started.snapshot, reason="promoted after run r-1, r-2", runs=("r-1", "r-2"))
+    entries = json.loads(cli("log", "--json"))
+    assert entries[0]["runs"] == ["r-1", "r-2"] and entries[1]["runs"] == []
+    out = cli("log")
+    assert "    runs r-1, r-2" in out
