@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).parents[2]
 
@@ -47,3 +53,57 @@ def test_dagster_finds_the_definitions_from_pyproject(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_dagster_dev_as_the_readme_runs_it(tmp_path: Path) -> None:
+    """The README's UI command on a fresh DAGSTER_HOME: the webserver answers and the code
+    location loads with the sample's schedule."""
+    home = tmp_path / ".dagster_home"
+    port = _free_port()
+    env = _env(tmp_path)
+    env.update(DAGSTER_HOME=str(home), RAW_SCHEDULE_ENABLED="true")
+    command = (
+        f"mkdir -p {home} && exec {Path(sys.executable).parent / 'dagster'} dev "
+        f"-p {port} -h 127.0.0.1"
+    )
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    query = (
+        '{"query": "{ repositoriesOrError { ... on RepositoryConnection '
+        '{ nodes { schedules { name } } } } }"}'
+    )
+    try:
+        deadline = time.monotonic() + 150
+        body = ""
+        while time.monotonic() < deadline and "raw_schedule" not in body:
+            time.sleep(2)
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=query.encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                body = urllib.request.urlopen(request, timeout=5).read().decode()
+            except OSError:
+                continue
+        assert "raw_schedule" in body, body[-2000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,150 @@
+"""The real daemon in observe mode, with two code locations in one workspace: the sample
+(`RAW_ASSET_MODE=observe`) and a small project whose automation run fails once. An edit is
+observed by exactly one run, `last` is promoted, the eager downstream recomputes through the
+automation sensor, and Dagster's run retries re-execute a failed automation run. Slow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from manifest import Repository, load_config
+
+from .harness import SAMPLE, age_tree, edit
+from .test_daemon import _wait
+
+REPO_ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _materialized_by(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return instance.get_run_by_id(event.run_id) if event is not None else None
+
+
+def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
+    root, home, flaky = tmp_path / "raw", tmp_path / "dagster_home", tmp_path / "flaky"
+    shutil.copytree(SAMPLE, root)
+    flaky.mkdir()
+    (flaky / "readings.csv").write_text("t,v\n1,2\n")
+    age_tree(root)
+    age_tree(flaky)
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 2\n"
+    )
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n"
+        "  - python_module:\n      module_name: dagster_glue.definitions\n"
+        f"      working_directory: {REPO_ROOT}\n"
+        "  - python_module:\n      module_name: tests.glue.projects.flaky_observe\n"
+        f"      working_directory: {REPO_ROOT}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_"))}
+    env.update(
+        DAGSTER_HOME=str(home),
+        RAW_DATA_DIR=str(root),
+        RAW_ASSET_MODE="observe",
+        RAW_SCAN_CRON="* * * * *",
+        RAW_SCHEDULE_ENABLED="true",
+        RAW_SCAN_COOLDOWN_SEC="0",
+        FLAKY_ROOT=str(flaky),
+        FLAKY_STORE=str(tmp_path / "flaky_store"),
+        FLAKY_DIR=str(tmp_path),
+    )
+    sample = Repository(load_config(env=env))
+    flaky_repo = Repository(load_config(root=flaky, store=tmp_path / "flaky_store", env={}))
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    old_home = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        instance = dg.DagsterInstance.get()
+        # The first ticks record baselines (and runless data versions); the automation
+        # sensor materializes the never-materialized downstream once.
+        baseline = _wait(lambda: sample.find_ref("last"), 150, "the sample baseline", log)
+        flaky_base = _wait(lambda: flaky_repo.find_ref("last"), 150, "the flaky baseline", log)
+        _wait(
+            lambda: (
+                _materialized_by(instance, "summary") is not None
+                and _materialized_by(instance, "evaluation_tasks") is not None
+            ),
+            180,
+            "the automation sensor to materialize the missing downstream",
+            log,
+        )
+        before_eval = _materialized_by(instance, "evaluation_tasks")
+        assert before_eval is not None
+
+        edit(
+            root / "evaluation_templates.csv",
+            "clarity,Clarity,evaluation_templates/coherence.txt,true\n",
+        )
+        (tmp_path / "fail_next").write_text("1")
+        edit(flaky / "readings.csv", "2,3\n")
+
+        promoted = _wait(
+            lambda: sample.find_ref("last") != baseline and sample.find_ref("last"),
+            180,
+            "the sample's observation run and promotion",
+            log,
+        )
+        observed = instance.get_runs(dg.RunsFilter(tags={"trigger": "raw_schedule"}))
+        assert len(observed) == 1 and observed[0].tags["raw_fingerprint"] == promoted
+        assert observed[0].job_name == "observe_raw_sources"
+        after = _wait(
+            lambda: (
+                (r := _materialized_by(instance, "evaluation_tasks")) is not None
+                and r.run_id != before_eval.run_id
+                and r
+            ),
+            180,
+            "evaluation_tasks to recompute through automation",
+            log,
+        )
+        assert after.status == dg.DagsterRunStatus.SUCCESS
+
+        # The flaky project: its observation succeeded (last promoted) while the automation
+        # run failed once; run retries re-executed it.
+        _wait(lambda: flaky_repo.find_ref("last") != flaky_base, 180, "flaky promotion", log)
+        retried = _wait(
+            lambda: (
+                (r := _materialized_by(instance, "summary")) is not None
+                and "dagster/parent_run_id" in r.tags
+                and r
+            ),
+            240,
+            "the retry of the failed automation run",
+            log,
+        )
+        parent = instance.get_run_by_id(retried.tags["dagster/parent_run_id"])
+        assert parent is not None and parent.status == dg.DagsterRunStatus.FAILURE
+        assert not (tmp_path / "fail_next").exists()
+        assert flaky_repo.find_ref("pending") is None
+    finally:
+        if old_home is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = old_home
+        os.killpg(daemon.pid, signal.SIGINT)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
