@@ -179,9 +179,17 @@ class Glue:
         repository_def: dg.RepositoryDefinition,
         instance: dg.DagsterInstance,
         snapshot: str,
+        *,
+        only_empty: bool = False,
     ) -> int:
-        """Baseline: one partition per file already there, for every per-file asset."""
+        """Baseline: one partition per file already there, for every per-file asset. With
+        ``only_empty``, just for partition sets with no partition at all (a baseline taken
+        by the CLI, or a new Dagster instance on an existing store)."""
         watched = [w for w in self.watched(repository_def) if w.partitions is not None]
+        if only_empty:
+            watched = [
+                w for w in watched if not instance.get_dynamic_partitions(w.partitions or "")
+            ]
         if not watched:
             return 0
         found: dict[str, list[str]] = {}
@@ -324,6 +332,12 @@ class Glue:
             extra += f"; recorded the data version of {versions} sources" if versions else ""
             return dg.SkipReason(result.message + extra)
         switched = self._mode_switch(repo, repository_def, instance, result.last, log)
+        if result.last is not None:
+            registered = self.register_all(
+                repo, repository_def, instance, result.last, only_empty=True
+            )
+            if registered:
+                log.info(f"registered {registered} file partitions found in last")
         if result.outcome != "started" or result.snapshot is None:
             settling = (
                 f"; waiting for {escape_path(result.unstable[0])}"

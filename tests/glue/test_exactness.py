@@ -211,3 +211,13 @@ def test_tick_logs_what_it_scanned_and_decided(
     assert f"scanned {h.root}" in text
     assert "evaluation_templates.csv -> raw_evaluation_templates" in text
     assert "requesting run raw-" in text
+
+
+def test_partitions_are_registered_when_the_baseline_was_taken_elsewhere(
+    make_harness: Any,
+) -> None:
+    h = make_harness()
+    assert h.repo.begin().outcome == "baseline"  # by the CLI, not by a tick
+    assert h.instance.get_dynamic_partitions("raw_feedback_files") == []
+    assert h.tick().skip_message == "no changes since last"
+    assert len(h.instance.get_dynamic_partitions("raw_feedback_files")) == 3
