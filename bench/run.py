@@ -249,16 +249,20 @@ def tick_child(root: str, state: str, runs: int) -> None:
     import_s = time.perf_counter() - t_import
     result: dict[str, object] = {"import_s": import_s}
     with dg.instance_for_test() as instance:
-        defs, _glue = build(GlueSettings())
-        schedule = defs.resolve_schedule_def("raw_schedule")
+        defs = build(GlueSettings())
+        repository_def = defs.get_repository_def()
+        schedule = repository_def.get_schedule_def("raw_schedule")
 
         def tick() -> tuple[float, object]:
             context = dg.build_schedule_context(
                 instance=instance,
                 scheduled_execution_time=datetime.datetime.now(datetime.UTC),
+                repository_def=repository_def,
+                resources=defs.resources,
             )
             t0 = time.perf_counter()
-            data = schedule.evaluate_tick(context)
+            with context:
+                data = schedule.evaluate_tick(context)
             return time.perf_counter() - t0, data
 
         baseline_s, data = tick()

@@ -35,6 +35,14 @@ def _cron(value: Any, variable: str) -> str:
     return text
 
 
+def _globs(value: Sequence[str] | dg.EnvVar) -> list[str]:
+    """A list of globs, or an ``EnvVar`` holding them separated by commas or newlines."""
+    if isinstance(value, dg.EnvVar):
+        text = value.get_value() or ""
+        return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
+    return list(value)
+
+
 def _shown(root: str | dg.EnvVar) -> str:
     """The root as descriptions name it: the path, and the variable it came from."""
     if not isinstance(root, dg.EnvVar):
@@ -72,7 +80,7 @@ def change_detection(
     *,
     root: str | dg.EnvVar,
     state_dir: str | dg.EnvVar | None = None,
-    name: str = "raw",
+    name: str | dg.EnvVar = "raw",
     asset_mode: str = "materialize",
     selection: dg.AssetSelection | str | None = None,
     cron: str | dg.EnvVar = "*/5 * * * *",
@@ -80,8 +88,8 @@ def change_detection(
     enabled: bool | str | dg.EnvVar = False,
     hash_mode: str | dg.EnvVar = "content_hash",
     cooldown_sec: float | dg.EnvVar = DEFAULT_COOLDOWN_SEC,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    include: Sequence[str] | dg.EnvVar = (),
+    exclude: Sequence[str] | dg.EnvVar = (),
     batch_size: int | dg.EnvVar = 50,
     max_attempts: int | dg.EnvVar = 3,
     run_grace_sec: float | dg.EnvVar = 300,
@@ -95,7 +103,7 @@ def change_detection(
 
     Every setting may be a ``dg.EnvVar``: ``root``, ``state_dir`` and ``hash_mode`` are read
     when the resource is used; the others when the definitions load."""
-    validate_name(name)
+    name = validate_name(str(_value(name)))
     mode = str(_value(asset_mode))
     if mode not in ASSET_MODES:
         raise ConfigError("asset_mode", mode, " or ".join(ASSET_MODES))
@@ -106,8 +114,8 @@ def change_detection(
         asset_mode=mode,
         hash_mode=hash_mode,
         cooldown_sec=_seconds(cooldown_sec, "cooldown_sec"),
-        include=list(include),
-        exclude=list(exclude),
+        include=_globs(include),
+        exclude=_globs(exclude),
         batch_size=_count(batch_size, "batch_size"),
         max_attempts=_count(max_attempts, "max_attempts"),
         run_grace_sec=_seconds(run_grace_sec, "run_grace_sec"),

@@ -239,10 +239,7 @@ class Glue:
         decision, _, _ = self.decide(res, repo, repository_def, instance, pending)
         if decision.action != "promote":
             return f"not promoted yet: {decision.message}"
-        result = repo.promote(
-            pending, reason=f"promoted after run {', '.join(decision.runs)}", runs=decision.runs
-        )
-        return result.message
+        return _promote(repo, pending, decision)
 
     # -- the tick -------------------------------------------------------------------------
 
@@ -281,11 +278,7 @@ class Glue:
             )
             log.info(f"pending {pending[:12]}: {decision.action}: {decision.message}")
             if decision.action == "promote":
-                repo.promote(
-                    pending,
-                    reason=f"promoted after run {', '.join(decision.runs)}",
-                    runs=decision.runs,
-                )
+                _promote(repo, pending, decision)
             elif decision.action == "abandon":
                 repo.abandon(pending, reason=f"superseded: {decision.message}")
                 log.info("its paths are carried into the next request")
@@ -305,12 +298,12 @@ class Glue:
                 self._log_requests(log, requests)
                 return requests
             else:
-                return dg.SkipReason(self._waiting_message(decision, changes, res))
+                return dg.SkipReason(self._waiting_message(decision, changes))
         started_ns = time.monotonic_ns()
         result = repo.begin(
             rehash_all=rehash_all,
             labels={LABEL_TICK: tick, LABEL_MODE: self.asset_mode},
-            reason_prefix=f"{tick}",
+            reason_prefix=tick,
         )
         log.info(
             f"scanned {res.root_path()} in {(time.monotonic_ns() - started_ns) / 1e9:.2f}s: "
@@ -391,13 +384,17 @@ class Glue:
             part = f" partition {r.partition_key}" if r.partition_key else ""
             log.info(f"requesting run {r.run_key}{part}: {keys}")
 
-    def _waiting_message(
-        self, decision: Decision, changes: ChangeSet, res: ManifestResource
-    ) -> str:
+    def _waiting_message(self, decision: Decision, changes: ChangeSet) -> str:
         what = T.describe_paths(changes.paths)
         if decision.action == "give_up":
             return f"gave up processing {what}: {decision.message}"
-        return f"processing {what}: {decision.message}"
+        message = f"processing {what}: {decision.message}"
+        if decision.retry_in_sec is not None:
+            until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                seconds=decision.retry_in_sec
+            )
+            message += f"; waiting until {until:%H:%M:%S} UTC at most"
+        return message
 
     def _mode_switch(
         self,
@@ -424,6 +421,11 @@ class Glue:
         )
         log.warning(message[2:])
         return message
+
+
+def _promote(repo: Repository, pending: str, decision: Decision) -> str:
+    reason = f"promoted after run {', '.join(decision.runs)}"
+    return repo.promote(pending, reason=reason, runs=decision.runs).message
 
 
 def _is_later_tick(taken_by: str, tick: str) -> bool:

@@ -32,6 +32,8 @@ class Decision(msgspec.Struct, frozen=True):
     batches: tuple[int, ...] = ()
     attempt: int = 1
     runs: tuple[str, ...] = ()
+    # ``wait`` for another evaluator: seconds until anyone may request the batches itself
+    retry_in_sec: float | None = None
 
 
 def reconcile(
@@ -87,6 +89,7 @@ def reconcile(
             "wait",
             f"batch {', '.join(map(str, waiting))} has no successful run yet; the schedule "
             f"that requested it asks again on its next tick (anyone else after {grace_sec:g}s)",
+            retry_in_sec=max(grace_sec - pending_age_sec, 0.0),
         )
     failures = {
         b: [r.run_id for r in runs_by_batch.get(b, ()) if r.state == "failure"] for b in failed

@@ -51,7 +51,8 @@ def test_a_later_tick_of_the_owner_requests_a_missing_batch_at_once() -> None:
 
 
 def test_failed_batch_waits_for_the_owner_or_the_grace_period() -> None:
-    assert decide({1: [("r1", F)]}, age=10).action == "wait"
+    waiting = decide({1: [("r1", F)]}, age=10)
+    assert waiting.action == "wait" and waiting.retry_in_sec == 290
     assert decide({1: [("r1", F)]}, age=301).action == "request"
 
 

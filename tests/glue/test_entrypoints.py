@@ -37,7 +37,10 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     assert "[tick] after the edit: 1 run request(s)" in out
     assert "materialized: evaluation_tasks, raw_evaluation_templates" in out
     assert "[tick] next tick: no changes since last" in out
+    assert "partition=feedback/reviewer_c.txt assets: feedback_words, raw_feedback" in out
+    assert "materialized: feedback_digest" in out
     assert out.rstrip().endswith("demo: OK")
+    assert " - DEBUG - " not in out + proc.stderr  # the story, not Dagster's event log
     after = sorted(p.stat().st_mtime_ns for p in (REPO_ROOT / "data" / "1_raw").rglob("*"))
     assert before == after  # the bundled sample is untouched
 

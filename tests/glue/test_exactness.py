@@ -78,6 +78,7 @@ def test_other_instigators_wait_for_the_grace_period(make_harness: Any) -> None:
     assert data.run_requests == []
     assert "asks again on its next tick" in (data.skip_message or "")
     assert "evaluation_templates.csv" in (data.skip_message or "")
+    assert re.search(r"waiting until \d\d:\d\d:\d\d UTC", data.skip_message or "")
 
 
 def test_switching_asset_mode_is_detected_and_handled(make_harness: Any) -> None:
@@ -221,3 +222,71 @@ def test_partitions_are_registered_when_the_baseline_was_taken_elsewhere(
     assert h.instance.get_dynamic_partitions("raw_feedback_files") == []
     assert h.tick().skip_message == "no changes since last"
     assert len(h.instance.get_dynamic_partitions("raw_feedback_files")) == 3
+
+
+def test_selection_narrows_the_watched_assets() -> None:
+    from dagster_glue.planning import find_watched
+
+    specs = [
+        dg.AssetSpec("a", group_name="raw", metadata={"source_path": "a.csv"}),
+        dg.AssetSpec("b", group_name="other", metadata={"source_path": "b/*.csv"}),
+        dg.AssetSpec("c", group_name="raw"),  # no source_path: never watched
+    ]
+    repository_def = dg.Definitions(assets=specs).get_repository_def()
+    assert [w.key.to_user_string() for w in find_watched(repository_def, None)] == ["a", "b"]
+    # specs are external assets, like observable sources: an AssetSelection object must
+    # include sources to see them (a selection string always does)
+    by_object = find_watched(
+        repository_def, dg.AssetSelection.groups("other", include_sources=True)
+    )
+    assert [(w.key.to_user_string(), w.source_path) for w in by_object] == [("b", "b/*.csv")]
+    by_string = find_watched(repository_def, "group:raw")
+    assert [w.key.to_user_string() for w in by_string] == ["a"]
+
+
+def test_every_setting_may_be_an_env_var(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_glue import change_detection
+
+    values = {
+        "W_ROOT": str(tmp_path / "root"),
+        "W_STORE": str(tmp_path / "store"),
+        "W_NAME": "landing",
+        "W_MODE": "observe",
+        "W_CRON": "*/2 * * * *",
+        "W_ON": "true",
+        "W_HASH": "mtime_size",
+        "W_COOL": "7.5",
+        "W_INC": "*.csv,sub/**",
+        "W_BATCH": "9",
+        "W_GRACE": "60",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    e = dg.EnvVar
+    defs = change_detection(
+        root=e("W_ROOT"),
+        state_dir=e("W_STORE"),
+        name=e("W_NAME"),
+        asset_mode=e("W_MODE"),
+        cron=e("W_CRON"),
+        enabled=e("W_ON"),
+        hash_mode=e("W_HASH"),
+        cooldown_sec=e("W_COOL"),
+        include=e("W_INC"),
+        batch_size=e("W_BATCH"),
+        run_grace_sec=e("W_GRACE"),
+    )
+    schedule = defs.resolve_schedule_def("landing_schedule")
+    assert schedule.cron_schedule == "*/2 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert defs.resolve_job_def("observe_landing_sources") is not None
+    assert str(tmp_path / "root") in (schedule.description or "")
+    with dg.build_resources(dict(defs.resources or {})) as resources:
+        res = resources.landing_manifest
+        repo = res.repository()
+    assert repo.config.root == tmp_path / "root" and repo.config.store == tmp_path / "store"
+    assert repo.config.mode == "mtime_size" and repo.config.cooldown_sec == 7.5
+    assert repo.config.include == ("*.csv", "sub/**")
+    assert (res.batch_size, res.run_grace_sec) == (9, 60.0)
