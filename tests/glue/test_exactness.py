@@ -244,9 +244,7 @@ def test_selection_narrows_the_watched_assets() -> None:
     assert [w.key.to_user_string() for w in by_string] == ["a"]
 
 
-def test_every_setting_may_be_an_env_var(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_setting_may_be_an_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster_glue import change_detection
 
     values = {
