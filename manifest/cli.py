@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import msgspec
 import typer
 
-from manifest.config import load_config
+from manifest.config import load_config, parse_duration, parse_seconds
 from manifest.errors import ManifestError
 from manifest.model import ChangeSet, TreeEntry
 from manifest.repo import LogEntry, Repository, Status
@@ -524,34 +525,37 @@ def reset(
 def gc(
     ctx: typer.Context,
     grace: Annotated[
-        float,
+        str,
         typer.Option(
             "--grace",
-            help="Keep unreferenced objects younger than this "
-            "many seconds (a run may be writing them).",
-            min=0,
+            help="Keep unreferenced objects younger than this many seconds (a crashed "
+            "write's leftovers); writers are excluded while gc runs, so 0 is safe.",
         ),
-    ] = 3600.0,
+    ] = "3600",
+    expire: Annotated[
+        str,
+        typer.Option(
+            "--expire",
+            help="First drop reflog lines older than this (90d, 12h, 3600, or never); the "
+            "newest line of each reflog and the lines of current ref values are kept.",
+        ),
+    ] = "90d",
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete objects that no ref or reflog entry reaches.
+    """Expire old reflog lines, then delete objects that no ref or reflog line reaches.
 
-    Example: manifest gc --grace 0
+    Example: manifest gc --grace 0 --expire 30d
     """
-    result = _repo(ctx).gc(grace_seconds=grace)
+    grace_seconds = parse_seconds(grace, "--grace")
+    expire_seconds = parse_duration(expire, "--expire")
+    result = _repo(ctx).gc(grace_seconds=grace_seconds, expire_seconds=expire_seconds)
     if as_json:
-        print_json(
-            {
-                "kept": result.kept,
-                "removed": result.removed,
-                "removed_bytes": result.removed_bytes,
-                "temp_files_removed": result.temp_files_removed,
-            }
-        )
+        print_json(msgspec.to_builtins(result))
     else:
         typer.echo(
-            f"removed {result.removed} objects ({result.removed_bytes} bytes) and "
-            f"{result.temp_files_removed} temp files; kept {result.kept}"
+            f"expired {result.reflog_lines_expired} reflog lines; removed {result.removed} "
+            f"objects ({result.removed_bytes} bytes) and {result.temp_files_removed} temp "
+            f"files; kept {result.kept}"
         )
 
 

@@ -81,6 +81,24 @@ def parse_seconds(value: str | float, variable: str) -> float:
     return seconds
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(value: str, variable: str) -> float | None:
+    """``90d``, ``12h``, ``30m``, ``45s``, a plain number of seconds, or ``never`` (None)."""
+    text = value.strip().lower()
+    if text == "never":
+        return None
+    unit = _UNITS.get(text[-1:]) if text[-1:].isalpha() else 1.0
+    number = text[:-1] if text[-1:].isalpha() else text
+    if unit is None:
+        raise ConfigError(variable, value, "a duration such as 90d, 12h, 30m, 3600 or never")
+    seconds = parse_seconds(number, variable) if number else -1.0
+    if seconds < 0:
+        raise ConfigError(variable, value, "a duration such as 90d, 12h, 30m, 3600 or never")
+    return seconds * unit
+
+
 def default_store(env: Mapping[str, str], cwd: Path) -> Path:
     """``$DAGSTER_HOME/state`` when DAGSTER_HOME is set, else ``./.manifest``."""
     home = env.get("DAGSTER_HOME", "").strip()

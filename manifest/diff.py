@@ -36,13 +36,19 @@ def tree_reader(objects: ObjectStore, extra: Mapping[str, bytes] | None = None) 
 def iter_files(
     read: TreeReader, tree_id: str, prefix: bytes = b""
 ) -> Iterator[tuple[bytes, TreeEntry]]:
-    """Every non-tree entry below ``tree_id`` as ``(relative path, entry)``, in path order."""
-    for entry in read(tree_id).entries:
-        path = prefix + entry.name
-        if entry.kind == KIND_TREE:
-            yield from iter_files(read, entry.digest.hex(), path + b"/")
-        else:
+    """Every non-tree entry below ``tree_id`` as ``(relative path, entry)``, in path order
+    (iteratively: no depth is too deep)."""
+    stack: list[tuple[bytes, Iterator[TreeEntry]]] = [(prefix, iter(read(tree_id).entries))]
+    while stack:
+        base, entries = stack[-1]
+        for entry in entries:
+            path = base + entry.name
+            if entry.kind == KIND_TREE:
+                stack.append((path + b"/", iter(read(entry.digest.hex()).entries)))
+                break
             yield path, entry
+        else:
+            stack.pop()
 
 
 def same_entry(old: TreeEntry, new: TreeEntry) -> bool:
@@ -68,9 +74,12 @@ def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> Chan
     removed_digest: dict[bytes, bytes] = {}
     added_digest: dict[bytes, bytes] = {}
 
-    def walk(old: str | None, new: str | None, prefix: bytes) -> None:
+    # An explicit stack of folder pairs to compare: no depth is too deep.
+    stack: list[tuple[str | None, str | None, bytes]] = [(old_id, new_id, b"")]
+    while stack:
+        old, new, prefix = stack.pop()
         if old == new:
-            return
+            continue
         old_entries = {e.name: e for e in read(old).entries} if old else {}
         new_entries = {e.name: e for e in read(new).entries} if new else {}
         for name in sorted(old_entries.keys() | new_entries.keys()):
@@ -82,10 +91,12 @@ def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> Chan
             o_tree = o is not None and o.kind == KIND_TREE
             n_tree = n is not None and n.kind == KIND_TREE
             if o_tree or n_tree:
-                walk(
-                    o.digest.hex() if o_tree and o else None,
-                    n.digest.hex() if n_tree and n else None,
-                    path + b"/",
+                stack.append(
+                    (
+                        o.digest.hex() if o_tree and o else None,
+                        n.digest.hex() if n_tree and n else None,
+                        path + b"/",
+                    )
                 )
             if o is not None and n is not None and not o_tree and not n_tree:
                 modified.append(path)
@@ -99,7 +110,6 @@ def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> Chan
                 if n.digest:
                     added_digest[path] = n.digest
 
-    walk(old_id, new_id, b"")
     return _change_set(added, modified, removed, added_digest, removed_digest)
 
 

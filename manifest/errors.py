@@ -166,3 +166,18 @@ class RefConflictError(ManifestError):
             f"ref {name} changed underneath us: expected {expected or '(unset)'}, found "
             f"{actual or '(unset)'}; another process moved it. Re-read it and retry"
         )
+
+
+class StoreBusyError(ManifestError):
+    """gc and writers exclude each other; the other side holds the store."""
+
+    exit_code = EXIT_RETRYABLE
+    retryable = True
+
+    def __init__(self, lock_path: str, wanted_exclusive: bool) -> None:
+        self.lock_path = lock_path
+        if wanted_exclusive:
+            what = "a snapshot or ref move is in progress, so gc cannot run now"
+        else:
+            what = "gc is running, so nothing can be written now"
+        super().__init__(f"store busy ({lock_path}): {what}; retry shortly")

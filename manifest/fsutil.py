@@ -143,3 +143,60 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class StoreLock:
+    """``flock`` on ``<store>/store.flock``: writers (anything that writes objects and then
+    points a ref at them) hold it shared, ``gc`` holds it exclusive. So gc never runs while
+    a snapshot is half written, and a writer never reuses an object gc is deleting.
+
+    The file is never removed; holding is a kernel lock, released when the process dies, so
+    a crash cannot leave it held. Re-entrant within one ``StoreLock`` object."""
+
+    def __init__(self, path: Path, *, exclusive: bool, timeout: float) -> None:
+        self.path = path
+        self.exclusive = exclusive
+        self.timeout = timeout
+        self.fd: int | None = None
+        self.depth = 0
+
+    def acquire(self) -> None:
+        import fcntl
+
+        from manifest.errors import StoreBusyError
+
+        if self.depth:
+            self.depth += 1
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreBusyError(str(self.path), self.exclusive) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        self.fd = fd
+        self.depth = 1
+
+    def release(self) -> None:
+        if self.depth > 1:
+            self.depth -= 1
+            return
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+        self.depth = 0
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

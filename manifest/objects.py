@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import msgspec
@@ -155,8 +155,17 @@ class ObjectStore:
             return None
         return obj if isinstance(obj, Snapshot) else None
 
-    def iter_ids(self, prefix: str = "") -> Iterator[str]:
-        """Every stored id (optionally starting with ``prefix``, 2+ hex digits)."""
+    def iter_ids(
+        self,
+        prefix: str = "",
+        *,
+        strict: bool = False,
+        problems: Callable[[str, str], None] | None = None,
+    ) -> Iterator[str]:
+        """Every stored id (optionally starting with ``prefix``, 2+ hex digits).
+
+        A fan-out folder that cannot be listed is skipped, or with ``strict`` (gc) raises
+        ``StoreError``, or is passed to ``problems(path, message)`` (fsck)."""
         if len(prefix) >= 2:
             fanouts = [prefix[:2]]
         else:
@@ -164,31 +173,29 @@ class ObjectStore:
                 fanouts = sorted(os.listdir(self.path))
             except FileNotFoundError:
                 return
+            except OSError as exc:
+                raise StoreError(str(self.path), f"cannot be listed: {exc.strerror}") from exc
         for fan in fanouts:
-            if len(fan) != 2:
+            if len(fan) != 2 or fan.startswith("."):
                 continue
+            folder = self.path / fan
             try:
-                names = sorted(os.listdir(self.path / fan))
-            except (FileNotFoundError, NotADirectoryError):
+                names = sorted(os.listdir(folder))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if strict:
+                    raise StoreError(str(folder), f"cannot be listed: {exc.strerror}") from exc
+                if problems is not None:
+                    problems(
+                        str(folder),
+                        f"cannot be listed ({exc.strerror}); its objects were not checked",
+                    )
                 continue
             for name in names:
                 oid = fan + name
                 if is_object_id(oid) and oid.startswith(prefix):
                     yield oid
-
-    def iter_temp_files(self) -> Iterator[Path]:
-        """Leftovers of interrupted writes (safe to delete once old)."""
-        try:
-            fanouts = os.listdir(self.path)
-        except FileNotFoundError:
-            return
-        for fan in fanouts:
-            folder = self.path / fan
-            if not folder.is_dir():
-                continue
-            for name in os.listdir(folder):
-                if name.startswith(".tmp-"):
-                    yield folder / name
 
     def delete(self, oid: str) -> None:
         with contextlib.suppress(FileNotFoundError):

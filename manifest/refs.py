@@ -87,11 +87,21 @@ class RefStore:
             raise DanglingRefError(name, text[:80], "which is not a snapshot id")
         return text
 
-    def iter_refs(self) -> Iterator[tuple[str, str | None]]:
-        """``(name, value)`` of every ref file, sorted; value None if it holds garbage."""
+    def iter_refs(self, *, strict: bool = False) -> Iterator[tuple[str, str | None]]:
+        """``(name, value)`` of every ref file, sorted; value None if it holds garbage.
+
+        ``strict`` (gc): a folder that cannot be listed, a ref that cannot be read or holds
+        garbage, or a folder where ``last``/``pending``/``unfinished`` should be, raises
+        ``StoreError`` instead: what cannot be read cannot be proven unreferenced."""
         if not self.refs_dir.exists():
             return
-        for dirpath, dirnames, filenames in os.walk(self.refs_dir):
+        if strict:
+            for known in (REF_LAST, REF_PENDING, REF_UNFINISHED):
+                if (self.refs_dir / known).is_dir():
+                    raise StoreError(str(self.refs_dir / known), "is a folder, not a ref file")
+        for dirpath, dirnames, filenames in os.walk(
+            self.refs_dir, onerror=_raise_store_error if strict else None
+        ):
             dirnames.sort()
             for filename in sorted(filenames):
                 if filename.endswith(".lock") or filename.startswith(".tmp-"):
@@ -99,7 +109,11 @@ class RefStore:
                 rel = Path(dirpath, filename).relative_to(self.refs_dir).as_posix()
                 try:
                     yield rel, self.find_ref(rel)
-                except (DanglingRefError, InvalidRefNameError):
+                except (DanglingRefError, InvalidRefNameError) as exc:
+                    if strict:
+                        raise StoreError(
+                            str(self.refs_dir / rel), f"does not hold a snapshot id ({exc})"
+                        ) from exc
                     yield rel, None
 
     def iter_lock_files(self) -> Iterator[Path]:
@@ -134,8 +148,9 @@ class RefStore:
         with self.transaction(name) as txn:
             return txn.set(new, reason=reason, expected=expected, runs=runs)
 
-    def read_reflog(self, name: str) -> list[ReflogEntry]:
-        """Oldest first. A torn last line (a crash mid-append) is skipped."""
+    def read_reflog(self, name: str, *, strict: bool = False) -> list[ReflogEntry]:
+        """Oldest first. A torn last line (a crash mid-append) is skipped. ``strict`` (gc):
+        any other line that does not decode raises ``StoreError``."""
         path = self.log_path(name)
         try:
             data = path.read_bytes()
@@ -144,12 +159,16 @@ class RefStore:
         except OSError as exc:
             raise StoreError(str(path), f"cannot read reflog: {exc.strerror or exc}") from exc
         entries = []
-        for line in data.splitlines():
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 entries.append(decode_reflog_entry(line))
-            except msgspec.DecodeError:
+            except msgspec.DecodeError as exc:
+                torn = number == len(lines)  # no newline after it: an interrupted append
+                if strict and not torn:
+                    raise StoreError(str(path), f"line {number} does not decode ({exc})") from exc
                 continue
         return entries
 
@@ -167,12 +186,29 @@ class RefStore:
             except msgspec.DecodeError as exc:
                 yield f"line {number} does not decode ({exc})"
 
-    def iter_reflog_names(self) -> Iterator[str]:
+    def iter_reflog_names(self, *, strict: bool = False) -> Iterator[str]:
         if not self.logs_dir.exists():
             return
-        for dirpath, _dirnames, filenames in os.walk(self.logs_dir):
+        if strict:
+            for known in (REF_LAST, REF_PENDING, REF_UNFINISHED):
+                if (self.logs_dir / known).is_dir():
+                    raise StoreError(str(self.logs_dir / known), "is a folder, not a reflog")
+        for dirpath, _dirnames, filenames in os.walk(
+            self.logs_dir, onerror=_raise_store_error if strict else None
+        ):
             for filename in sorted(filenames):
+                if filename.startswith(".tmp-"):
+                    continue
                 yield Path(dirpath, filename).relative_to(self.logs_dir).as_posix()
+
+    def rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None:
+        """Replace a reflog (expiry); the caller holds the ref's lock."""
+        path = self.log_path(name)
+        data = b"".join(encode_reflog_entry(e) for e in entries)
+        try:
+            atomic_write(path, data, sync=self.sync)
+        except OSError as exc:
+            raise StoreError(str(path), f"cannot rewrite reflog: {exc.strerror or exc}") from exc
 
     def _append_reflog(self, name: str, entry: ReflogEntry) -> None:
         path = self.log_path(name)
@@ -184,6 +220,10 @@ class RefStore:
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _raise_store_error(exc: OSError) -> None:
+    raise StoreError(str(exc.filename), f"cannot be listed: {exc.strerror or exc}") from exc
 
 
 class RefTransaction:

@@ -4,11 +4,12 @@ abandon, gc, fsck. All logic the CLI and the Dagster glue share lives here."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -16,19 +17,18 @@ from manifest.config import Config
 from manifest.diff import diff_trees, iter_files, tree_reader
 from manifest.errors import (
     AmbiguousRevisionError,
-    CorruptObjectError,
     DanglingRefError,
     FormatVersionError,
     InvalidRefNameError,
     ManifestError,
-    ObjectNotFoundError,
     RefConflictError,
     StoreError,
     UnknownRevisionError,
 )
 from manifest.fingerprint import StatCache
-from manifest.fsutil import lock_age
+from manifest.fsutil import StoreLock
 from manifest.globs import PathFilter
+from manifest.maintenance import FsckProblem, FsckReport, GcResult
 from manifest.model import (
     FORMAT_VERSION,
     KIND_TREE,
@@ -46,6 +46,7 @@ from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, valid
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 
 GC_GRACE_SECONDS: Final = 3600.0
+STORE_LOCK: Final = "store.flock"
 _REFLOG_REV_RE = re.compile(r"(?P<ref>.+)@\{(?P<n>\d+)\}")
 
 
@@ -106,28 +107,18 @@ class LogEntry(msgspec.Struct, frozen=True):
     runs: tuple[str, ...] = ()
 
 
-class GcResult(msgspec.Struct, frozen=True):
-    kept: int
-    removed: int
-    removed_bytes: int
-    temp_files_removed: int
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-class FsckProblem(msgspec.Struct, frozen=True):
-    severity: Literal["error", "warning"]
-    subject: str
-    message: str
+def _writer(method: _F) -> _F:
+    """Run a verb that writes objects or moves refs while holding the store shared."""
 
+    @functools.wraps(method)
+    def wrapper(self: Repository, *args: Any, **kwargs: Any) -> Any:
+        with self._writing():
+            return method(self, *args, **kwargs)
 
-class FsckReport(msgspec.Struct, frozen=True):
-    objects: int
-    snapshots: int
-    refs: int
-    problems: tuple[FsckProblem, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not any(p.severity == "error" for p in self.problems)
+    return wrapper  # type: ignore[return-value]
 
 
 def _describe(changes: ChangeSet) -> str:
@@ -156,6 +147,17 @@ class Repository:
         )
         self.sync = sync
         self._checked_format = False
+        self._write_lock = StoreLock(
+            self.store / STORE_LOCK, exclusive=False, timeout=self.refs.lock_timeout
+        )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the store shared while writing objects and moving refs: gc (exclusive)
+        then never deletes an object between its write and the ref that protects it."""
+        self._check_format(create=True)
+        with self._write_lock:
+            yield
 
     # -- store --------------------------------------------------------------------------
 
@@ -372,6 +374,7 @@ class Repository:
         )
         return SnapshotId(self.objects.write_object(snap))
 
+    @_writer
     def snapshot(
         self,
         *,
@@ -391,6 +394,7 @@ class Repository:
             self.refs.update_ref(ref, snap_id, reason=f"snapshot: {message or _describe(changes)}")
         return snap_id, changes
 
+    @_writer
     def reset(self, ref: str, revision: str, *, message: str = "") -> tuple[str | None, str]:
         """Move ``ref`` to ``revision`` by hand (recorded in the reflog). Returns (old, new)."""
         validate_ref_name(ref)
@@ -399,6 +403,7 @@ class Repository:
         old = self.refs.update_ref(ref, target, reason=reason)
         return old, target
 
+    @_writer
     def delete_ref(self, ref: str, *, message: str = "") -> str | None:
         validate_ref_name(ref)
         self._check_format(create=False)
@@ -447,6 +452,7 @@ class Repository:
 
     # -- the processing cycle -----------------------------------------------------------
 
+    @_writer
     def begin(
         self,
         *,
@@ -573,6 +579,7 @@ class Repository:
             message=f"pending {pending[:12]} is already in flight ({_describe(changes)})",
         )
 
+    @_writer
     def promote(
         self, snapshot_id: str, *, reason: str = "promoted", runs: tuple[str, ...] = ()
     ) -> CycleResult:
@@ -603,6 +610,7 @@ class Repository:
             "promoted", snapshot_id, snapshot_id, message=f"last is now {snapshot_id[:12]}"
         )
 
+    @_writer
     def abandon(
         self, snapshot_id: str, *, reason: str = "abandoned", carry: bool = True
     ) -> CycleResult:
@@ -633,136 +641,22 @@ class Repository:
             message=f"abandoned {snapshot_id[:12]}; last stays {last[:12] if last else 'unset'}",
         )
 
-    # -- maintenance --------------------------------------------------------------------
+    # -- maintenance (manifest/maintenance.py) ------------------------------------------
 
-    def _roots(self) -> set[str]:
-        roots = {v for _, v in self.refs.iter_refs() if v is not None}
-        for name in self.refs.iter_reflog_names():
-            for entry in self.refs.read_reflog(name):
-                roots.update(x for x in (entry.old, entry.new) if x is not None)
-        return roots
+    def gc(
+        self, *, grace_seconds: float = GC_GRACE_SECONDS, expire_seconds: float | None = None
+    ) -> GcResult:
+        """Expire reflog lines older than ``expire_seconds`` (if given), then delete what no
+        ref or reflog line reaches. See :func:`manifest.maintenance.gc`."""
+        from manifest import maintenance
 
-    def _reachable(self, roots: set[str], missing: list[tuple[str, str]] | None = None) -> set[str]:
-        """Snapshots in ``roots`` and their trees (parents are history, not followed)."""
-        seen: set[str] = set()
-        stack: list[tuple[str, str]] = [(r, "ref") for r in roots]
-        while stack:
-            oid, wanted_by = stack.pop()
-            if oid in seen:
-                continue
-            try:
-                obj = self.objects.read_object(oid)
-            except ObjectNotFoundError:
-                if missing is not None:
-                    missing.append((oid, wanted_by))
-                continue
-            except CorruptObjectError:
-                seen.add(oid)
-                continue
-            seen.add(oid)
-            if isinstance(obj, Snapshot):
-                stack.append((obj.root, f"snapshot {oid}"))
-            elif isinstance(obj, Tree):
-                stack.extend(
-                    (e.digest.hex(), f"tree {oid}") for e in obj.entries if e.kind == KIND_TREE
-                )
-        return seen
-
-    def gc(self, *, grace_seconds: float = GC_GRACE_SECONDS) -> GcResult:
-        """Delete objects reachable from no ref or reflog entry (and stale temp files).
-
-        Objects younger than ``grace_seconds`` are kept: a concurrent ``begin`` may have
-        written them and not yet pointed a ref at them."""
-        self._check_format(create=False)
-        if not self.store.is_dir():
-            return GcResult(0, 0, 0, 0)
-        reachable = self._reachable(self._roots())
-        cutoff = time.time() - grace_seconds
-        kept = removed = removed_bytes = temps = 0
-        for oid in list(self.objects.iter_ids()):
-            if oid in reachable:
-                kept += 1
-                continue
-            path = self.objects.path / oid[:2] / oid[2:]
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            if st.st_mtime > cutoff:
-                kept += 1
-                continue
-            self.objects.delete(oid)
-            removed += 1
-            removed_bytes += st.st_size
-        for tmp in self.objects.iter_temp_files():
-            age = lock_age(tmp)
-            if age is not None and age > grace_seconds:
-                tmp.unlink(missing_ok=True)
-                temps += 1
-        return GcResult(kept, removed, removed_bytes, temps)
+        return maintenance.gc(self, grace_seconds=grace_seconds, expire_seconds=expire_seconds)
 
     def fsck(self) -> FsckReport:
         """Verify every object, ref and reflog; list what is wrong."""
-        self._check_format(create=False)
-        problems: list[FsckProblem] = []
-        snapshots = 0
-        count = 0
-        for oid in self.objects.iter_ids():
-            count += 1
-            try:
-                obj = self.objects.read_object(oid)
-            except ManifestError as exc:
-                problems.append(FsckProblem("error", f"object {oid}", str(exc)))
-                continue
-            if isinstance(obj, Snapshot):
-                snapshots += 1
-                if obj.format > FORMAT_VERSION:
-                    problems.append(
-                        FsckProblem("error", f"snapshot {oid}", f"format {obj.format} is too new")
-                    )
-        missing: list[tuple[str, str]] = []
-        self._reachable(self._roots(), missing)
-        for oid, wanted_by in missing:
-            problems.append(
-                FsckProblem("error", f"object {oid}", f"missing, wanted by {wanted_by}")
-            )
-        refs = 0
-        for name, value in self.refs.iter_refs():
-            refs += 1
-            if value is None:
-                problems.append(FsckProblem("error", f"ref {name}", "does not hold a snapshot id"))
-                continue
-            try:
-                found = self.objects.find_snapshot(value) is not None
-                detail = "which is not a stored snapshot"
-            except ManifestError as exc:
-                found, detail = False, f"which cannot be read ({exc})"
-            if not found:
-                problems.append(FsckProblem("error", f"ref {name}", f"points at {value}, {detail}"))
-        for name in self.refs.iter_reflog_names():
-            for detail in self.refs.iter_reflog_problems(name):
-                problems.append(FsckProblem("warning", f"reflog {name}", detail))
-        for lock in self.refs.iter_lock_files():
-            age = lock_age(lock)
-            problems.append(
-                FsckProblem(
-                    "warning",
-                    str(lock),
-                    f"lock file present ({age:.0f}s old); if no manifest process or "
-                    "Dagster tick is running, remove it"
-                    if age is not None
-                    else "lock file present",
-                )
-            )
-        for tmp in self.objects.iter_temp_files():
-            problems.append(
-                FsckProblem(
-                    "warning",
-                    str(tmp),
-                    "leftover of an interrupted write; `manifest gc` removes it",
-                )
-            )
-        return FsckReport(count, snapshots, refs, tuple(problems))
+        from manifest import maintenance
+
+        return maintenance.fsck(self)
 
 
 def _lookup(tree: Tree, name: bytes) -> TreeEntry | None:

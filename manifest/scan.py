@@ -24,7 +24,13 @@ import msgspec
 from blake3 import blake3
 
 from manifest.errors import RootError
-from manifest.fingerprint import RACY_NS, NotRegularFile, StatCache, hash_file
+from manifest.fingerprint import (
+    RACY_NS,
+    FileChangedError,
+    NotRegularFile,
+    StatCache,
+    hash_file,
+)
 from manifest.globs import PathFilter
 from manifest.model import (
     KIND_FILE,
@@ -74,29 +80,55 @@ class BaseTrees:
         self._cache: dict[bytes, dict[bytes, TreeEntry] | None] = {}
 
     def entries_at(self, rel_dir: bytes) -> dict[bytes, TreeEntry] | None:
+        """The base tree's entries of folder ``rel_dir`` (``b""`` or ending in ``/``)."""
         if rel_dir in self._cache:
             return self._cache[rel_dir]
-        result: dict[bytes, TreeEntry] | None
-        if self.objects is None or self.root_id is None:
-            result = None
-        elif rel_dir == b"":
-            tree = self.objects.read_tree(self.root_id)
-            result = {e.name: e for e in tree.entries}
-        else:
-            parent, _, name = rel_dir.rstrip(b"/").rpartition(b"/")
-            parent_entries = self.entries_at(parent + b"/" if parent else b"")
-            entry = parent_entries.get(name) if parent_entries else None
-            if entry is None or entry.kind != KIND_TREE:
-                result = None
-            else:
-                tree = self.objects.read_tree(entry.digest.hex())
-                result = {e.name: e for e in tree.entries}
+        result: dict[bytes, TreeEntry] | None = None
+        if self.objects is not None and self.root_id is not None:
+            # Walk down from the deepest cached ancestor, iteratively (no depth limit).
+            parts = rel_dir.rstrip(b"/").split(b"/") if rel_dir else []
+            depth = len(parts)
+            while depth > 0 and (b"/".join(parts[:depth]) + b"/") not in self._cache:
+                depth -= 1
+            if depth == 0 and b"" not in self._cache:
+                tree = self.objects.read_tree(self.root_id)
+                self._cache[b""] = {e.name: e for e in tree.entries}
+            current = self._cache[b"/".join(parts[:depth]) + b"/" if depth else b""]
+            for i in range(depth, len(parts)):
+                entry = current.get(parts[i]) if current else None
+                key = b"/".join(parts[: i + 1]) + b"/"
+                if entry is None or entry.kind != KIND_TREE:
+                    current = None
+                else:
+                    tree = self.objects.read_tree(entry.digest.hex())
+                    current = {e.name: e for e in tree.entries}
+                self._cache[key] = current
+            result = current
         self._cache[rel_dir] = result
         return result
 
     def entry(self, rel_dir: bytes, name: bytes) -> TreeEntry | None:
         entries = self.entries_at(rel_dir)
         return entries.get(name) if entries else None
+
+
+class _Folder:
+    """One folder being scanned: its open descriptor, its entries so far, and the
+    subfolders still to enter. The walk keeps these on an explicit stack, so no depth is
+    too deep for Python (only for the OS's descriptor limit)."""
+
+    __slots__ = ("entries", "fd", "files_before", "name", "rel", "subdirs")
+
+    def __init__(self, fd: int, rel: bytes, name: bytes, files_before: int) -> None:
+        self.fd = fd
+        self.rel = rel  # b"" or ends with b"/"
+        self.name = name
+        self.files_before = files_before
+        self.entries: list[TreeEntry] = []
+        self.subdirs: list[bytes] = []
+
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class Scanner:
@@ -139,19 +171,28 @@ class Scanner:
         now = self.now_ns if self.now_ns is not None else started
         self._unstable_after = now - self.window_ns
         self._unstable_before = now + self.window_ns
+        self._skip_ids = set()
+        for path in self.skip_dirs:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self._skip_ids.add((st.st_dev, st.st_ino))
         try:
-            st = os.stat(self.root)
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise RootError(os.fsdecode(self.root), "does not exist") from None
+        except NotADirectoryError:
+            raise RootError(os.fsdecode(self.root), "is not a directory") from None
         except OSError as exc:
             raise RootError(os.fsdecode(self.root), f"cannot be read ({exc.strerror})") from exc
-        if not stat.S_ISDIR(st.st_mode):
-            raise RootError(os.fsdecode(self.root), "is not a directory")
+        root = _Folder(root_fd, b"", b"", 0)
         try:
-            entries = self._scan_dir(self.root, b"")
-        except PermissionError as exc:
+            self._list_folder(root)
+        except OSError as exc:
+            os.close(root_fd)
             raise RootError(os.fsdecode(self.root), f"cannot be read ({exc.strerror})") from exc
-        root_id = self._store_tree(entries)
+        root_id = self._walk(root)
         self.unstable.sort()
         self.problems.sort(key=attrgetter("path"))
         self.skipped.sort()
@@ -166,6 +207,69 @@ class Scanner:
             hashed=self.hashed,
             started_ns=started,
         )
+
+    def _walk(self, root: _Folder) -> str:
+        """Depth first, iteratively: enter each subfolder relative to its parent's open
+        descriptor; when a folder is done, store its tree and add it to its parent."""
+        stack = [root]
+        try:
+            while True:
+                top = stack[-1]
+                if top.subdirs:
+                    child = self._enter(top, top.subdirs.pop())
+                    if child is not None:
+                        stack.append(child)
+                        if len(stack) % 256 == 0:
+                            _raise_fd_limit()
+                    continue
+                stack.pop()
+                os.close(top.fd)
+                top.fd = -1
+                if not stack:
+                    return self._store_tree(top.entries)
+                if top.entries:  # empty folders are not recorded (only files are)
+                    oid = self._store_tree(top.entries)
+                    stack[-1].entries.append(
+                        TreeEntry(
+                            top.name,
+                            KIND_TREE,
+                            self.files - top.files_before,
+                            0,
+                            bytes.fromhex(oid),
+                        )
+                    )
+        finally:
+            for folder in stack:
+                if folder.fd >= 0:
+                    os.close(folder.fd)
+
+    def _enter(self, parent: _Folder, name: bytes) -> _Folder | None:
+        """Open, check and list one subfolder; None when it is skipped, vanished or
+        unreadable (then its base entry is carried over and a problem recorded)."""
+        rel = parent.rel + name
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            # ELOOP/ENOTDIR: no longer the folder the listing saw (a symlink or file swapped
+            # in): never followed, a problem this time.
+            self._problem(rel, exc)
+            self._carry(parent.rel, name, parent.entries)
+            return None
+        folder = _Folder(fd, rel + b"/", name, self.files)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in self._skip_ids:
+                os.close(fd)
+                return None
+            self._list_folder(folder)
+        except OSError as exc:
+            os.close(fd)
+            self._problem(rel, exc)
+            self._carry(parent.rel, name, parent.entries)
+            return None
+        return folder
 
     def _store_tree(self, entries: list[TreeEntry]) -> str:
         entries.sort(key=_by_name)
@@ -194,23 +298,22 @@ class Scanner:
         message = exc if isinstance(exc, str) else (exc.strerror or str(exc))
         self.problems.append(ScanProblem(path_to_text(rel), message))
 
-    def _list_dir(self, abs_dir: bytes) -> list[os.DirEntry[bytes]]:
-        with os.scandir(abs_dir) as it:
+    def _list_dir(self, dir_fd: int, rel_dir: bytes) -> list[os.DirEntry[str]]:
+        """The folder's entries (a hook for tests to race against). Listed through the open
+        descriptor, so names come back as ``str`` (``os.fsdecode``d; ``fsencode`` restores
+        the exact bytes)."""
+        with os.scandir(dir_fd) as it:
             return list(it)
 
-    def _scan_dir(self, abs_dir: bytes, rel_dir: bytes) -> list[TreeEntry]:
-        listing = self._list_dir(abs_dir)
-        # lstat relative to an open folder: the kernel resolves one name, not the whole path.
-        dir_fd = os.open(abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return self._scan_listing(abs_dir, rel_dir, listing, dir_fd)
-        finally:
-            os.close(dir_fd)
+    def _list_folder(self, folder: _Folder) -> None:
+        listing = self._list_dir(folder.fd, folder.rel)
+        self._scan_listing(folder, listing)
 
-    def _scan_listing(
-        self, abs_dir: bytes, rel_dir: bytes, listing: list[os.DirEntry[bytes]], dir_fd: int
-    ) -> list[TreeEntry]:
-        entries: list[TreeEntry] = []
+    def _scan_listing(self, folder: _Folder, listing: list[os.DirEntry[str]]) -> None:
+        rel_dir = folder.rel
+        dir_fd = folder.fd
+        entries = folder.entries
+        subdirs = folder.subdirs
         append = entries.append
         filt = self.filter
         everything = filt.everything
@@ -223,19 +326,17 @@ class Scanner:
         known_here = cache.old.get(rel_dir) if cache is not None else None
         seen_here: dict[bytes, IndexEntry] = {}
         after, before = self._unstable_after, self._unstable_before
+        fsencode = os.fsencode
         for entry in listing:
-            name = entry.name
+            name = fsencode(entry.name)
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
             if is_dir:
-                rel = rel_dir + name
-                if entry.path in self.skip_dirs:
+                if not everything and filt.skips_dir(path_to_text(rel_dir + name)):
                     continue
-                if not everything and filt.skips_dir(path_to_text(rel)):
-                    continue
-                self._scan_subdir(entry.path, rel, rel_dir, name, entries)
+                subdirs.append(name)
                 continue
             if not everything and not filt.wants_file(path_to_text(rel_dir + name)):
                 continue
@@ -268,9 +369,7 @@ class Scanner:
                         self.files += 1
                         self.bytes += st.st_size
                         continue
-                self._scan_file(
-                    abs_dir + b"/" + name, rel_dir + name, rel_dir, name, st, entries, dir_fd
-                )
+                self._scan_file(rel_dir + name, rel_dir, name, st, entries, dir_fd)
             elif stat.S_ISLNK(st.st_mode):
                 rel = rel_dir + name
                 try:
@@ -285,36 +384,18 @@ class Scanner:
                 self.files += 1
             else:
                 self.skipped.append(path_to_text(rel_dir + name))
+        subdirs.reverse()  # popped from the end: enter them in listing order
         if seen_here and cache is not None:
             cache.new.setdefault(rel_dir, {}).update(seen_here)
-        return entries
-
-    def _scan_subdir(
-        self, abs_dir: bytes, rel: bytes, rel_dir: bytes, name: bytes, entries: list[TreeEntry]
-    ) -> None:
-        files_before = self.files
-        try:
-            sub = self._scan_dir(abs_dir, rel + b"/")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            self._problem(rel, exc)
-            self._carry(rel_dir, name, entries)
-            return
-        if not sub:
-            return  # empty folders are not recorded (only files are)
-        oid = self._store_tree(sub)
-        entries.append(TreeEntry(name, KIND_TREE, self.files - files_before, 0, bytes.fromhex(oid)))
 
     def _scan_file(
         self,
-        abs_path: bytes,
         rel: bytes,
         rel_dir: bytes,
         name: bytes,
         st: os.stat_result,
         entries: list[TreeEntry],
-        dir_fd: int | None = None,
+        dir_fd: int,
     ) -> None:
         mtime = st.st_mtime_ns
         if self._unstable_after < mtime < self._unstable_before:
@@ -327,11 +408,16 @@ class Scanner:
             digest = cache.lookup(rel, st)
         if digest is None and (self.content or self.rehash_all):
             try:
-                digest, st = hash_file(abs_path, dir_fd=dir_fd, name=name, lstat=st)
+                digest, st = hash_file(rel, dir_fd=dir_fd, name=name, lstat=st)
             except FileNotFoundError:
                 return
             except NotRegularFile:
                 self.skipped.append(path_to_text(rel))
+                return
+            except FileChangedError:
+                # still being written: like a file inside the cooldown, wait for it
+                self.unstable.append(path_to_text(rel))
+                self._carry(rel_dir, name, entries)
                 return
             except OSError as exc:
                 self._problem(rel, exc)
@@ -351,3 +437,15 @@ class Scanner:
             entries.append(TreeEntry(name, KIND_FILE, st.st_size, st.st_mtime_ns, digest or b""))
         self.files += 1
         self.bytes += st.st_size
+
+
+def _raise_fd_limit() -> None:
+    """Deep trees keep one descriptor open per level: lift the soft limit to the hard one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass

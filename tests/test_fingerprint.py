@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -23,23 +25,26 @@ def test_hash_file_is_blake3_of_the_bytes(tmp_path: Path) -> None:
     assert st.st_size == len(data)
 
 
-def test_large_files_hash_with_mmap_and_threads(
+def test_large_files_hash_with_threads_and_plain_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manifest.fingerprint, "MMAP_THRESHOLD", 1024)
+    monkeypatch.setattr(manifest.fingerprint, "LARGE_FILE", 1024)
     calls: list[str] = []
     real = manifest.fingerprint.blake3
 
     class Spy:
         AUTO = real.AUTO
 
-        def __init__(self, **kwargs: object) -> None:
+        def __init__(self, *args: object, **kwargs: object) -> None:
             calls.append(f"threads={kwargs.get('max_threads')}")
-            self.inner = real(**kwargs)
+            self.inner = real(*args, **kwargs)
 
-        def update_mmap(self, path: str) -> None:
-            calls.append(path)
-            self.inner.update_mmap(path)
+        def update(self, data: object) -> None:
+            calls.append("update")
+            self.inner.update(data)
+
+        def update_mmap(self, path: str) -> None:  # never: a mapped file can SIGBUS
+            raise AssertionError("update_mmap used")
 
         def digest(self) -> bytes:
             return self.inner.digest()
@@ -49,7 +54,60 @@ def test_large_files_hash_with_mmap_and_threads(
     path = write(tmp_path / "big.bin", data)
     digest, _ = hash_file(path)
     assert digest == blake3(data).digest()
-    assert calls == [f"threads={real.AUTO}", str(path)]
+    assert calls == [f"threads={real.AUTO}", "update"]
+
+
+def _hash_forever(path: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, manifest.fingerprint.NotRegularFile):
+            hash_file(path)
+
+
+def test_a_big_file_truncated_while_hashed_never_kills_the_process(tmp_path: Path) -> None:
+    """A real process hashes a 32 MiB file while this one truncates and refills it: with a
+    memory map that is a SIGBUS; with reads it is at worst a changed-size error."""
+    path = tmp_path / "big.bin"
+    block = os.urandom(1 << 20)
+    path.write_bytes(block * 32)
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_hash_forever, args=(str(path), 4.0))
+    child.start()
+    while child.is_alive():
+        with open(path, "r+b") as fh:
+            fh.truncate(1 << 20)
+            fh.seek(0, os.SEEK_END)
+            for _ in range(31):
+                fh.write(block)
+    child.join()
+    assert child.exitcode == 0  # -7 would be SIGBUS
+
+
+def test_a_file_that_changes_size_while_read_is_read_again_then_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "f.bin", b"x" * 4000)
+    real = manifest.fingerprint._hash_fd
+    calls = []
+
+    def shrinking(fd: int, expected: int) -> tuple[bytes, int]:
+        calls.append(expected)
+        if len(calls) == 1:
+            os.truncate(path, 1000)  # truncated under the first read
+        return real(fd, expected)
+
+    monkeypatch.setattr(manifest.fingerprint, "_hash_fd", shrinking)
+    digest, st = hash_file(path)
+    assert calls == [4000, 1000] and st.st_size == 1000
+    assert digest == blake3(b"x" * 1000).digest()
+
+    def always_shrinking(fd: int, expected: int) -> tuple[bytes, int]:
+        os.truncate(path, max(os.fstat(fd).st_size - 10, 0))
+        return real(fd, expected)
+
+    monkeypatch.setattr(manifest.fingerprint, "_hash_fd", always_shrinking)
+    with pytest.raises(manifest.fingerprint.FileChangedError, match="changed size"):
+        hash_file(path)
 
 
 def test_hash_file_refuses_a_fifo_without_hanging(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -98,9 +100,9 @@ def test_vanished_file_is_simply_absent(
     victim = raw / "link_templates.csv"
 
     class Racing(Scanner):
-        def _list_dir(self, abs_dir: bytes) -> list[os.DirEntry[bytes]]:
-            listing = super()._list_dir(abs_dir)
-            if abs_dir == os.fsencode(raw):
+        def _list_dir(self, dir_fd: int, rel_dir: bytes) -> list[os.DirEntry[str]]:
+            listing = super()._list_dir(dir_fd, rel_dir)
+            if rel_dir == b"":
                 victim.unlink()  # gone between listing and stat
             return listing
 
@@ -123,7 +125,7 @@ def test_unreadable_file_is_a_problem_not_a_removal(
     def deny(
         path: bytes | str | os.PathLike[str], **kwargs: object
     ) -> tuple[bytes, os.stat_result]:
-        if os.fsencode(path) == os.fsencode(target):
+        if os.fsencode(path) == b"concepts/concepts_metadata.csv":
             raise PermissionError(13, "Permission denied")
         return real_hash(path, **kwargs)  # type: ignore[arg-type]
 
@@ -155,13 +157,12 @@ def test_unreadable_directory_is_a_problem_and_keeps_its_files(
 ) -> None:
     repo = make_repo()
     repo.begin()
-    blocked = os.fsencode(raw / "concepts" / "descriptions")
 
     class Denied(Scanner):
-        def _list_dir(self, abs_dir: bytes) -> list[os.DirEntry[bytes]]:
-            if abs_dir == blocked:
+        def _list_dir(self, dir_fd: int, rel_dir: bytes) -> list[os.DirEntry[str]]:
+            if rel_dir == b"concepts/descriptions/":
                 raise PermissionError(13, "Permission denied")
-            return super()._list_dir(abs_dir)
+            return super()._list_dir(dir_fd, rel_dir)
 
     monkeypatch.setattr(manifest.repo, "Scanner", Denied)
     status = repo.status()
@@ -242,3 +243,82 @@ def test_mtime_mode_treats_racy_mtimes_as_unstable_even_without_cooldown(
     status = repo.status()
     assert status.unstable == ("link_templates.csv",)
     assert status.changes == ChangeSet()
+
+
+@pytest.fixture
+def deep_cleanup(raw: Path) -> Iterator[None]:
+    """Remove what the deep-tree tests made with ``rm -rf`` (pytest's own recursive
+    cleanup of its temp folders hits Python's recursion limit on 2,000 levels)."""
+    yield
+    for child in raw.iterdir():
+        subprocess.run(["rm", "-rf", str(child)], check=True)
+
+
+def _make_deep(root: Path, names: list[bytes], leaf: bytes, data: bytes) -> None:
+    """Nested folders made relative to their parent's descriptor (paths beyond PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        out = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        old = time.time_ns() - 60 * 10**9
+        os.utime(out, ns=(old, old))
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.usefixtures("deep_cleanup")
+def test_two_thousand_nested_folders(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    assert repo.begin().outcome == "baseline"
+    _make_deep(raw, [b"d"] * 2000, b"deep.txt", b"at the bottom\n")
+    status = repo.status()
+    deep = "/".join(["d"] * 2000) + "/deep.txt"
+    assert status.changes == ChangeSet(added=(deep,)) and status.problems == ()
+    sid, changes = repo.snapshot(ref="last")
+    assert changes.added == (deep,)
+    assert repo.find_file(sid, deep) is not None
+    assert deep in dict(repo.iter_files(sid))
+    assert repo.diff("last@{1}", "last") == ChangeSet(added=(deep,))
+    assert repo.status().changes == ChangeSet()
+
+
+@pytest.mark.usefixtures("deep_cleanup")
+def test_paths_longer_than_path_max_are_recorded(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo()
+    repo.begin()
+    names = [bytes([ord("a") + i % 26]) * 200 for i in range(30)]  # 6,000+ bytes of path
+    _make_deep(raw, names, b"far.csv", b"x,y\n")
+    status = repo.status()
+    assert status.problems == ()
+    (added,) = status.changes.added
+    assert len(os.fsencode(added)) > 4096 and added.endswith("/far.csv")
+
+
+def test_a_folder_swapped_for_a_symlink_mid_scan_is_not_followed(
+    make_repo: MakeRepo, raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo()
+    repo.begin()
+    outside = tmp_path / "outside"
+    write(outside / "secret.csv", "not under the root\n")
+    folder = raw / "concepts"
+
+    class Swapping(Scanner):
+        def _list_dir(self, dir_fd: int, rel_dir: bytes) -> list[os.DirEntry[str]]:
+            listing = super()._list_dir(dir_fd, rel_dir)
+            if rel_dir == b"":  # listed as a folder; replaced before it is entered
+                os.rename(folder, tmp_path / "moved")
+                os.symlink(outside, folder)
+            return listing
+
+    monkeypatch.setattr(manifest.repo, "Scanner", Swapping)
+    status = repo.status()
+    assert [p.path for p in status.problems] == ["concepts"]
+    assert status.changes == ChangeSet()  # its last entry is carried over, nothing from outside
+    assert not any("secret" in p for p in status.changes.paths)

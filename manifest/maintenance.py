@@ -1,0 +1,330 @@
+"""Maintenance, apart from the verbs (as dulwich keeps gc apart from the repository): reflog
+expiry, gc and fsck.
+
+gc **fails closed**: it holds the store exclusively (no snapshot is half written, no ref
+moves while it marks and sweeps), and anything it cannot read — a ref, a reflog line, an
+object it must follow, a folder it must list — stops it with a ``StoreError`` before
+anything is deleted. What cannot be proven unreachable stays.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal
+
+import msgspec
+
+from manifest.errors import (
+    ConfigError,
+    CorruptObjectError,
+    ManifestError,
+    ObjectNotFoundError,
+    StoreError,
+)
+from manifest.fsutil import StoreLock, lock_age
+from manifest.model import FORMAT_VERSION, KIND_TREE, ReflogEntry, Snapshot, Tree
+
+if TYPE_CHECKING:
+    from manifest.repo import Repository
+
+DEFAULT_EXPIRE_SECONDS: Final = 90 * 24 * 3600.0
+TEMP_PREFIX: Final = ".tmp-"
+
+
+class GcResult(msgspec.Struct, frozen=True):
+    kept: int
+    removed: int
+    removed_bytes: int
+    temp_files_removed: int
+    reflog_lines_expired: int = 0
+
+
+class FsckProblem(msgspec.Struct, frozen=True):
+    severity: Literal["error", "warning"]
+    subject: str
+    message: str
+
+
+class FsckReport(msgspec.Struct, frozen=True):
+    objects: int
+    snapshots: int
+    refs: int
+    problems: tuple[FsckProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+def _seconds(value: float, name: str) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(name, value, "a finite number of seconds >= 0")
+    return float(value)
+
+
+# -- reachability ------------------------------------------------------------------------
+
+
+def collect_roots(repo: Repository) -> set[str]:
+    """Every snapshot a ref or a reflog line names. Strict: raises on anything unreadable."""
+    refs = repo.refs
+    roots = {v for _, v in refs.iter_refs(strict=True) if v is not None}
+    for name in refs.iter_reflog_names(strict=True):
+        for entry in refs.read_reflog(name, strict=True):
+            roots.update(x for x in (entry.old, entry.new) if x is not None)
+    return roots
+
+
+def mark(
+    repo: Repository, roots: set[str], missing: list[tuple[str, str]] | None = None
+) -> set[str]:
+    """Snapshots in ``roots`` and every tree below them (parents are history, not followed).
+
+    With ``missing`` (fsck), missing and corrupt objects are collected; without it (gc), a
+    corrupt object or one that cannot be read raises: its children are unknown."""
+    seen: set[str] = set()
+    stack: list[tuple[str, str]] = [(r, "ref") for r in sorted(roots)]
+    while stack:
+        oid, wanted_by = stack.pop()
+        if oid in seen:
+            continue
+        try:
+            obj = repo.objects.read_object(oid)
+        except ObjectNotFoundError:
+            if missing is not None:
+                missing.append((oid, wanted_by))
+            continue
+        except CorruptObjectError as exc:
+            if missing is None:
+                raise StoreError(
+                    str(repo.objects.path),
+                    f"gc stopped: object {oid} (wanted by {wanted_by}) is corrupt, so what it "
+                    f"references is unknown ({exc.detail}); run `manifest fsck`, then "
+                    "`manifest reset` the refs that use it",
+                ) from exc
+            seen.add(oid)
+            continue
+        seen.add(oid)
+        if isinstance(obj, Snapshot):
+            stack.append((obj.root, f"snapshot {oid}"))
+        elif isinstance(obj, Tree):
+            stack.extend(
+                (e.digest.hex(), f"tree {oid}") for e in obj.entries if e.kind == KIND_TREE
+            )
+    return seen
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+
+def expire_reflogs(repo: Repository, expire_seconds: float, now_ns: int | None = None) -> int:
+    """Drop reflog lines older than ``expire_seconds``. The newest line of every reflog and
+    every line that set a ref's current value are kept. Returns the lines dropped."""
+    refs = repo.refs
+    cutoff = (now_ns if now_ns is not None else time.time_ns()) - int(expire_seconds * 1e9)
+    dropped = 0
+    for name in list(refs.iter_reflog_names(strict=True)):
+        with refs.transaction(name) as txn:
+            current = txn.value if refs.ref_path(name).is_file() else None
+            entries = refs.read_reflog(name, strict=True)
+            keep = [
+                e
+                for i, e in enumerate(entries)
+                if e.time_ns >= cutoff
+                or i == len(entries) - 1
+                or (current is not None and e.new == current)
+            ]
+            if len(keep) < len(entries):
+                refs.rewrite_reflog(name, keep)
+                dropped += len(entries) - len(keep)
+    return dropped
+
+
+# -- gc ----------------------------------------------------------------------------------
+
+
+def iter_temp_files(store: Path) -> Iterator[Path]:
+    """Leftovers of interrupted writes anywhere in the store (``.tmp-*``)."""
+    for dirpath, _dirnames, filenames in os.walk(store):
+        for filename in filenames:
+            if filename.startswith(TEMP_PREFIX):
+                yield Path(dirpath, filename)
+
+
+def gc(
+    repo: Repository,
+    *,
+    grace_seconds: float,
+    expire_seconds: float | None = None,
+) -> GcResult:
+    """Expire old reflog lines (if ``expire_seconds``), then delete objects no ref or reflog
+    line reaches and older than ``grace_seconds``, and temp files older than that.
+
+    Holds the store exclusively: writers hold it shared from their first object to the ref
+    that protects it, so even a zero grace cannot delete something about to be referenced.
+    """
+    from manifest.repo import STORE_LOCK
+
+    grace = _seconds(grace_seconds, "--grace")
+    expire = _seconds(expire_seconds, "--expire") if expire_seconds is not None else None
+    repo._check_format(create=False)
+    store = repo.store
+    if not store.is_dir():
+        return GcResult(0, 0, 0, 0)
+    lock = StoreLock(store / STORE_LOCK, exclusive=True, timeout=repo.refs.lock_timeout)
+    with lock:
+        expired = expire_reflogs(repo, expire) if expire is not None else 0
+        try:
+            reachable = mark(repo, collect_roots(repo))
+        except StoreError as exc:
+            if exc.problem.startswith("gc stopped"):
+                raise
+            raise StoreError(
+                exc.path, f"{exc.problem}; gc stopped and deleted nothing (fix or remove it)"
+            ) from exc
+        cutoff = time.time() - grace
+        kept = removed = removed_bytes = temps = 0
+        for oid in list(repo.objects.iter_ids(strict=True)):
+            if oid in reachable:
+                kept += 1
+                continue
+            path = repo.objects.path / oid[:2] / oid[2:]
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(str(path), f"cannot stat: {exc.strerror or exc}") from exc
+            if st.st_mtime > cutoff:
+                kept += 1
+                continue
+            repo.objects.delete(oid)
+            removed += 1
+            removed_bytes += st.st_size
+        for tmp in iter_temp_files(store):
+            age = lock_age(tmp)
+            if age is not None and age >= grace:
+                tmp.unlink(missing_ok=True)
+                temps += 1
+    return GcResult(kept, removed, removed_bytes, temps, expired)
+
+
+# -- fsck --------------------------------------------------------------------------------
+
+
+def fsck(repo: Repository) -> FsckReport:
+    """Verify every object, ref and reflog; list what is wrong (never stops at the first)."""
+    repo._check_format(create=False)
+    problems: list[FsckProblem] = []
+    snapshots = 0
+    count = 0
+    for oid in repo.objects.iter_ids(problems=problems_sink(problems)):
+        count += 1
+        try:
+            obj = repo.objects.read_object(oid)
+        except ManifestError as exc:
+            problems.append(FsckProblem("error", f"object {oid}", str(exc)))
+            continue
+        if isinstance(obj, Snapshot):
+            snapshots += 1
+            if obj.format > FORMAT_VERSION:
+                problems.append(
+                    FsckProblem("error", f"snapshot {oid}", f"format {obj.format} is too new")
+                )
+        elif isinstance(obj, Tree):
+            for detail in tree_problems(obj):
+                problems.append(FsckProblem("error", f"tree {oid}", detail))
+    missing: list[tuple[str, str]] = []
+    try:
+        roots = collect_roots(repo)
+    except StoreError as exc:
+        problems.append(FsckProblem("error", exc.path, exc.problem))
+        roots = {v for _, v in repo.refs.iter_refs() if v is not None}
+    mark(repo, roots, missing)
+    for oid, wanted_by in missing:
+        problems.append(FsckProblem("error", f"object {oid}", f"missing, wanted by {wanted_by}"))
+    refs = 0
+    for name, value in repo.refs.iter_refs():
+        refs += 1
+        if value is None:
+            problems.append(FsckProblem("error", f"ref {name}", "does not hold a snapshot id"))
+            continue
+        try:
+            found = repo.objects.find_snapshot(value) is not None
+            detail = "which is not a stored snapshot"
+        except ManifestError as exc:
+            found, detail = False, f"which cannot be read ({exc})"
+        if not found:
+            problems.append(FsckProblem("error", f"ref {name}", f"points at {value}, {detail}"))
+        log = _reflog_or_none(repo, name)
+        if log is not None and (not log or log[-1].new != value):
+            last_line = log[-1].new if log else None
+            problems.append(
+                FsckProblem(
+                    "warning",
+                    f"ref {name}",
+                    f"holds {value[:12]} but its reflog's last line says "
+                    f"{last_line[:12] if last_line else 'unset'}",
+                )
+            )
+    for name in repo.refs.iter_reflog_names():
+        for detail in repo.refs.iter_reflog_problems(name):
+            problems.append(FsckProblem("warning", f"reflog {name}", detail))
+    for lock in repo.refs.iter_lock_files():
+        age = lock_age(lock)
+        problems.append(
+            FsckProblem(
+                "warning",
+                str(lock),
+                f"lock file present ({age:.0f}s old); if no manifest process or "
+                f"Dagster tick is running, remove it: rm '{lock}'"
+                if age is not None
+                else "lock file present",
+            )
+        )
+    for tmp in iter_temp_files(repo.store) if repo.store.is_dir() else ():
+        problems.append(
+            FsckProblem(
+                "warning", str(tmp), "leftover of an interrupted write; `manifest gc` removes it"
+            )
+        )
+    return FsckReport(count, snapshots, refs, tuple(problems))
+
+
+def _reflog_or_none(repo: Repository, name: str) -> list[ReflogEntry] | None:
+    try:
+        return list(repo.refs.read_reflog(name))
+    except ManifestError:
+        return None
+
+
+def problems_sink(problems: list[FsckProblem]):  # type: ignore[no-untyped-def]
+    def report(path: str, message: str) -> None:
+        problems.append(FsckProblem("error", path, message))
+
+    return report
+
+
+def tree_problems(tree: Tree) -> Iterator[str]:
+    """The invariants the code relies on: sorted unique names, valid names, known kinds,
+    32-byte digests for trees and symlinks (and content-mode files)."""
+    previous: bytes | None = None
+    for entry in tree.entries:
+        name = entry.name
+        if not name or b"/" in name or name in (b".", b"..") or b"\0" in name:
+            yield f"invalid entry name {name!r}"
+        if previous is not None and name <= previous:
+            yield f"entries not sorted or not unique at {name!r}"
+        previous = name
+        if entry.kind not in (0, 1, 2):
+            yield f"unknown kind {entry.kind} for {name!r}"
+        elif entry.kind != 0 and len(entry.digest) != 32:
+            yield f"{name!r}: digest of {len(entry.digest)} bytes, expected 32"
+        elif entry.kind == 0 and len(entry.digest) not in (0, 32):
+            yield f"{name!r}: digest of {len(entry.digest)} bytes, expected 0 or 32"
+        if entry.size < 0:
+            yield f"{name!r}: negative size"
