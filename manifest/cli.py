@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import msgspec
@@ -45,8 +44,8 @@ R = TypeVar("R")
 class Options:
     def __init__(
         self,
-        root: Path | None,
-        store: Path | None,
+        root: str | None,
+        store: str | None,
         mode: str | None,
         cooldown: float | None,
     ) -> None:
@@ -67,13 +66,13 @@ class Options:
 def _options(
     ctx: typer.Context,
     root: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--root", help="Data root [env RAW_DATA_DIR; default data/1_raw].", show_default=False
         ),
     ] = None,
     store: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--store",
             help="State store [env RAW_STATE_DIR; default "

@@ -123,6 +123,10 @@ def load_config(
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
 
+    if root is not None and not str(root).strip():
+        raise ConfigError("--root", "", "the raw data folder (an empty path is refused)")
+    if store is not None and not str(store).strip():
+        raise ConfigError("--store", "", "the state store folder (an empty path is refused)")
     root_text = str(root) if root is not None else env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
     root_path = (cwd / os.path.expanduser(root_text)).absolute()
     # Resolve symlinks in the folders above the root, not the root's own entries.
@@ -134,6 +138,13 @@ def load_config(
         if store_text
         else default_store(env, cwd)
     )
+    if store_path == root_path or root_path.is_relative_to(store_path):
+        raise ConfigError(
+            "--store" if store is not None else ENV_STATE_DIR,
+            str(store_path),
+            f"a folder that neither is nor contains the data root {root_path} (the store "
+            "would scan itself); put it beside the root, or inside it",
+        )
 
     if mode is not None:
         hash_mode = parse_hash_mode(mode, "--mode")

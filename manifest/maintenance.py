@@ -260,19 +260,14 @@ def fsck(repo: Repository) -> FsckReport:
             found, detail = False, f"which cannot be read ({exc})"
         if not found:
             problems.append(FsckProblem("error", f"ref {name}", f"points at {value}, {detail}"))
-        log = _reflog_or_none(repo, name)
-        if log is not None and (not log or log[-1].new != value):
-            last_line = log[-1].new if log else None
+        if _reflog_or_none(repo, name) == []:
             problems.append(
-                FsckProblem(
-                    "warning",
-                    f"ref {name}",
-                    f"holds {value[:12]} but its reflog's last line says "
-                    f"{last_line[:12] if last_line else 'unset'}",
-                )
+                FsckProblem("warning", f"ref {name}", f"holds {value[:12]} with no reflog line")
             )
     for name in repo.refs.iter_reflog_names():
         for detail in repo.refs.iter_reflog_problems(name):
+            problems.append(FsckProblem("warning", f"reflog {name}", detail))
+        for detail in _moves_that_never_happened(repo, name):
             problems.append(FsckProblem("warning", f"reflog {name}", detail))
     for lock in repo.refs.iter_lock_files():
         age = lock_age(lock)
@@ -293,6 +288,26 @@ def fsck(repo: Repository) -> FsckReport:
             )
         )
     return FsckReport(count, snapshots, refs, tuple(problems))
+
+
+def _moves_that_never_happened(repo: Repository, name: str) -> Iterator[str]:
+    """Lines whose ``new`` is not what the ref held next: written, then the ref update
+    failed or was interrupted (the line is written first, so a ref never moves unlogged)."""
+    entries = _reflog_or_none(repo, name)
+    if not entries:
+        return
+    try:
+        current = repo.refs.find_ref(name)
+    except ManifestError:
+        return
+    for number, entry in enumerate(entries, 1):
+        following = entries[number].old if number < len(entries) else current
+        if entry.new != following:
+            target = entry.new[:12] if entry.new else "unset"
+            yield (
+                f"line {number}: the move to {target} never happened (the ref update failed "
+                "or was interrupted); readers skip it"
+            )
 
 
 def _reflog_or_none(repo: Repository, name: str) -> list[ReflogEntry] | None:

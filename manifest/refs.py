@@ -26,6 +26,7 @@ from manifest.errors import (
 from manifest.fsutil import LockFile, atomic_write, fsync_dir, write_all
 from manifest.model import ReflogEntry, decode_reflog_entry, encode_reflog_entry
 from manifest.objects import is_object_id
+from manifest.text import escape_text
 
 REF_LAST: Final = "last"
 REF_PENDING: Final = "pending"
@@ -211,16 +212,40 @@ class RefStore:
             raise StoreError(str(path), f"cannot rewrite reflog: {exc.strerror or exc}") from exc
 
     def _append_reflog(self, name: str, entry: ReflogEntry) -> None:
+        """Append one line, durably; on failure the file is cut back to what it was, so a
+        failed append leaves no torn line behind."""
         path = self.log_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            write_all(fd, encode_reflog_entry(entry))
-            if self.sync:
-                os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                write_all(fd, encode_reflog_entry(entry))
+                if self.sync:
+                    os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
 
+    def read_moves(self, name: str) -> list[ReflogEntry]:
+        """The reflog's moves that took effect, oldest first. The line is written before the
+        ref (git's order), so a failure or a crash between the two leaves a line whose move
+        never happened: its ``new`` is not the next line's ``old`` (or, for the newest line,
+        not the ref's current value). Those lines are left out here; fsck reports them."""
+        entries = self.read_reflog(name)
+        try:
+            current = self.find_ref(name)
+        except (DanglingRefError, StoreError):
+            return entries
+        moves = []
+        for i, entry in enumerate(entries):
+            following = entries[i + 1].old if i + 1 < len(entries) else current
+            if entry.new == following:
+                moves.append(entry)
+        return moves
 
 def _raise_store_error(exc: OSError) -> None:
     raise StoreError(str(exc.filename), f"cannot be listed: {exc.strerror or exc}") from exc
@@ -251,20 +276,31 @@ class RefTransaction:
             raise RefConflictError(self.name, expected, old)  # type: ignore[arg-type]
         if new is not None and not is_object_id(new):
             raise DanglingRefError(self.name, new, "which is not a snapshot id")
+        if new == old:
+            return old
         path = refs.ref_path(self.name)
+        # The reflog line first (git's order): a ref never moves without its line. If the
+        # line cannot be written, nothing moved; if the ref then cannot be written, the
+        # line names a move that never happened, which readers skip and fsck reports.
+        entry = ReflogEntry(
+            old=old, new=new, time_ns=time.time_ns(), reason=escape_text(reason), runs=runs
+        )
+        try:
+            refs._append_reflog(self.name, entry)
+        except OSError as exc:
+            log = refs.log_path(self.name)
+            raise StoreError(
+                str(log), f"cannot write the reflog line, {self.name} not moved: {exc.strerror}"
+            ) from exc
         try:
             if new is None:
-                if old is not None:
-                    os.unlink(path)
-                    if refs.sync:
-                        fsync_dir(path.parent)
-            elif new != old:
+                os.unlink(path)
+                if refs.sync:
+                    fsync_dir(path.parent)
+            else:
                 atomic_write(path, (new + "\n").encode("ascii"), sync=refs.sync)
-            if new != old:
-                refs._append_reflog(
-                    self.name,
-                    ReflogEntry(old=old, new=new, time_ns=time.time_ns(), reason=reason, runs=runs),
-                )
         except OSError as exc:
-            raise StoreError(str(path), f"cannot update ref: {exc.strerror or exc}") from exc
+            raise StoreError(
+                str(path), f"cannot update ref, {self.name} not moved: {exc.strerror or exc}"
+            ) from exc
         return old

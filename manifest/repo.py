@@ -44,6 +44,7 @@ from manifest.model import (
 from manifest.objects import ObjectStore, is_id_prefix, is_object_id
 from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
+from manifest.text import escape_path
 
 GC_GRACE_SECONDS: Final = 3600.0
 STORE_LOCK: Final = "store.flock"
@@ -241,7 +242,7 @@ class Repository:
 
     def _resolve_reflog(self, revision: str, ref: str, n: int) -> SnapshotId:
         validate_ref_name(ref)
-        values = [e.new for e in reversed(self.refs.read_reflog(ref))]
+        values = [e.new for e in reversed(self.refs.read_moves(ref))]
         if not values:
             raise UnknownRevisionError(revision, f"ref {ref} has no reflog")
         if n >= len(values):
@@ -338,7 +339,7 @@ class Repository:
         )
 
     def _moved_ns(self, ref: str) -> int | None:
-        log = self.refs.read_reflog(ref)
+        log = self.refs.read_moves(ref)
         return log[-1].time_ns if log else None
 
     # -- writing ------------------------------------------------------------------------
@@ -360,7 +361,7 @@ class Repository:
             parent=parent,
             created_ns=time.time_ns(),
             mode=self.config.mode,
-            data_root=str(self.config.root),
+            data_root=escape_path(os.fsdecode(os.fsencode(self.config.root))),
             counts=Counts(
                 files=result.files,
                 bytes=result.bytes,
@@ -382,16 +383,25 @@ class Repository:
         ref: str | None = None,
         on_hash: Callable[[int], None] | None = None,
     ) -> tuple[SnapshotId, ChangeSet]:
-        """Scan and store a snapshot (parent: ``last``); optionally move ``ref`` to it."""
+        """Scan and store a snapshot and, with ``ref``, move ``ref`` to it.
+
+        The parent (and diff base) is ``ref``'s value (``last`` without a ref), and the ref
+        moves by compare-and-swap against exactly that value: under concurrency a
+        snapshot's parent is always the value it replaced (else ``RefConflictError``)."""
         self._check_format(create=True)
         if ref is not None:
             validate_ref_name(ref)
-        last = self._ref_snapshot(REF_LAST)
-        result = self.scan(base=last, on_hash=on_hash)
-        changes = self._diff_scan(last, result)
-        snap_id = self._write_snapshot(result, last, changes, message)
+        parent = self._ref_snapshot(ref if ref is not None else REF_LAST)
+        result = self.scan(base=parent, on_hash=on_hash)
+        changes = self._diff_scan(parent, result)
+        snap_id = self._write_snapshot(result, parent, changes, message)
         if ref is not None:
-            self.refs.update_ref(ref, snap_id, reason=f"snapshot: {message or _describe(changes)}")
+            self.refs.update_ref(
+                ref,
+                snap_id,
+                expected=parent,
+                reason=f"snapshot: {message or _describe(changes)}",
+            )
         return snap_id, changes
 
     @_writer
@@ -435,7 +445,7 @@ class Repository:
         """The moves of ``ref``, newest first."""
         validate_ref_name(ref)
         self._check_format(create=False)
-        entries = list(reversed(self.refs.read_reflog(ref)))
+        entries = list(reversed(self.refs.read_moves(ref)))
         if limit is not None:
             entries = entries[:limit]
         out = []

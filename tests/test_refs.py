@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from manifest import Repository
 from manifest.errors import (
     DanglingRefError,
     InvalidRefNameError,
     LockHeldError,
     RefConflictError,
+    StoreError,
 )
 from manifest.refs import RefStore, validate_ref_name
+
+from .conftest import write
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -136,3 +142,58 @@ def test_torn_reflog_line_is_skipped(refs: RefStore, tmp_path: Path) -> None:
         fh.write(b'{"old":null,"ne')
     assert len(refs.read_reflog("last")) == 1
     assert list(refs.iter_reflog_problems("last"))
+
+
+@pytest.fixture
+def repo_with_two(repo: Repository, raw: Path) -> tuple[Repository, str, str]:
+    first, _ = repo.snapshot(ref="last", message="one")
+    write(raw / "link_templates.csv", "template_id\nother\n")
+    second, _ = repo.snapshot(ref="last", message="two")
+    return repo, first, second
+
+
+def test_a_failed_reflog_write_leaves_the_ref_unmoved(
+    repo_with_two: tuple[Repository, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, first, second = repo_with_two
+    assert repo.find_ref("last") == second
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(repo.refs, "_append_reflog", full)
+    with pytest.raises(StoreError, match="last not moved"):
+        repo.reset("last", first)
+    assert repo.find_ref("last") == second
+    monkeypatch.undo()
+    assert repo.resolve("last@{0}") == second
+
+
+def test_a_failed_ref_write_after_its_line_is_skipped_and_reported(
+    repo_with_two: tuple[Repository, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, first, second = repo_with_two
+    import manifest.refs
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(manifest.refs, "atomic_write", broken)
+    with pytest.raises(StoreError, match="last not moved"):
+        repo.reset("last", first)
+    monkeypatch.undo()
+    assert repo.find_ref("last") == second
+    assert repo.resolve("last@{0}") == second  # the line that never took effect is skipped
+    assert repo.log("last")[0].id == second
+    warnings = [p.message for p in repo.fsck().problems if p.subject == "reflog last"]
+    assert any("never happened" in m for m in warnings)
+    repo.reset("last", first)  # and the next move works, its line follows on
+    assert repo.resolve("last@{0}") == first and repo.resolve("last@{1}") == second
+
+
+def test_a_message_with_undecodable_bytes_is_logged(
+    repo_with_two: tuple[Repository, str, str],
+) -> None:
+    repo, first, _ = repo_with_two
+    repo.reset("last", first, message=os.fsdecode(b"caf\xe9\nnext"))
+    assert repo.log("last")[0].reason == "reset by hand: caf\\xe9\\nnext"

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -11,8 +14,10 @@ import pytest
 from manifest import ChangeSet, Repository, load_config
 from manifest.errors import (
     AmbiguousRevisionError,
+    ConfigError,
     DanglingRefError,
     FormatVersionError,
+    RefConflictError,
     StoreError,
     UnknownRevisionError,
 )
@@ -356,3 +361,67 @@ def test_begin_records_labels(repo: Repository, raw: Path) -> None:
     snap = repo.read_snapshot(started.snapshot)
     assert snap.labels == (("asset_mode", "observe"), ("tick", "raw_schedule@t1"))
     assert snap.label("tick") == "raw_schedule@t1" and snap.label("nope") is None
+
+
+def _snapshot_loop(raw: str, store: str, n: int) -> None:
+    repo = Repository(load_config(root=raw, store=store, cooldown_sec=0, env={}), lock_timeout=30)
+    for i in range(n):
+        write(Path(raw) / f"p{os.getpid()}.csv", f"{i}\n")
+        # losing the compare-and-swap leaves the snapshot unreferenced, and that is all
+        with contextlib.suppress(RefConflictError):
+            repo.snapshot(ref="last", message=f"{os.getpid()} {i}")
+
+
+def test_concurrent_snapshots_record_the_value_they_replaced(repo: Repository, raw: Path) -> None:
+    repo.snapshot(ref="last", message="start")
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_snapshot_loop, args=(str(raw), str(repo.store), 15)) for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    moves = repo.log("last")
+    assert len(moves) > 3
+    for move in moves:
+        assert move.id is not None
+        assert repo.read_snapshot(move.id).parent == move.previous
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "variable"),
+    [
+        ({"root": ""}, "--root"),
+        ({"store": ""}, "--store"),
+        ({"store": "SAME"}, "--store"),
+        ({"store": "PARENT"}, "--store"),
+    ],
+)
+def test_store_and_root_that_would_scan_themselves_are_refused(
+    raw: Path, kwargs: dict[str, str], variable: str
+) -> None:
+    values = {
+        k: str(raw) if v == "SAME" else str(raw.parent) if v == "PARENT" else v
+        for k, v in kwargs.items()
+    }
+    with pytest.raises(ConfigError, match=re.escape(variable)):
+        load_config(**{"root": str(raw), **values}, env={})  # type: ignore[arg-type]
+
+
+def test_store_inside_the_root_is_skipped(raw: Path) -> None:
+    repo = Repository(load_config(root=raw, store=raw / ".manifest", cooldown_sec=0, env={}))
+    repo.begin()
+    assert repo.status().files == 5
+
+
+def test_a_root_whose_path_is_not_utf8(tmp_path: Path) -> None:
+    root = os.fsdecode(os.fsencode(tmp_path) + b"/raw-\xff\xfe")
+    write(Path(root) / "a.csv", "x\n")
+    repo = Repository(load_config(root=root, store=tmp_path / "state", cooldown_sec=0, env={}))
+    assert repo.begin().outcome == "baseline"
+    write(Path(root) / "a.csv", "y\n")
+    assert repo.status().changes == ChangeSet(modified=("a.csv",))
+    sid, _ = repo.snapshot(ref="last")
+    assert repo.read_snapshot(sid).data_root.endswith("raw-\\xff\\xfe")
