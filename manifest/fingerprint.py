@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Final
 
@@ -205,17 +206,21 @@ class StatCache:
     def __len__(self) -> int:
         return sum(len(v) for v in self.old.values())
 
-    def save(self, scan_started_ns: int) -> bool:
+    def save(self, scan_started_ns: int, now_ns: int | None = None) -> bool:
         """Write the entries seen in this scan, smudging racy ones. Skips if another
         process holds the index lock (the cache is an optimisation, never a record)."""
         if not self.dirty and sum(map(len, self.new.values())) == len(self):
             return False
-        # Only entries hashed in this scan can be racy: a loaded one was judged when it was
-        # recorded (trusted stays trusted, smudged stays smudged).
-        threshold = scan_started_ns - RACY_NS
+        # git's racy rule: an entry whose mtime or ctime is not safely older than the cache's
+        # own write time may hide a same-size edit made in the same timestamp tick (a
+        # coarse-timestamp filesystem, an mtime restored by hand): store it smudged, so the
+        # next scan re-hashes it. Only entries hashed in this scan can be racy: a loaded one
+        # was judged when it was recorded (trusted stays trusted, smudged stays smudged).
+        written = max(time.time_ns() if now_ns is None else now_ns, scan_started_ns)
+        threshold = written - RACY_NS
         for folder, name in self.recorded:
             e = self.new[folder][name]
-            if e.mtime_ns >= threshold and e.size >= 0:
+            if (e.mtime_ns >= threshold or e.ctime_ns >= threshold) and e.size >= 0:
                 self.new[folder][name] = IndexEntry(
                     e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest
                 )

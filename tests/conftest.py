@@ -78,3 +78,13 @@ def repo(make_repo: MakeRepo) -> Repository:
 
 
 from tests.glue.harness import make_harness  # noqa: E402, F401  (the Dagster fixture)
+
+
+@pytest.fixture
+def fine_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The racy window of a filesystem with exact timestamps. Test files are written a few
+    milliseconds before they are scanned, and ``utime`` cannot age a ctime: under the
+    default 2 s window (FAT's tick) every such file is racy and re-hashed once more."""
+    import manifest.fingerprint
+
+    monkeypatch.setattr(manifest.fingerprint, "RACY_NS", 1)

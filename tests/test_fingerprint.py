@@ -123,6 +123,7 @@ def test_mtime_size_fingerprint_sees_a_touch(make_repo: MakeRepo, raw: Path) -> 
     assert repo.status().changes == ChangeSet(modified=("link_templates.csv",))
 
 
+@pytest.mark.usefixtures("fine_timestamps")
 def test_content_hash_touch_without_edit_is_no_change(make_repo: MakeRepo, raw: Path) -> None:
     repo = make_repo()
     repo.begin()
@@ -132,6 +133,7 @@ def test_content_hash_touch_without_edit_is_no_change(make_repo: MakeRepo, raw: 
     assert status.hashed == 1  # the stat changed, so exactly that file was re-read
 
 
+@pytest.mark.usefixtures("fine_timestamps")
 def test_stat_cache_avoids_rehashing_unchanged_files(make_repo: MakeRepo, raw: Path) -> None:
     repo = make_repo()
     repo.begin()  # baseline hashes everything and saves the cache
@@ -188,6 +190,7 @@ def test_racy_same_tick_edit_is_detected_end_to_end(make_repo: MakeRepo, raw: Pa
     assert entry is not None and entry.digest == blake3(b"B" * size).digest()
 
 
+@pytest.mark.usefixtures("fine_timestamps")
 def test_corrupt_cache_is_rebuilt_not_fatal(make_repo: MakeRepo, tmp_path: Path) -> None:
     repo = make_repo()
     repo.begin()
@@ -209,6 +212,7 @@ def test_cache_keeps_the_clock_out_of_the_snapshot(make_repo: MakeRepo, raw: Pat
     assert repo.read_snapshot(snap).root == first
 
 
+@pytest.mark.usefixtures("fine_timestamps")
 def test_rehash_all_ignores_the_stat_cache(make_repo: MakeRepo) -> None:
     repo = make_repo()
     repo.begin()
@@ -256,3 +260,37 @@ def test_hash_file_trusts_the_scans_stat_only_when_the_size_matches(tmp_path: Pa
     os.mkfifo(path)  # a FIFO swapped in after the lstat of a regular file
     with pytest.raises(manifest.fingerprint.NotRegularFile):
         hash_file(path, lstat=stale)
+
+
+def _stat(size: int, mtime_ns: int, ctime_ns: int, ino: int = 7) -> os.stat_result:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(  # type: ignore[return-value]
+        st_size=size, st_mtime_ns=mtime_ns, st_ctime_ns=ctime_ns, st_ino=ino, st_mode=0o100644
+    )
+
+
+@pytest.mark.parametrize(
+    ("mtime_age", "ctime_age", "racy"),
+    [
+        (3600, 3600, False),  # both safely older than the cache's write: trusted
+        (3600, 0.5, True),  # mtime restored to an old value, ctime in the same tick: racy
+        (0.5, 3600, True),
+        (3600, RACY_NS / 1e9, True),  # exactly one granularity before the write: still racy
+    ],
+)
+def test_racy_entries_by_mtime_or_ctime_against_the_cache_write_time(
+    tmp_path: Path, mtime_age: float, ctime_age: float, racy: bool
+) -> None:
+    now = 1_800_000_000 * 10**9
+    cache = StatCache(tmp_path / "index", "content_hash")
+    st = _stat(10, now - int(mtime_age * 1e9), now - int(ctime_age * 1e9))
+    cache.record(b"a.csv", st, b"d" * 32)
+    assert cache.save(scan_started_ns=now - 10**9, now_ns=now)
+    reloaded = StatCache(tmp_path / "index", "content_hash")
+    # a smudged entry never matches, so the file is hashed again on the next scan
+    assert (reloaded.lookup(b"a.csv", st) is None) == racy
+    # and a cache hit needs the very same ctime as well
+    if not racy:
+        moved = _stat(10, st.st_mtime_ns, st.st_ctime_ns + 1)
+        assert reloaded.lookup(b"a.csv", moved) is None
