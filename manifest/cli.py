@@ -427,13 +427,14 @@ def diff(
         raise typer.Exit(EXIT_DIFFERENCES)
 
 
-def entry_json(path: str, entry: TreeEntry) -> dict[str, Any]:
+def entry_json(path: str, entry: TreeEntry, mode: str) -> dict[str, Any]:
     kind = {0: "file", 2: "symlink"}.get(entry.kind, "file")
+    recorded = mode == "mtime_size" and kind == "file"  # content mode records no mtime
     return {
         "path": path,
         "kind": kind,
         "size": entry.size,
-        "mtime_ns": entry.mtime_ns or None,
+        "mtime_ns": entry.mtime_ns if recorded else None,
         "fingerprint": entry.fingerprint,
     }
 
@@ -452,7 +453,8 @@ def show(
     repo = _repo(ctx)
     sid = repo.resolve(rev)
     snap = repo.read_snapshot(sid)
-    entries = list(repo.iter_files(sid))
+    # the order status and diff print paths in (by text, not by bytes)
+    entries = sorted(repo.iter_files(sid), key=lambda item: item[0])
     if as_json:
         print_json(
             {
@@ -470,7 +472,7 @@ def show(
                     "modified": snap.counts.modified,
                     "removed": snap.counts.removed,
                 },
-                "entries": [entry_json(p, e) for p, e in entries],
+                "entries": [entry_json(p, e, snap.mode) for p, e in entries],
             }
         )
         return

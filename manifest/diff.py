@@ -64,15 +64,19 @@ def same_entry(old: TreeEntry, new: TreeEntry) -> bool:
     )
 
 
-def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> ChangeSet:
+def diff_trees(
+    read: TreeReader, old_id: str | None, new_id: str | None, *, renames: bool = True
+) -> ChangeSet:
     """``added``/``modified``/``removed`` between two root trees (None = empty tree).
 
-    Renames (same digest, in content mode) are reported alongside for display."""
+    With ``renames`` (content mode), a removed and an added entry of the same kind with the
+    same digest are also reported as a rename, for display."""
     added: list[bytes] = []
     modified: list[bytes] = []
     removed: list[bytes] = []
-    removed_digest: dict[bytes, bytes] = {}
-    added_digest: dict[bytes, bytes] = {}
+    # (kind, digest): a file and a symlink whose target text equals its bytes are no rename
+    removed_digest: dict[bytes, tuple[int, bytes]] = {}
+    added_digest: dict[bytes, tuple[int, bytes]] = {}
 
     # An explicit stack of folder pairs to compare: no depth is too deep.
     stack: list[tuple[str | None, str | None, bytes]] = [(old_id, new_id, b"")]
@@ -103,12 +107,12 @@ def diff_trees(read: TreeReader, old_id: str | None, new_id: str | None) -> Chan
                 continue
             if o is not None and not o_tree:
                 removed.append(path)
-                if o.digest:
-                    removed_digest[path] = o.digest
+                if o.digest and renames:
+                    removed_digest[path] = (o.kind, o.digest)
             if n is not None and not n_tree:
                 added.append(path)
-                if n.digest:
-                    added_digest[path] = n.digest
+                if n.digest and renames:
+                    added_digest[path] = (n.kind, n.digest)
 
     return _change_set(added, modified, removed, added_digest, removed_digest)
 
@@ -117,12 +121,12 @@ def _change_set(
     added: list[bytes],
     modified: list[bytes],
     removed: list[bytes],
-    added_digest: dict[bytes, bytes],
-    removed_digest: dict[bytes, bytes],
+    added_digest: dict[bytes, tuple[int, bytes]],
+    removed_digest: dict[bytes, tuple[int, bytes]],
 ) -> ChangeSet:
     renamed: list[tuple[str, str]] = []
     if added_digest and removed_digest:
-        by_digest: dict[bytes, list[bytes]] = {}
+        by_digest: dict[tuple[int, bytes], list[bytes]] = {}
         for path in sorted(removed_digest):
             by_digest.setdefault(removed_digest[path], []).append(path)
         for path in sorted(added_digest):

@@ -247,6 +247,7 @@ class RefStore:
                 moves.append(entry)
         return moves
 
+
 def _raise_store_error(exc: OSError) -> None:
     raise StoreError(str(exc.filename), f"cannot be listed: {exc.strerror or exc}") from exc
 

@@ -147,6 +147,7 @@ class Repository:
             lock_timeout=config.lock_timeout_sec if lock_timeout is None else lock_timeout,
         )
         self.sync = sync
+        self._renames = config.mode == "content_hash"  # renames are content-mode only
         self._checked_format = False
         self._write_lock = StoreLock(
             self.store / STORE_LOCK, exclusive=False, timeout=self.refs.lock_timeout
@@ -310,7 +311,7 @@ class Repository:
     def _diff_scan(self, base: str | None, result: ScanResult) -> ChangeSet:
         old_root = self.read_snapshot(base).root if base else None
         read = tree_reader(self.objects, result.trees)
-        return diff_trees(read, old_root, result.root_id)
+        return diff_trees(read, old_root, result.root_id, renames=self._renames)
 
     def status(
         self, *, against: str | None = None, on_hash: Callable[[int], None] | None = None
@@ -431,7 +432,8 @@ class Repository:
 
     def diff_snapshots(self, old_id: str | None, new_id: str) -> ChangeSet:
         old_root = self.read_snapshot(old_id).root if old_id else None
-        return diff_trees(tree_reader(self.objects), old_root, self.read_snapshot(new_id).root)
+        new_root = self.read_snapshot(new_id).root
+        return diff_trees(tree_reader(self.objects), old_root, new_root, renames=self._renames)
 
     def pending_changes(self, snapshot_id: str, last: str | None) -> ChangeSet:
         """What processing ``snapshot_id`` covers: its diff against ``last`` plus the paths it

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from manifest.diff import diff_trees, iter_files
 from manifest.model import KIND_FILE, KIND_TREE, ChangeSet, Tree, TreeEntry, encode_object
 from manifest.objects import object_id
+
+from .conftest import MakeRepo
 
 Files = dict[bytes, bytes]  # path -> digest
 
@@ -114,3 +119,35 @@ def test_file_replaced_by_folder() -> None:
     assert diff_trees(reader(store), ra, rb) == ChangeSet(
         added=("x/y",), removed=("x",), renamed=(("x", "x/y"),)
     )
+
+
+def _tree(store: dict[str, bytes], *entries: TreeEntry) -> str:
+    data = encode_object(Tree(entries=entries))
+    store[object_id(data)] = data
+    return object_id(data)
+
+
+def test_renames_pair_only_entries_of_the_same_kind() -> None:
+    from blake3 import blake3
+
+    from manifest.model import KIND_SYMLINK
+
+    store: dict[str, bytes] = {}
+    digest = blake3(b"same text").digest()
+    old = _tree(store, TreeEntry(b"a.txt", KIND_FILE, 9, 0, digest))
+    link = _tree(store, TreeEntry(b"b.txt", KIND_SYMLINK, 9, 0, digest))
+    changes = diff_trees(reader(store), old, link)
+    assert changes.renamed == () and changes.added == ("b.txt",)
+    moved = _tree(store, TreeEntry(b"c.txt", KIND_FILE, 9, 0, digest))
+    assert diff_trees(reader(store), old, moved).renamed == (("a.txt", "c.txt"),)
+    assert diff_trees(reader(store), old, moved, renames=False).renamed == ()
+
+
+def test_mtime_mode_reports_no_renames(make_repo: MakeRepo, raw: Path) -> None:
+    repo = make_repo(mode="mtime_size")
+    repo.begin()
+    os.symlink("x", raw / "l1")
+    repo.snapshot(ref="last")
+    os.rename(raw / "l1", raw / "l2")
+    changes = repo.status().changes
+    assert changes.added == ("l2",) and changes.removed == ("l1",) and changes.renamed == ()

@@ -261,3 +261,21 @@ def test_log_names_the_runs_that_processed_each_move(cli, raw: Path, tmp_path: P
     assert entries[0]["runs"] == ["r-1", "r-2"] and entries[1]["runs"] == []
     out = cli("log")
     assert "    runs r-1, r-2" in out
+
+
+def test_show_json_mtime_zero_and_status_order(raw: Path, tmp_path: Path) -> None:
+    base = ["--root", str(raw), "--store", str(tmp_path / "s"), "--cooldown", "0"]
+    epoch = raw / "epoch.csv"
+    epoch.write_text("x\n")
+    os.utime(epoch, ns=(0, 0))
+    write(raw / "é.csv", "x\n")
+    (raw / os.fsdecode(b"\x80.csv")).write_text("x\n")
+    os.utime(raw / os.fsdecode(b"\x80.csv"), ns=(0, 10**18))
+    result = runner.invoke(app, [*base, "--mode", "mtime_size", "snapshot", "--ref", "last"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(runner.invoke(app, [*base, "--mode", "mtime_size", "show", "--json"]).output)
+    by_path = {e["path"]: e for e in shown["entries"]}
+    assert by_path["epoch.csv"]["mtime_ns"] == 0
+    paths = [e["path"] for e in shown["entries"]]
+    assert paths == sorted(paths)  # by text, as status sorts: "é" before byte 0x80
+    assert paths.index("é.csv") < paths.index(os.fsdecode(b"\x80.csv"))
