@@ -6,6 +6,7 @@ Exit codes (a contract, see docs/cli.md): 0 success; 1 differences (only with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -13,12 +14,13 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import typer
 
 from manifest.config import load_config, parse_duration, parse_seconds
+from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
 from manifest.errors import ManifestError
 from manifest.model import ChangeSet, TreeEntry
 from manifest.repo import LogEntry, Repository, Status
@@ -107,17 +109,42 @@ def _repo(ctx: typer.Context) -> Repository:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Expected errors: one line on stderr, no traceback, the error's exit code."""
+    """Expected errors: one line on stderr, no traceback, the error's exit code. Any OS
+    error the engine did not name (or one writing the output) is exit 3, never 1 (which
+    means "differences found")."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a full or closed output fails here, not at exit
+            return result
         except ManifestError as exc:
-            sys.stderr.write(f"manifest: error: {escape_text(str(exc))}\n")
-            raise typer.Exit(exc.exit_code) from None
+            _fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            _fail("standard output was closed before everything was written", EXIT_ERROR)
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else "standard output"
+            what = exc.strerror or str(exc)
+            _fail(
+                f"{os.fsdecode(where)}: {what}; check the path, its permissions and free space",
+                EXIT_ERROR,
+            )
+        raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"manifest: error: {escape_text(message)}\n")
+        sys.stderr.flush()
+    # Nothing more may reach a broken stdout (Python would complain at exit).
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    raise typer.Exit(code)
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -269,6 +296,7 @@ def status_json(status: Status) -> dict[str, Any]:
         "problems": [{"path": p.path, "message": p.message} for p in status.problems],
         "skipped": list(status.skipped),
         "files": status.files,
+        "stale_locks": list(status.stale_locks),
     }
 
 
@@ -323,6 +351,11 @@ def _print_status(st: Status, cooldown: float) -> None:
         typer.echo("Scan problems (kept as they were in last):")
         for problem in st.problems:
             typer.echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
+        typer.echo("")
+    if st.stale_locks:
+        typer.echo("Stale locks (their process is gone; every update waits on them):")
+        for lock in st.stale_locks:
+            typer.echo(paint(f"\trm {quote_path(lock)}", "red"))
         typer.echo("")
     if not st.changes:
         typer.echo(f"nothing changed since last ({st.files} files)")

@@ -181,3 +181,16 @@ class StoreBusyError(ManifestError):
         else:
             what = "gc is running, so nothing can be written now"
         super().__init__(f"store busy ({lock_path}): {what}; retry shortly")
+
+
+class StaleLockError(ManifestError):
+    """A lock whose process is gone (on this host): retrying never clears it."""
+
+    def __init__(self, lock_path: str, pid: int, host: str) -> None:
+        self.lock_path = lock_path
+        self.pid = pid
+        self.host = host
+        super().__init__(
+            f"{lock_path} is a stale lock: process {pid} on {host} that took it is gone "
+            f"(it crashed); remove it with: rm '{lock_path}'"
+        )

@@ -21,7 +21,7 @@ from typing import Final
 import msgspec
 from blake3 import blake3
 
-from manifest.errors import FormatVersionError
+from manifest.errors import FormatVersionError, ManifestError, StaleLockError
 from manifest.fsutil import LockFile, atomic_write
 from manifest.model import (
     FORMAT_VERSION,
@@ -149,6 +149,11 @@ class StatCache:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return
+        except OSError:
+            # unreadable, or a folder in its place: a cache, so scan without it (fsck and
+            # the failed save say nothing is lost; every file is hashed)
+            self.dirty = True
+            return
         try:
             index = decode_index(data)
         except msgspec.DecodeError:
@@ -232,7 +237,16 @@ class StatCache:
         lock = LockFile(self.path, timeout=0.0)
         try:
             lock.acquire()
-        except Exception:
+        except StaleLockError:
+            # A crashed process's lock on a cache: left alone it would stop the cache being
+            # saved forever (every scan re-hashing every changed file). Take it over.
+            with contextlib.suppress(OSError):
+                os.unlink(lock.path)
+            try:
+                lock.acquire()
+            except ManifestError:
+                return False
+        except ManifestError:
             return False
         try:
             with contextlib.suppress(OSError):

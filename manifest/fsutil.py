@@ -75,20 +75,37 @@ class LockFile:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        from manifest.errors import LockHeldError
+        from manifest.errors import LockHeldError, StaleLockError, StoreError
 
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         while True:
             try:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                write_all(self.fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-                return
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             except FileExistsError:
                 if time.monotonic() >= deadline:
+                    owner = lock_owner(self.path)
+                    if owner is not None and owner.stale:
+                        raise StaleLockError(str(self.path), owner.pid, owner.host) from None
                     raise LockHeldError(str(self.path), lock_age(self.path)) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
+                continue
+            except OSError as exc:
+                raise StoreError(
+                    str(self.path), f"cannot create lock: {exc.strerror or exc}"
+                ) from exc
+            try:
+                write_all(fd, f"{os.getpid()} {socket.gethostname()} {time.time_ns()}\n".encode())
+            except OSError as exc:  # ENOSPC, EIO: leave no lock behind
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                raise StoreError(
+                    str(self.path), f"cannot write lock: {exc.strerror or exc}"
+                ) from exc
+            self.fd = fd
+            return
 
     def release(self) -> None:
         if self.fd is not None:
@@ -103,6 +120,39 @@ class LockFile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class LockOwner:
+    """Who wrote a lock file: ``pid host time_ns`` (older locks: ``pid host``)."""
+
+    def __init__(self, pid: int, host: str, time_ns: int | None) -> None:
+        self.pid = pid
+        self.host = host
+        self.time_ns = time_ns
+
+    @property
+    def stale(self) -> bool:
+        """Its process is gone, on this host (a lock from another host is never judged)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def lock_owner(path: Path) -> LockOwner | None:
+    try:
+        parts = path.read_text("utf-8", "replace").split()
+    except OSError:
+        return None
+    if len(parts) < 2 or not parts[0].isdigit():
+        return None
+    stamp = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+    return LockOwner(int(parts[0]), parts[1], stamp)
 
 
 def lock_age(path: Path) -> float | None:

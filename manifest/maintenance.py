@@ -25,7 +25,7 @@ from manifest.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from manifest.fsutil import StoreLock, lock_age
+from manifest.fsutil import StoreLock, lock_age, lock_owner
 from manifest.model import FORMAT_VERSION, KIND_TREE, ReflogEntry, Snapshot, Tree
 
 if TYPE_CHECKING:
@@ -97,6 +97,11 @@ def mark(
         except ObjectNotFoundError:
             if missing is not None:
                 missing.append((oid, wanted_by))
+            continue
+        except StoreError:
+            if missing is None:
+                raise
+            missing.append((oid, f"{wanted_by}, and unreadable"))
             continue
         except CorruptObjectError as exc:
             if missing is None:
@@ -222,7 +227,12 @@ def fsck(repo: Repository) -> FsckReport:
     problems: list[FsckProblem] = []
     snapshots = 0
     count = 0
-    for oid in repo.objects.iter_ids(problems=problems_sink(problems)):
+    try:
+        ids = list(repo.objects.iter_ids(problems=problems_sink(problems)))
+    except StoreError as exc:
+        problems.append(FsckProblem("error", exc.path, f"{exc.problem}; no object was checked"))
+        ids = []
+    for oid in ids:
         count += 1
         try:
             obj = repo.objects.read_object(oid)
@@ -269,8 +279,19 @@ def fsck(repo: Repository) -> FsckReport:
             problems.append(FsckProblem("warning", f"reflog {name}", detail))
         for detail in _moves_that_never_happened(repo, name):
             problems.append(FsckProblem("warning", f"reflog {name}", detail))
-    for lock in repo.refs.iter_lock_files():
+    for lock in iter_locks(repo):
+        owner = lock_owner(lock)
         age = lock_age(lock)
+        if owner is not None and owner.stale:
+            problems.append(
+                FsckProblem(
+                    "error",
+                    str(lock),
+                    f"stale lock: process {owner.pid} on {owner.host} is gone; it blocks "
+                    f"every update until removed: rm '{lock}'",
+                )
+            )
+            continue
         problems.append(
             FsckProblem(
                 "warning",
@@ -288,6 +309,19 @@ def fsck(repo: Repository) -> FsckReport:
             )
         )
     return FsckReport(count, snapshots, refs, tuple(problems))
+
+
+def iter_locks(repo: Repository) -> Iterator[Path]:
+    """Every ``.lock`` file: the refs' and the stat cache's."""
+    yield from repo.refs.iter_lock_files()
+    index_lock = repo.store / "index.lock"
+    if index_lock.exists():
+        yield index_lock
+
+
+def stale_locks(repo: Repository) -> list[Path]:
+    """Locks whose process is gone (on this host): they never clear by themselves."""
+    return [lock for lock in iter_locks(repo) if (o := lock_owner(lock)) is not None and o.stale]
 
 
 def _moves_that_never_happened(repo: Repository, name: str) -> Iterator[str]:

@@ -13,6 +13,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
+from manifest import maintenance
 from manifest.config import Config
 from manifest.diff import diff_trees, iter_files, tree_reader
 from manifest.errors import (
@@ -65,6 +66,7 @@ class Status(msgspec.Struct, frozen=True):
     hashed: int
     last_moved_ns: int | None = None
     pending_moved_ns: int | None = None
+    stale_locks: tuple[str, ...] = ()
 
 
 Outcome = Literal[
@@ -337,6 +339,7 @@ class Repository:
             hashed=result.hashed,
             last_moved_ns=self._moved_ns(REF_LAST),
             pending_moved_ns=self._moved_ns(REF_PENDING),
+            stale_locks=tuple(str(p) for p in maintenance.stale_locks(self)),
         )
 
     def _moved_ns(self, ref: str) -> int | None:
@@ -660,14 +663,10 @@ class Repository:
     ) -> GcResult:
         """Expire reflog lines older than ``expire_seconds`` (if given), then delete what no
         ref or reflog line reaches. See :func:`manifest.maintenance.gc`."""
-        from manifest import maintenance
-
         return maintenance.gc(self, grace_seconds=grace_seconds, expire_seconds=expire_seconds)
 
     def fsck(self) -> FsckReport:
         """Verify every object, ref and reflog; list what is wrong."""
-        from manifest import maintenance
-
         return maintenance.fsck(self)
 
 

@@ -294,3 +294,27 @@ def test_racy_entries_by_mtime_or_ctime_against_the_cache_write_time(
     if not racy:
         moved = _stat(10, st.st_mtime_ns, st.st_ctime_ns + 1)
         assert reloaded.lookup(b"a.csv", moved) is None
+
+
+def test_a_stale_index_lock_does_not_stop_the_cache_being_saved(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    repo = make_repo()
+    repo.begin()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    lock = tmp_path / "state" / "index.lock"
+    lock.write_text(f"{child.pid} {socket.gethostname()} 1\n")
+    (tmp_path / "state" / "index").unlink()
+    repo.status()  # the crashed process's lock on the cache is taken over
+    assert (tmp_path / "state" / "index").exists() and not lock.exists()
+    stale_ref_lock = tmp_path / "state" / "refs" / "pending.lock"
+    stale_ref_lock.write_text(f"{child.pid} {socket.gethostname()} 1\n")
+    assert repo.status().stale_locks == (str(stale_ref_lock),)  # a ref's lock is reported
+    report = repo.fsck()
+    assert not report.ok
+    assert any("stale lock" in p.message and "rm '" in p.message for p in report.problems)

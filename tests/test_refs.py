@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -197,3 +199,36 @@ def test_a_message_with_undecodable_bytes_is_logged(
     repo, first, _ = repo_with_two
     repo.reset("last", first, message=os.fsdecode(b"caf\xe9\nnext"))
     assert repo.log("last")[0].reason == "reset by hand: caf\\xe9\\nnext"
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(
+    refs: RefStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import manifest.fsutil
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manifest.fsutil, "write_all", full)
+    with pytest.raises(StoreError, match="cannot write lock"):
+        refs.update_ref("last", "a" * 64, reason="x")
+    assert not list((tmp_path / "refs").glob("*.lock"))
+
+
+def test_a_stale_lock_says_so_and_how_to_clear_it(refs: RefStore, tmp_path: Path) -> None:
+    import socket
+
+    from manifest.errors import StaleLockError
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs
+    (tmp_path / "refs").mkdir(exist_ok=True)
+    lock = tmp_path / "refs" / "last.lock"
+    lock.write_text(f"{child.pid} {socket.gethostname()} 1\n")
+    refs.lock_timeout = 0.0
+    with pytest.raises(StaleLockError, match=r"rm '.*last\.lock'") as info:
+        refs.update_ref("last", "a" * 64, reason="x")
+    assert not info.value.retryable
+    lock.write_text(f"{os.getpid()} {socket.gethostname()} 1\n")  # a live holder
+    with pytest.raises(LockHeldError):
+        refs.update_ref("last", "a" * 64, reason="x")

@@ -116,3 +116,55 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "manifest"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "status" in proc.stdout
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("manifest: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_output_errors_are_one_line_and_exit_3(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert run("snapshot", "--ref", "last").returncode == 0
+    base = [sys.executable, "-m", "manifest"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*base, "log"], stdout=full, stderr=subprocess.PIPE, text=True, env=run.env
+        )
+    assert proc.returncode == 3
+    assert "No space left on device" in _one_error_line(proc)
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the output is closed
+    proc = subprocess.run(
+        [*base, "log"], stdout=writer, stderr=subprocess.PIPE, text=True, env=run.env
+    )
+    os.close(writer)
+    assert proc.returncode == 3
+    assert "standard output was closed" in _one_error_line(proc)
+
+
+def test_an_unreadable_root_is_exit_3_by_flag_and_by_variable(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    missing = str(tmp_path / "nope")
+    by_flag = run("--root", missing, "status")
+    by_env = run("status", extra_env={"RAW_DATA_DIR": missing})
+    assert by_flag.returncode == by_env.returncode == 3
+    assert "does not exist" in _one_error_line(by_flag) and "does not exist" in _one_error_line(
+        by_env
+    )
+
+
+def test_store_faults_are_one_line(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "state"
+    assert run("snapshot", "--ref", "last").returncode == 0
+    (state / "index").unlink()
+    (state / "index").mkdir()  # a folder where the stat cache should be
+    status = run("status")
+    assert status.returncode == 0 and status.stderr == ""
+    (state / "objects").rename(tmp_path / "objects-away")
+    (state / "objects").write_text("not a folder")
+    fsck = run("fsck")
+    assert fsck.returncode == 3 and "Traceback" not in fsck.stderr + fsck.stdout
+    assert "DAMAGED" in fsck.stdout
+    gc = run("gc", "--grace", "nan")
+    assert gc.returncode == 3 and "--grace" in _one_error_line(gc)
