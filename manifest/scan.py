@@ -132,6 +132,10 @@ _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC 
 
 
 class Scanner:
+    # The hot loop inlines two common cases (plain mtime_size entries, stat-cache hits).
+    # A test turns them off to check they agree with the general path.
+    inline_fast_paths: bool = True
+
     def __init__(
         self,
         root: bytes,
@@ -321,9 +325,10 @@ class Scanner:
         isreg = stat.S_ISREG
         # The two common cases, inlined: mtime_size mode with no stat cache to consult, and
         # content_hash mode where the stat cache already knows the file's digest.
-        plain_mtime = not self.content and self.cache is None and not self.rehash_all
+        fast = self.inline_fast_paths
+        plain_mtime = fast and not self.content and self.cache is None and not self.rehash_all
         cache = self.cache if self.content and not self.rehash_all else None
-        known_here = cache.old.get(rel_dir) if cache is not None else None
+        known_here = cache.old.get(rel_dir) if cache is not None and fast else None
         seen_here: dict[bytes, IndexEntry] = {}
         after, before = self._unstable_after, self._unstable_before
         fsencode = os.fsencode

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import manifest.repo
 import manifest.scan
-from manifest import ChangeSet
+from manifest import ChangeSet, Repository, load_config
 from manifest.errors import RootError
 from manifest.model import path_to_text, text_to_path
 from manifest.scan import Scanner, ScanProblem
@@ -322,3 +324,59 @@ def test_a_folder_swapped_for_a_symlink_mid_scan_is_not_followed(
     assert [p.path for p in status.problems] == ["concepts"]
     assert status.changes == ChangeSet()  # its last entry is carried over, nothing from outside
     assert not any("secret" in p for p in status.changes.paths)
+
+
+class _SlowScanner(Scanner):
+    inline_fast_paths = False
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    files=st.dictionaries(
+        st.sampled_from(["a", "b", "d/c", "d/e/f", "g/h", "ü/i"]),
+        st.tuples(st.binary(max_size=40), st.integers(min_value=10, max_value=10**6)),
+        min_size=1,
+    ),
+    mode=st.sampled_from(["content_hash", "mtime_size"]),
+    touched=st.sets(st.sampled_from(["a", "b", "d/c", "d/e/f", "g/h", "ü/i"])),
+)
+@pytest.mark.usefixtures("fine_timestamps")
+def test_inlined_fast_paths_agree_with_the_general_path(
+    tmp_path_factory: pytest.TempPathFactory,
+    files: dict[str, tuple[bytes, int]],
+    mode: str,
+    touched: set[str],
+) -> None:
+    base = tmp_path_factory.mktemp("fast")
+    root = base / "raw"
+    now = time.time_ns()
+    for rel, (data, age) in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        stamp = now - age * 10**6 - 10 * 10**9
+        os.utime(path, ns=(stamp, stamp))
+
+    def scan(scanner: type[Scanner], store: str) -> tuple[str, int, int]:
+        (base / store).mkdir(exist_ok=True)  # the stat cache is saved only into a store
+        repo = Repository(
+            load_config(root=root, store=base / store, mode=mode, cooldown_sec=0, env={})
+        )
+        original = manifest.repo.Scanner
+        manifest.repo.Scanner = scanner  # type: ignore[misc]
+        try:
+            result = repo.scan(base=None)
+        finally:
+            manifest.repo.Scanner = original  # type: ignore[misc]
+        return result.root_id, result.files, result.hashed
+
+    # first scans fill each store's stat cache; then some files are touched; then compare
+    assert scan(Scanner, "fast") == scan(_SlowScanner, "slow")
+    for rel in touched & files.keys():
+        stamp = now - 5 * 10**9
+        os.utime(root / rel, ns=(stamp, stamp))
+    assert scan(Scanner, "fast") == scan(_SlowScanner, "slow")
+    warm = scan(Scanner, "fast")
+    assert warm == scan(_SlowScanner, "slow")
+    if mode == "content_hash":
+        assert warm[2] == 0  # every file a stat-cache hit, inlined on one side only
