@@ -14,14 +14,29 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import typer
 
-from manifest.config import load_config, parse_duration, parse_seconds
+from manifest import __version__
+from manifest.config import (
+    CONFIG_FILE,
+    DEFAULT_DATA_DIR,
+    ENV_DATA_DIR,
+    ENV_STATE_DIR,
+    FALLBACK_STATE_DIR,
+    Config,
+    StoreFile,
+    load_config,
+    parse_duration,
+    parse_seconds,
+    write_store_file,
+)
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
-from manifest.errors import ManifestError
+from manifest.errors import ConfigError, ManifestError, NoStoreError, RootError
+from manifest.globs import PathFilter
 from manifest.model import ChangeSet, TreeEntry
 from manifest.repo import LogEntry, Repository, Status
 from manifest.text import C_ESCAPES, escape_text
@@ -56,29 +71,60 @@ class Options:
         self.mode = mode
         self.cooldown = cooldown
 
-    def repository(self) -> Repository:
-        return Repository(
-            load_config(
-                root=self.root, store=self.store, mode=self.mode, cooldown_sec=self.cooldown
-            )
+    def config(self) -> Config:
+        return load_config(
+            root=self.root,
+            store=self.store,
+            mode=self.mode,
+            cooldown_sec=self.cooldown,
+            discover=True,
         )
+
+    def repository(self, *, must_exist: bool | None = True) -> Repository:
+        """The repository; a command that reads (``must_exist``) refuses a missing store and
+        names where it looked. ``None``: only a store named explicitly (--store,
+        RAW_STATE_DIR) may be created on the fly, as `snapshot` does."""
+        config = self.config()
+        if must_exist is None:
+            must_exist = config.store_source in ("found", "default")
+        if must_exist and not (config.store / "FORMAT").is_file():
+            raise NoStoreError(
+                str(config.store), (str(p) for p in config.searched), config.store_source
+            )
+        return Repository(config)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"manifest {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _options(
     ctx: typer.Context,
+    directory: Annotated[
+        str | None,
+        typer.Option(
+            "-C",
+            help="Run as if started in DIR (the store is found from there, like git -C).",
+            show_default=False,
+        ),
+    ] = None,
     root: Annotated[
         str | None,
         typer.Option(
-            "--root", help="Data root [env RAW_DATA_DIR; default data/1_raw].", show_default=False
+            "--root",
+            help="Data root [env RAW_DATA_DIR; the store's config.toml; default data/1_raw].",
+            show_default=False,
         ),
     ] = None,
     store: Annotated[
         str | None,
         typer.Option(
             "--store",
-            help="State store [env RAW_STATE_DIR; default "
-            "$DAGSTER_HOME/state, or ./.manifest without DAGSTER_HOME].",
+            help="State store [env RAW_STATE_DIR; else the nearest .manifest found walking "
+            "up from the current folder; else $DAGSTER_HOME/state, or ./.manifest].",
             show_default=False,
         ),
     ] = None,
@@ -86,7 +132,8 @@ def _options(
         str | None,
         typer.Option(
             "--mode",
-            help="content_hash or mtime_size [env RAW_SCAN_HASH_MODE; default content_hash].",
+            help="content_hash or mtime_size [env RAW_SCAN_HASH_MODE; config.toml; "
+            "default content_hash].",
             show_default=False,
         ),
     ] = None,
@@ -99,13 +146,28 @@ def _options(
             show_default=False,
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
+    if directory is not None:
+        try:
+            os.chdir(directory)
+        except OSError as exc:
+            sys.stderr.write(
+                f"manifest: error: -C {escape_text(directory)}: {exc.strerror}; "
+                "give an existing folder\n"
+            )
+            raise typer.Exit(EXIT_ERROR) from None
     ctx.obj = Options(root, store, mode, cooldown)
 
 
-def _repo(ctx: typer.Context) -> Repository:
+def _repo(ctx: typer.Context, *, must_exist: bool | None = True) -> Repository:
     options: Options = ctx.obj
-    return options.repository()
+    return options.repository(must_exist=must_exist)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -302,6 +364,86 @@ def status_json(status: Status) -> dict[str, Any]:
 
 @app.command()
 @handle_errors
+def init(
+    ctx: typer.Context,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root", help="The data root to record [default data/1_raw].", show_default=False
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode", help="content_hash or mtime_size [default content_hash].", show_default=False
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            help="A glob of files to record (repeatable; all if none).",
+            show_default=False,
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", help="A glob of files to ignore (repeatable).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Create a store (./.manifest, or --store) and record its settings in config.toml.
+
+    From then on every command run anywhere below this folder finds the store by walking up,
+    like git finds .git, and resolves the root relative to it.
+
+    Example: manifest init --root data/1_raw --exclude "**/*.tmp"
+    """
+    options: Options = ctx.obj
+    cwd = Path.cwd()
+    named = options.store or os.environ.get(ENV_STATE_DIR, "").strip()
+    store = Path(named) if named else cwd / FALLBACK_STATE_DIR
+    store = store if store.is_absolute() else cwd / store
+    if (store / CONFIG_FILE).exists():
+        raise ConfigError(
+            "init", str(store), f"a folder not yet initialised; edit {store / CONFIG_FILE}"
+        )
+    root_text = root or options.root or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+    config = load_config(
+        root=root_text,
+        store=store,
+        mode=mode or options.mode,
+        include=tuple(include) if include else None,
+        exclude=tuple(exclude) if exclude else None,
+    )
+    PathFilter(config.include, config.exclude)  # refuse bad globs before writing anything
+    if not config.root.is_dir():
+        raise RootError(str(config.root), "is not an existing folder; create it or pass --root")
+    repo = Repository(config)
+    repo._check_format(create=True)
+    relative = (
+        os.path.relpath(config.root, store.parent)
+        if config.root.is_relative_to(store.parent)
+        else str(config.root)
+    )
+    write_store_file(
+        config.store,
+        StoreFile(
+            root=relative,
+            mode=config.mode,
+            include=config.include or None,
+            exclude=config.exclude or None,
+        ),
+    )
+    typer.echo(
+        f"Initialized a manifest store in {quote_path(str(config.store))} "
+        f"(root {quote_path(str(config.root))}, {config.mode})"
+    )
+
+
+@app.command()
+@handle_errors
 def status(ctx: typer.Context, as_json: JsonOpt = False, exit_code: ExitCodeOpt = False) -> None:
     """Show the working tree against `last`, and where `last` and `pending` point.
 
@@ -373,7 +515,7 @@ def snapshot(
 
     Example: manifest snapshot -m "before the backfill" --ref before-backfill
     """
-    repo = _repo(ctx)
+    repo = _repo(ctx, must_exist=None)
     sid, changes = _with_progress(
         lambda progress: repo.snapshot(message=message, ref=ref, on_hash=progress)
     )

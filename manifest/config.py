@@ -6,8 +6,10 @@ an explicit argument wins, then the environment variable, then the default.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -51,6 +53,9 @@ class Config(msgspec.Struct, frozen=True):
     exclude: tuple[str, ...] = ()
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
     lock_timeout_sec: float = DEFAULT_LOCK_TIMEOUT_SEC
+    # how the store was chosen: --store, RAW_STATE_DIR, found (walking up), default
+    store_source: str = "default"
+    searched: tuple[Path, ...] = ()
 
 
 def _split_globs(text: str) -> tuple[str, ...]:
@@ -107,6 +112,65 @@ def default_store(env: Mapping[str, str], cwd: Path) -> Path:
     return (cwd / FALLBACK_STATE_DIR).resolve()
 
 
+CONFIG_FILE = "config.toml"
+
+
+class StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``<store>/config.toml``, written by ``manifest init``. ``root`` is relative to the
+    folder that holds the store (absolute if it was given so)."""
+
+    root: str | None = None
+    mode: HashMode | None = None
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+
+
+def find_store(start: Path) -> tuple[Path | None, tuple[Path, ...]]:
+    """Walk up from ``start`` like git looks for ``.git``: the first ``<dir>/.manifest`` that
+    holds a ``config.toml``. Returns it (or None) and every folder searched."""
+    searched = []
+    for folder in (start, *start.parents):
+        candidate = folder / FALLBACK_STATE_DIR
+        searched.append(candidate)
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate, tuple(searched)
+    return None, tuple(searched)
+
+
+def read_store_file(store: Path) -> StoreFile:
+    path = store / CONFIG_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return StoreFile()
+    except OSError as exc:
+        raise ConfigError(str(path), exc.strerror, "a readable file") from exc
+    try:
+        return msgspec.convert(tomllib.loads(data.decode("utf-8")), StoreFile)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(
+            str(path), str(exc), "TOML with root, mode, include, exclude (see `manifest init`)"
+        ) from exc
+
+
+def write_store_file(store: Path, settings: StoreFile) -> Path:
+    """Write ``<store>/config.toml`` (strings JSON-quoted, which TOML reads alike)."""
+    lines = ["# written by `manifest init`; flags and RAW_* variables override these"]
+    if settings.root is not None:
+        lines.append(f"root = {json.dumps(settings.root)}  # relative to the folder of .manifest")
+    if settings.mode is not None:
+        lines.append(f"mode = {json.dumps(settings.mode)}")
+    for key in ("include", "exclude"):
+        values = getattr(settings, key)
+        if values:
+            lines.append(f"{key} = [{', '.join(json.dumps(v) for v in values)}]")
+    from manifest.fsutil import atomic_write
+
+    path = store / CONFIG_FILE
+    atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
 def load_config(
     *,
     root: str | os.PathLike[str] | None = None,
@@ -118,8 +182,14 @@ def load_config(
     bootstrap: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    discover: bool = False,
 ) -> Config:
-    """Resolve settings: explicit argument, then environment variable, then default."""
+    """Resolve settings: explicit argument, then environment variable, then the store's
+    ``config.toml``, then the default.
+
+    The store: ``store``, else ``RAW_STATE_DIR``, else (with ``discover``, as the CLI does) the
+    first ``.manifest`` with a ``config.toml`` found walking up from ``cwd``, else
+    ``$DAGSTER_HOME/state`` or ``./.manifest``."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
 
@@ -127,17 +197,30 @@ def load_config(
         raise ConfigError("--root", "", "the raw data folder (an empty path is refused)")
     if store is not None and not str(store).strip():
         raise ConfigError("--store", "", "the state store folder (an empty path is refused)")
-    root_text = str(root) if root is not None else env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
-    root_path = (cwd / os.path.expanduser(root_text)).absolute()
+    store_text = str(store) if store is not None else env.get(ENV_STATE_DIR, "").strip()
+    searched: tuple[Path, ...] = ()
+    found = None
+    if store_text:
+        store_path = Path(os.path.realpath(cwd / os.path.expanduser(store_text)))
+        store_source = "--store" if store is not None else ENV_STATE_DIR
+    else:
+        if discover:
+            found, searched = find_store(cwd.absolute())
+        store_path = found if found is not None else default_store(env, cwd)
+        store_source = "found" if found is not None else "default"
+    file = read_store_file(store_path)
+
+    if root is not None:
+        root_path = (cwd / os.path.expanduser(str(root))).absolute()
+    elif env.get(ENV_DATA_DIR):
+        root_path = (cwd / os.path.expanduser(env[ENV_DATA_DIR])).absolute()
+    elif file.root is not None:
+        root_path = (store_path.parent / os.path.expanduser(file.root)).absolute()
+    else:
+        root_path = (cwd / DEFAULT_DATA_DIR).absolute()
     # Resolve symlinks in the folders above the root, not the root's own entries.
     root_path = Path(os.path.realpath(root_path))
 
-    store_text = str(store) if store is not None else env.get(ENV_STATE_DIR, "").strip()
-    store_path = (
-        Path(os.path.realpath(cwd / os.path.expanduser(store_text)))
-        if store_text
-        else default_store(env, cwd)
-    )
     if store_path == root_path or root_path.is_relative_to(store_path):
         raise ConfigError(
             "--store" if store is not None else ENV_STATE_DIR,
@@ -145,6 +228,12 @@ def load_config(
             f"a folder that neither is nor contains the data root {root_path} (the store "
             "would scan itself); put it beside the root, or inside it",
         )
+    if mode is None and not env.get(ENV_HASH_MODE) and file.mode is not None:
+        mode = file.mode
+    if include is None and not env.get(ENV_INCLUDE, "").strip() and file.include is not None:
+        include = file.include
+    if exclude is None and not env.get(ENV_EXCLUDE, "").strip() and file.exclude is not None:
+        exclude = file.exclude
 
     if mode is not None:
         hash_mode = parse_hash_mode(mode, "--mode")
@@ -176,4 +265,6 @@ def load_config(
         exclude=tuple(exc),
         bootstrap=boot,
         lock_timeout_sec=lock_timeout,
+        store_source=store_source,
+        searched=searched,
     )

@@ -194,3 +194,20 @@ class StaleLockError(ManifestError):
             f"{lock_path} is a stale lock: process {pid} on {host} that took it is gone "
             f"(it crashed); remove it with: rm '{lock_path}'"
         )
+
+
+class NoStoreError(ManifestError):
+    """No store where one was looked for (commands that read need one)."""
+
+    def __init__(self, store: str, searched: Iterable[str], source: str) -> None:
+        self.store = store
+        self.searched = tuple(searched)
+        if self.searched:
+            where = ", ".join(self.searched)
+            detail = f"no manifest store found (searched {where}, then the default {store})"
+        else:
+            detail = f"no manifest store at {store} (from {source})"
+        super().__init__(
+            f"{detail}; run `manifest init` in your project folder (or `manifest -C DIR ...`), "
+            "or point --store / RAW_STATE_DIR at an existing store"
+        )

@@ -18,6 +18,8 @@ runner = CliRunner()
 @pytest.fixture
 def cli(raw: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     base = ["--root", str(raw), "--store", str(tmp_path / "state"), "--cooldown", "0"]
+    made = runner.invoke(app, ["--store", str(tmp_path / "state"), "init", "--root", str(raw)])
+    assert made.exit_code == 0, made.output
 
     def run(*args: str, code: int = 0) -> str:
         result = runner.invoke(app, [*base, *args], env={"NO_COLOR": "1"})
@@ -59,8 +61,14 @@ def test_status_json_contract(cli, raw: Path, tmp_path: Path) -> None:  # type: 
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["last_moved"])
 
 
+def _init(raw: Path, store: Path) -> None:
+    made = runner.invoke(app, ["--store", str(store), "init", "--root", str(raw)])
+    assert made.exit_code == 0, made.output
+
+
 def test_status_lists_settling_files(raw: Path, tmp_path: Path) -> None:
     write(raw / "fresh.csv", "x\n", age=0)
+    _init(raw, tmp_path / "s")
     result = runner.invoke(
         app, ["--root", str(raw), "--store", str(tmp_path / "s"), "status", "--json"]
     )
@@ -154,13 +162,15 @@ def test_gc_and_fsck(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
 def test_error_paths_exit_codes(
     raw: Path, tmp_path: Path, args: list[str], code: int, needle: str
 ) -> None:
+    _init(raw, tmp_path / "s")
     result = runner.invoke(app, ["--root", str(raw), "--store", str(tmp_path / "s"), *args])
     assert result.exit_code == code
     assert needle in result.output
     assert "Traceback" not in result.output
 
 
-def test_missing_root_is_exit_3(tmp_path: Path) -> None:
+def test_missing_root_is_exit_3(raw: Path, tmp_path: Path) -> None:
+    _init(raw, tmp_path / "s")
     result = runner.invoke(
         app, ["--root", str(tmp_path / "nope"), "--store", str(tmp_path / "s"), "status"]
     )
@@ -207,7 +217,7 @@ def test_escape_helpers() -> None:
 
 def test_every_command_has_help_with_an_example() -> None:
     names = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
-    assert names == ["diff", "fsck", "gc", "log", "reset", "show", "snapshot", "status"]
+    assert names == ["diff", "fsck", "gc", "init", "log", "reset", "show", "snapshot", "status"]
     for name in names:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0

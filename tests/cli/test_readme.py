@@ -58,6 +58,7 @@ def test_readme_session_is_real(tmp_path: Path) -> None:
 
     # The setup the README describes: a baseline, then one concept added while an editor's
     # temporary file is still being written.
+    sh("manifest init")
     sh('manifest snapshot --ref last -m "baseline"')
     raw = work / "data" / "1_raw"
     with open(raw / "concepts" / "concepts_metadata.csv", "a") as fh:

@@ -33,6 +33,7 @@ def run(raw: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
         )
 
     call.env = env  # type: ignore[attr-defined]
+    assert call("init").returncode == 0  # the store these tests use
     return call
 
 
