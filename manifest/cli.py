@@ -165,6 +165,31 @@ def _options(
     ctx.obj = Options(root, store, mode, cooldown)
 
 
+def complete_refs(incomplete: str) -> list[str]:
+    """Shell completion: the refs of the store found from the current folder."""
+    try:
+        names = Options(None, None, None, None).repository().ref_names()
+    except ManifestError:
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def complete_revisions(incomplete: str) -> list[str]:
+    """Shell completion: refs, and ``REF@{n}`` for each move of a ref's log."""
+    try:
+        repo = Options(None, None, None, None).repository()
+        names = repo.ref_names()
+        if "@" in incomplete:
+            ref = incomplete.split("@", 1)[0]
+            moves = len(repo.log(ref)) if ref in names else 0
+            return [
+                f"{ref}@{{{n}}}" for n in range(moves) if f"{ref}@{{{n}}}".startswith(incomplete)
+            ]
+    except ManifestError:
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
 def _repo(ctx: typer.Context, *, must_exist: bool | None = True) -> Repository:
     options: Options = ctx.obj
     return options.repository(must_exist=must_exist)
@@ -548,7 +573,9 @@ def log_json(entry: LogEntry) -> dict[str, Any]:
 @handle_errors
 def log(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="The ref whose history to show.")] = "last",
+    ref: Annotated[
+        str, typer.Argument(help="The ref whose history to show.", autocompletion=complete_refs)
+    ] = "last",
     limit: Annotated[int | None, typer.Option("-n", help="Show at most N moves.", min=1)] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -581,8 +608,19 @@ def log(
 @handle_errors
 def diff(
     ctx: typer.Context,
-    old: Annotated[str, typer.Argument(help="Revision: id, prefix, ref, or REF@{n}.")],
-    new: Annotated[str | None, typer.Argument(help="Revision; omitted = the working tree.")] = None,
+    old: Annotated[
+        str,
+        typer.Argument(
+            help="Revision: id, prefix, ref, REF@{n}, REV^ or REV~N.",
+            autocompletion=complete_revisions,
+        ),
+    ],
+    new: Annotated[
+        str | None,
+        typer.Argument(
+            help="Revision; omitted = the working tree.", autocompletion=complete_revisions
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     exit_code: ExitCodeOpt = False,
 ) -> None:
@@ -618,7 +656,13 @@ def entry_json(path: str, entry: TreeEntry, mode: str) -> dict[str, Any]:
 @handle_errors
 def show(
     ctx: typer.Context,
-    rev: Annotated[str, typer.Argument(help="Revision: id, prefix, ref, or REF@{n}.")] = "last",
+    rev: Annotated[
+        str,
+        typer.Argument(
+            help="Revision: id, prefix, ref, REF@{n}, REV^ or REV~N.",
+            autocompletion=complete_revisions,
+        ),
+    ] = "last",
     as_json: JsonOpt = False,
 ) -> None:
     """A snapshot's metadata and its entries.
@@ -670,13 +714,26 @@ def show(
 @handle_errors
 def reset(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="The ref to move, usually 'last'.")],
+    ref: Annotated[
+        str,
+        typer.Argument(help="The ref to move, usually 'last'.", autocompletion=complete_refs),
+    ],
     rev: Annotated[
-        str | None, typer.Argument(help="Revision to move it to (id, prefix, ref, REF@{n}).")
+        str | None,
+        typer.Argument(
+            help="Revision to move it to (id, prefix, ref, REF@{n}, REV^, REV~N).",
+            autocompletion=complete_revisions,
+        ),
     ] = None,
     message: Annotated[str, typer.Option("-m", "--message", help="Why (kept in the log).")] = "",
     delete: Annotated[
         bool, typer.Option("--delete", help="Unset the ref instead (e.g. a stuck pending).")
+    ] = False,
+    create: Annotated[
+        bool, typer.Option("--create", help="Allow a ref that does not exist yet.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow --delete of last or pending.")
     ] = False,
 ) -> None:
     """Move a ref by hand, recorded in its log: roll `last` back to reprocess.
@@ -687,12 +744,14 @@ def reset(
     if delete:
         if rev is not None:
             raise typer.BadParameter("give either a revision or --delete, not both")
-        old = repo.delete_ref(ref, message=message)
+        old = repo.delete_ref(ref, message=message, force=force)
         typer.echo(f"{ref}: {short(old)} -> (unset)")
+        if old is not None:
+            typer.echo(f"to undo: manifest reset --create {ref} {old}")
         return
     if rev is None:
         raise typer.BadParameter("missing revision (or pass --delete)")
-    old, new = repo.reset(ref, rev, message=message)
+    old, new = repo.reset(ref, rev, message=message, create=create)
     typer.echo(f"{ref}: {short(old)} -> {short(new)}")
 
 

@@ -141,8 +141,8 @@ def read_store_file(store: Path) -> StoreFile:
     path = store / CONFIG_FILE
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        return StoreFile()
+    except (FileNotFoundError, NotADirectoryError):
+        return StoreFile()  # no config file (or no store folder: the verbs say so)
     except OSError as exc:
         raise ConfigError(str(path), exc.strerror, "a readable file") from exc
     try:

@@ -211,3 +211,28 @@ class NoStoreError(ManifestError):
             f"{detail}; run `manifest init` in your project folder (or `manifest -C DIR ...`), "
             "or point --store / RAW_STATE_DIR at an existing store"
         )
+
+
+class UnknownRefError(ManifestError):
+    """A ref that does not exist (and never did), where one is required."""
+
+    def __init__(self, name: str, suggestions: Iterable[str], hint: str = "") -> None:
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        close = (
+            f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+            if self.suggestions
+            else ""
+        )
+        super().__init__(f"no ref named {name!r}{close}{hint}")
+
+
+class ProtectedRefError(ManifestError):
+    """Deleting last or pending needs --force."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"{name} drives the processing cycle; deleting it needs --force "
+            f"(to reprocess, roll it back instead: manifest reset {name} {name}@{{1}})"
+        )

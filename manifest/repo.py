@@ -4,6 +4,7 @@ abandon, gc, fsck. All logic the CLI and the Dagster glue share lives here."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import os
 import re
@@ -22,8 +23,10 @@ from manifest.errors import (
     FormatVersionError,
     InvalidRefNameError,
     ManifestError,
+    ProtectedRefError,
     RefConflictError,
     StoreError,
+    UnknownRefError,
     UnknownRevisionError,
 )
 from manifest.fingerprint import StatCache
@@ -50,6 +53,7 @@ from manifest.text import escape_path
 GC_GRACE_SECONDS: Final = 3600.0
 STORE_LOCK: Final = "store.flock"
 _REFLOG_REV_RE = re.compile(r"(?P<ref>.+)@\{(?P<n>\d+)\}")
+_ANCESTRY_RE = re.compile(r"(?P<base>.+?)(?P<steps>(?:\^|~\d*)+)")
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -212,9 +216,27 @@ class Repository:
         return value
 
     def resolve(self, revision: str) -> SnapshotId:
-        """A full id, a unique id prefix (4+ hex), a ref name, or ``REF@{n}``."""
+        """A full id, a unique id prefix (4+ hex), a ref name, ``REF@{n}``, any of them
+        followed by ``^`` (the parent) or ``~N`` (the N-th parent), repeatable."""
         self._check_format(create=False)
         rev = revision.strip()
+        ancestry = _ANCESTRY_RE.fullmatch(rev)
+        if ancestry:
+            sid = self.resolve(ancestry["base"])
+            for step in re.findall(r"\^|~\d*", ancestry["steps"]):
+                count = 1 if step in ("^", "~") else int(step[1:])
+                for _ in range(count):
+                    parent = self.read_snapshot(sid).parent
+                    if parent is None:
+                        raise UnknownRevisionError(
+                            revision, f"snapshot {sid[:12]} has no parent (it is the first)"
+                        )
+                    if self.objects.find_snapshot(parent) is None:
+                        raise UnknownRevisionError(
+                            revision, f"parent {parent[:12]} is no longer stored (gc)"
+                        )
+                    sid = SnapshotId(parent)
+            return sid
         match = _REFLOG_REV_RE.fullmatch(rev)
         if match:
             return self._resolve_reflog(rev, match["ref"], int(match["n"]))
@@ -409,20 +431,44 @@ class Repository:
         return snap_id, changes
 
     @_writer
-    def reset(self, ref: str, revision: str, *, message: str = "") -> tuple[str | None, str]:
-        """Move ``ref`` to ``revision`` by hand (recorded in the reflog). Returns (old, new)."""
+    def reset(
+        self, ref: str, revision: str, *, message: str = "", create: bool = False
+    ) -> tuple[str | None, str]:
+        """Move ``ref`` to ``revision`` by hand (recorded in the reflog). Returns (old, new).
+        A ref that does not exist is refused unless ``create`` (a typo never makes one)."""
         validate_ref_name(ref)
+        if not create:
+            self.require_ref(ref, hint="; pass --create to make a new ref")
         target = self.resolve(revision)
         reason = f"reset by hand: {message}" if message else f"reset by hand to {revision}"
         old = self.refs.update_ref(ref, target, reason=reason)
         return old, target
 
     @_writer
-    def delete_ref(self, ref: str, *, message: str = "") -> str | None:
+    def delete_ref(self, ref: str, *, message: str = "", force: bool = False) -> str | None:
+        """Unset ``ref``; ``last`` and ``pending`` only with ``force``."""
         validate_ref_name(ref)
-        self._check_format(create=False)
+        if ref in (REF_LAST, REF_PENDING) and not force:
+            raise ProtectedRefError(ref)
+        self.require_ref(ref)
         reason = f"deleted by hand: {message}" if message else "deleted by hand"
         return self.refs.update_ref(ref, None, reason=reason)
+
+    def ref_names(self) -> list[str]:
+        """Every ref that exists or has a reflog (ever existed)."""
+        names = {name for name, _ in self.refs.iter_refs()}
+        names.update(self.refs.iter_reflog_names())
+        return sorted(names)
+
+    def require_ref(self, ref: str, hint: str = "") -> None:
+        """Raise ``UnknownRefError`` (with the closest names) unless ``ref`` ever existed.
+        ``last`` and ``pending`` always exist (perhaps unset)."""
+        if ref in (REF_LAST, REF_PENDING):
+            return
+        if self.refs.ref_path(ref).is_file() or self.refs.log_path(ref).is_file():
+            return
+        known = sorted({*self.ref_names(), REF_LAST, REF_PENDING})
+        raise UnknownRefError(ref, difflib.get_close_matches(ref, known, n=2, cutoff=0.5), hint)
 
     def diff(self, old: str, new: str | None = None) -> ChangeSet:
         """Between two revisions, or a revision and the working tree when ``new`` is None."""
@@ -447,9 +493,11 @@ class Repository:
         return msgspec.structs.replace(changes, requeued=extra) if extra else changes
 
     def log(self, ref: str = REF_LAST, limit: int | None = None) -> list[LogEntry]:
-        """The moves of ``ref``, newest first."""
+        """The moves of ``ref``, newest first. ``last`` and ``pending`` always exist (maybe
+        never moved); any other ref that never existed is an ``UnknownRefError``."""
         validate_ref_name(ref)
         self._check_format(create=False)
+        self.require_ref(ref)
         entries = list(reversed(self.refs.read_moves(ref)))
         if limit is not None:
             entries = entries[:limit]

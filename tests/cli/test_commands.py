@@ -15,20 +15,6 @@ from ..conftest import write
 runner = CliRunner()
 
 
-@pytest.fixture
-def cli(raw: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    base = ["--root", str(raw), "--store", str(tmp_path / "state"), "--cooldown", "0"]
-    made = runner.invoke(app, ["--store", str(tmp_path / "state"), "init", "--root", str(raw)])
-    assert made.exit_code == 0, made.output
-
-    def run(*args: str, code: int = 0) -> str:
-        result = runner.invoke(app, [*base, *args], env={"NO_COLOR": "1"})
-        assert result.exit_code == code, (result.output, result.exception)
-        return result.output
-
-    return run
-
-
 def edit(raw: Path) -> None:
     write(raw / "link_templates.csv", "template_id,template_file\nnew,links/new.txt\n")
 
@@ -125,7 +111,11 @@ def test_reset_rolls_back_and_is_logged(cli, raw: Path) -> None:  # type: ignore
 
 def test_reset_delete_clears_a_ref(cli) -> None:  # type: ignore[no-untyped-def]
     sid = cli("snapshot", "--ref", "pending").strip()
-    assert cli("reset", "pending", "--delete").strip() == f"pending: {sid[:12]} -> (unset)"
+    out = cli("reset", "pending", "--delete", "--force").splitlines()
+    assert out == [
+        f"pending: {sid[:12]} -> (unset)",
+        f"to undo: manifest reset --create pending {sid}",
+    ]
     assert json.loads(cli("status", "--json"))["pending"] is None
     cli("reset", "pending", "last", "--delete", code=2)
     cli("reset", "pending", code=2)

@@ -1,0 +1,63 @@
+"""Ref edits that cannot go wrong silently, and history you can walk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..conftest import write
+
+
+@pytest.fixture
+def history(cli, raw: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    ids = []
+    for i in range(3):
+        write(raw / "link_templates.csv", f"template_id\nt{i}\n")
+        ids.append(cli("snapshot", "--ref", "last", "-m", f"s{i}").strip())
+    return ids
+
+
+def test_reset_refuses_a_ref_that_does_not_exist_and_suggests(cli, history: list[str]) -> None:  # type: ignore[no-untyped-def]
+    out = cli("reset", "lsat", "last@{1}", code=3)
+    assert "no ref named 'lsat'" in out and "did you mean 'last'" in out and "--create" in out
+    assert "lsat" not in cli("log", "last")  # nothing was created
+    cli("reset", "--create", "keep/before", "last@{1}")
+    assert json.loads(cli("log", "keep/before", "--json"))[0]["id"] == history[1]
+
+
+def test_deleting_last_needs_force_and_says_how_to_undo(cli, history: list[str]) -> None:  # type: ignore[no-untyped-def]
+    out = cli("reset", "last", "--delete", code=3)
+    assert "needs --force" in out
+    out = cli("reset", "last", "--delete", "--force")
+    assert f"to undo: manifest reset --create last {history[2]}" in out
+    cli("reset", "--create", "last", history[2])
+    assert json.loads(cli("log", "--json"))[0]["id"] == history[2]
+
+
+def test_log_of_a_ref_that_never_existed_is_an_error(cli, history: list[str]) -> None:  # type: ignore[no-untyped-def]
+    out = cli("log", "pendng", code=3)
+    assert "no ref named 'pendng'" in out and "did you mean 'pending'" in out
+    assert "never moved" in cli("log", "pending")  # pending always exists, maybe unmoved
+
+
+def test_parent_revisions(cli, history: list[str]) -> None:  # type: ignore[no-untyped-def]
+    def rev(text: str) -> str:
+        return str(json.loads(cli("show", text, "--json"))["id"])
+
+    assert rev("last^") == history[1]
+    assert rev("last~2") == history[0] == rev("last^^") == rev("last~1^")
+    assert rev(f"{history[2][:8]}~1") == history[1]
+    assert "has no parent" in cli("show", "last~3", code=3)
+    assert f"parent   {history[1]}" in cli("show", "last")
+
+
+def test_completion_offers_refs_and_reflog_entries(
+    cli, history: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from manifest.cli import complete_refs, complete_revisions
+
+    monkeypatch.setenv("RAW_STATE_DIR", str(tmp_path / "state"))
+    assert complete_refs("la") == ["last"]
+    assert complete_revisions("last@") == ["last@{0}", "last@{1}", "last@{2}"]
