@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import typer
@@ -36,10 +33,23 @@ from manifest.config import (
 )
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
 from manifest.errors import ConfigError, ManifestError, NoStoreError, RootError
+from manifest.format import (
+    HashProgress,
+    changes_json,
+    entry_json,
+    iso,
+    log_json,
+    paint,
+    print_changes,
+    print_json,
+    print_status,
+    quote_path,
+    short,
+    status_json,
+)
 from manifest.globs import PathFilter
-from manifest.model import ChangeSet, TreeEntry
-from manifest.repo import LogEntry, Repository, Status
-from manifest.text import C_ESCAPES, escape_text
+from manifest.repo import Repository
+from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
 
@@ -234,125 +244,6 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-# -- formatting -----------------------------------------------------------------------------
-
-
-def quote_path(path: str) -> str:
-    """A path as git prints it: as is when plain, else C-quoted in double quotes."""
-    escaped = escape_text(path)
-    if escaped == path and '"' not in path and "\\" not in path:
-        return path
-    body = "".join(C_ESCAPES.get(ch, ch) if ch in '"\\' else ch for ch in path)
-    return '"' + escape_text(body) + '"'
-
-
-def to_json(data: Any) -> str:
-    """JSON with undecodable name bytes as ``\\udcXX`` escapes (reversible, see docs)."""
-    text = json.dumps(data, ensure_ascii=False, indent=2)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(to_json(data) + "\n")
-
-
-def _use_color() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-
-
-def paint(text: str, color: str) -> str:
-    if not _use_color():
-        return text
-    codes = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "dim": "2", "bold": "1"}
-    return f"\033[{codes[color]}m{text}\033[0m"
-
-
-def iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return (
-        datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
-
-
-def ago(ns: int | None) -> str:
-    if ns is None:
-        return ""
-    seconds = max(0, time.time() - ns / 1e9)
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = int(seconds // size)
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    n = int(seconds)
-    return f"{n} second{'s' if n != 1 else ''} ago"
-
-
-def short(oid: str | None) -> str:
-    return oid[:12] if oid else "(unset)"
-
-
-def changes_json(changes: ChangeSet) -> dict[str, Any]:
-    return {
-        "added": list(changes.added),
-        "modified": list(changes.modified),
-        "removed": list(changes.removed),
-        "renamed": [{"from": a, "to": b} for a, b in changes.renamed],
-    }
-
-
-def print_changes(changes: ChangeSet, indent: str = "\t") -> None:
-    renamed_new = {b for _, b in changes.renamed}
-    renamed_old = {a for a, _ in changes.renamed}
-    for label, paths, color in (
-        ("added", [p for p in changes.added if p not in renamed_new], "green"),
-        ("modified", changes.modified, "yellow"),
-        ("removed", [p for p in changes.removed if p not in renamed_old], "red"),
-    ):
-        for path in paths:
-            typer.echo(paint(f"{indent}{label + ':':<10}{quote_path(path)}", color))
-    for old, new in changes.renamed:
-        typer.echo(paint(f"{indent}{'renamed:':<10}{quote_path(old)} -> {quote_path(new)}", "cyan"))
-
-
-class HashProgress:
-    """A progress bar on stderr once hashing takes more than a moment, only on a terminal."""
-
-    DELAY = 0.5
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty() and "NO_COLOR" not in os.environ
-        self.started = time.monotonic()
-        self.files = 0
-        self.bytes = 0
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, nbytes: int) -> None:
-        self.files += 1
-        self.bytes += nbytes
-        if not self.enabled:
-            return
-        if self.bar is None:
-            if time.monotonic() - self.started < self.DELAY:
-                return
-            from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn
-
-            self.bar = Progress(
-                SpinnerColumn(),
-                TextColumn("hashing {task.fields[files]} files, {task.fields[mib]:.1f} MiB"),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("hash", files=0, mib=0.0)
-        self.bar.update(self.task, files=self.files, mib=self.bytes / 2**20)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _with_progress(fn: Callable[[HashProgress], R]) -> R:
     progress = HashProgress()
     try:
@@ -367,24 +258,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (see docs/cli.
 ExitCodeOpt = Annotated[
     bool, typer.Option("--exit-code", help="Exit 1 when there are differences.")
 ]
-
-
-def status_json(status: Status) -> dict[str, Any]:
-    return {
-        "root": status.root,
-        "store": status.store,
-        "mode": status.mode,
-        "last": status.last,
-        "pending": status.pending,
-        "last_moved": iso(status.last_moved_ns),
-        "pending_moved": iso(status.pending_moved_ns),
-        **changes_json(status.changes),
-        "unstable": list(status.unstable),
-        "problems": [{"path": p.path, "message": p.message} for p in status.problems],
-        "skipped": list(status.skipped),
-        "files": status.files,
-        "stale_locks": list(status.stale_locks),
-    }
 
 
 @app.command()
@@ -479,53 +352,9 @@ def status(ctx: typer.Context, as_json: JsonOpt = False, exit_code: ExitCodeOpt 
     if as_json:
         print_json(status_json(st))
     else:
-        _print_status(st, repo.config.cooldown_sec)
+        print_status(st, repo.config.cooldown_sec)
     if exit_code and st.changes:
         raise typer.Exit(EXIT_DIFFERENCES)
-
-
-def _print_status(st: Status, cooldown: float) -> None:
-    typer.echo(f"root:    {quote_path(st.root)}")
-    typer.echo(f"store:   {quote_path(st.store)} ({st.mode})")
-    moved = f"  moved {iso(st.last_moved_ns)} ({ago(st.last_moved_ns)})" if st.last else ""
-    typer.echo(f"last:    {short(st.last)}{moved}")
-    if st.pending:
-        typer.echo(
-            f"pending: {short(st.pending)}  set {iso(st.pending_moved_ns)} "
-            f"({ago(st.pending_moved_ns)}); a run is processing it"
-        )
-    else:
-        typer.echo("pending: (none)")
-    typer.echo("")
-    if st.last is None:
-        typer.echo(
-            "No `last` yet: the first Dagster tick (or `manifest snapshot --ref last`) "
-            "records a baseline."
-        )
-    if st.changes:
-        typer.echo(f"Changes since last ({st.files} files scanned):")
-        typer.echo(
-            '  (use "manifest diff last" for the same list, or "manifest reset" to roll back)'
-        )
-        print_changes(st.changes)
-        typer.echo("")
-    if st.unstable:
-        typer.echo(f"Settling (modified in the last {cooldown:g}s; picked up once they settle):")
-        for path in st.unstable:
-            typer.echo(paint(f"\t{quote_path(path)}", "dim"))
-        typer.echo("")
-    if st.problems:
-        typer.echo("Scan problems (kept as they were in last):")
-        for problem in st.problems:
-            typer.echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
-        typer.echo("")
-    if st.stale_locks:
-        typer.echo("Stale locks (their process is gone; every update waits on them):")
-        for lock in st.stale_locks:
-            typer.echo(paint(f"\trm {quote_path(lock)}", "red"))
-        typer.echo("")
-    if not st.changes:
-        typer.echo(f"nothing changed since last ({st.files} files)")
 
 
 @app.command()
@@ -548,25 +377,6 @@ def snapshot(
         print_json({"id": sid, "ref": ref, **changes_json(changes)})
     else:
         typer.echo(sid)
-
-
-def log_json(entry: LogEntry) -> dict[str, Any]:
-    counts = entry.counts
-    return {
-        "id": entry.id,
-        "previous": entry.previous,
-        "time": iso(entry.time_ns),
-        "reason": entry.reason,
-        "runs": list(entry.runs),
-        "counts": None
-        if counts is None
-        else {
-            "files": counts.files,
-            "added": counts.added,
-            "modified": counts.modified,
-            "removed": counts.removed,
-        },
-    }
 
 
 @app.command()
@@ -638,18 +448,6 @@ def diff(
         typer.echo("no differences")
     if exit_code and changes:
         raise typer.Exit(EXIT_DIFFERENCES)
-
-
-def entry_json(path: str, entry: TreeEntry, mode: str) -> dict[str, Any]:
-    kind = {0: "file", 2: "symlink"}.get(entry.kind, "file")
-    recorded = mode == "mtime_size" and kind == "file"  # content mode records no mtime
-    return {
-        "path": path,
-        "kind": kind,
-        "size": entry.size,
-        "mtime_ns": entry.mtime_ns if recorded else None,
-        "fingerprint": entry.fingerprint,
-    }
 
 
 @app.command()

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from manifest.cli import app, escape_text, quote_path, to_json
+from manifest.cli import app
+from manifest.format import quote_path, to_json
+from manifest.text import escape_text
 
 from ..conftest import write
 
