@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
@@ -18,6 +20,7 @@ import msgspec
 import typer
 
 from manifest import __version__
+from manifest import format as format_module
 from manifest.config import (
     CONFIG_FILE,
     DEFAULT_DATA_DIR,
@@ -48,7 +51,7 @@ from manifest.format import (
     status_json,
 )
 from manifest.globs import PathFilter
-from manifest.repo import Repository
+from manifest.repo import LogEntry, Repository
 from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
@@ -75,11 +78,13 @@ class Options:
         store: str | None,
         mode: str | None,
         cooldown: float | None,
+        no_pager: bool = False,
     ) -> None:
         self.root = root
         self.store = store
         self.mode = mode
         self.cooldown = cooldown
+        self.no_pager = no_pager
 
     def config(self) -> Config:
         return load_config(
@@ -156,6 +161,10 @@ def _options(
             show_default=False,
         ),
     ] = None,
+    no_pager: Annotated[
+        bool,
+        typer.Option("--no-pager", help="Print everything at once, even on a terminal."),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -172,7 +181,7 @@ def _options(
                 "give an existing folder\n"
             )
             raise typer.Exit(EXIT_ERROR) from None
-    ctx.obj = Options(root, store, mode, cooldown)
+    ctx.obj = Options(root, store, mode, cooldown, no_pager)
 
 
 def complete_refs(incomplete: str) -> list[str]:
@@ -258,6 +267,44 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (see docs/cli.
 ExitCodeOpt = Annotated[
     bool, typer.Option("--exit-code", help="Exit 1 when there are differences.")
 ]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", help="List at most N paths of each kind.", min=1, show_default=False),
+]
+DEFAULT_PAGER = "less -FRX"
+
+
+class _PagerBuffer(io.StringIO):
+    """Collects a page; says it is a terminal, so echo keeps the colours less -R shows."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def pager(ctx: typer.Context) -> Iterator[None]:
+    """On a terminal, page what the block prints through $PAGER (``less -FRX``: quits at
+    once when it fits), as git does; ``--no-pager`` or a pipe prints it unchanged."""
+    options: Options = ctx.obj
+    command = os.environ.get("MANIFEST_PAGER") or os.environ.get("PAGER") or DEFAULT_PAGER
+    if options.no_pager or not sys.stdout.isatty() or command.strip() in ("", "cat"):
+        yield
+        return
+    buffer = _PagerBuffer()
+    with format_module.forced_color(format_module.use_color()), contextlib.redirect_stdout(buffer):
+        yield
+    text = buffer.getvalue()
+    try:
+        proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE)
+    except OSError:
+        sys.stdout.write(text)
+        return
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # the reader quit early: that is fine
+        proc.stdin.write(text.encode("utf-8", "surrogateescape"))
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    proc.wait()
 
 
 @app.command()
@@ -342,17 +389,25 @@ def init(
 
 @app.command()
 @handle_errors
-def status(ctx: typer.Context, as_json: JsonOpt = False, exit_code: ExitCodeOpt = False) -> None:
+def status(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    exit_code: ExitCodeOpt = False,
+    limit: LimitOpt = None,
+) -> None:
     """Show the working tree against `last`, and where `last` and `pending` point.
 
-    Example: manifest status --exit-code
+    Long lists start with counts per kind and per top-level folder.
+
+    Example: manifest status --limit 20
     """
     repo = _repo(ctx)
     st = _with_progress(lambda progress: repo.status(on_hash=progress))
     if as_json:
         print_json(status_json(st))
     else:
-        print_status(st, repo.config.cooldown_sec)
+        with pager(ctx):
+            print_status(st, repo.config.cooldown_sec, limit=limit)
     if exit_code and st.changes:
         raise typer.Exit(EXIT_DIFFERENCES)
 
@@ -377,6 +432,11 @@ def snapshot(
         print_json({"id": sid, "ref": ref, **changes_json(changes)})
     else:
         typer.echo(sid)
+    if ref is None and not as_json:
+        sys.stderr.write(
+            f"manifest: warning: no ref points at {sid[:12]}, so a later `manifest gc` removes "
+            f"it; keep it with: manifest reset --create <name> {sid}\n"
+        )
 
 
 @app.command()
@@ -393,25 +453,51 @@ def log(
 
     Example: manifest log last -n 5
     """
-    entries = _repo(ctx).log(ref, limit)
+    repo = _repo(ctx)
+    entries = repo.log(ref, limit)
     if as_json:
         print_json([log_json(e) for e in entries])
         return
-    if not entries:
-        typer.echo(f"{ref} has never moved")
-    for n, e in enumerate(entries):
-        counts = (
-            f"+{e.counts.added} ~{e.counts.modified} -{e.counts.removed}, {e.counts.files} files"
-            if e.counts
-            else "unset"
+    with pager(ctx):
+        if not entries:
+            typer.echo(f"{ref} has never moved")
+        for n, e in enumerate(entries):
+            typer.echo(
+                f"{paint(short(e.id), 'yellow')}  {iso(e.time_ns)}  {ref}@{{{n}}}  "
+                f"{escape_text(e.reason)}  ({_move_summary(repo, e)})"
+            )
+            typer.echo(paint(f"    from {short(e.previous)}", "dim"))
+            if e.runs:
+                typer.echo(paint(f"    runs {', '.join(e.runs)}", "dim"))
+
+
+def _move_summary(repo: Repository, e: LogEntry) -> str:
+    """A snapshot's own counts (against its parent) for a move by the cycle or `snapshot`;
+    for a move by hand, the size of the move itself: from -> to, and the diff between."""
+    if e.id is None:
+        return "unset"
+    if e.reason.startswith(("reset by hand", "deleted by hand")) or (
+        e.counts is not None and e.previous is not None and _parent(repo, e.id) != e.previous
+    ):
+        try:
+            moved = repo.diff_snapshots(e.previous, e.id)
+        except ManifestError:
+            return f"{short(e.previous)} -> {short(e.id)}"
+        return (
+            f"{short(e.previous)} -> {short(e.id)}: +{len(moved.added)} ~{len(moved.modified)} "
+            f"-{len(moved.removed)}"
         )
-        typer.echo(
-            f"{paint(short(e.id), 'yellow')}  {iso(e.time_ns)}  {ref}@{{{n}}}  "
-            f"{escape_text(e.reason)}  ({counts})"
-        )
-        typer.echo(paint(f"    from {short(e.previous)}", "dim"))
-        if e.runs:
-            typer.echo(paint(f"    runs {', '.join(e.runs)}", "dim"))
+    if e.counts is None:
+        return "snapshot no longer stored"
+    c = e.counts
+    return f"+{c.added} ~{c.modified} -{c.removed}, {c.files} files"
+
+
+def _parent(repo: Repository, sid: str) -> str | None:
+    try:
+        return repo.read_snapshot(sid).parent
+    except ManifestError:
+        return None
 
 
 @app.command()
@@ -433,6 +519,7 @@ def diff(
     ] = None,
     as_json: JsonOpt = False,
     exit_code: ExitCodeOpt = False,
+    limit: LimitOpt = None,
 ) -> None:
     """What changed between two revisions, or a revision and the working tree.
 
@@ -443,7 +530,8 @@ def diff(
     if as_json:
         print_json(changes_json(changes))
     elif changes:
-        print_changes(changes, indent="")
+        with pager(ctx):
+            print_changes(changes, indent="", limit=limit)
     else:
         typer.echo("no differences")
     if exit_code and changes:

@@ -5,12 +5,14 @@ Only formatting lives here; ``manifest.cli`` parses, calls the engine and picks 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import typer
 
@@ -38,12 +40,27 @@ def print_json(data: Any) -> None:
     sys.stdout.write(to_json(data) + "\n")
 
 
-def _use_color() -> bool:
+_FORCED_COLOR: list[bool] = []
+
+
+def use_color() -> bool:
+    if _FORCED_COLOR:
+        return _FORCED_COLOR[-1]
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+@contextlib.contextmanager
+def forced_color(on: bool) -> Iterator[None]:
+    """Decide colour once (for output that goes to a pager, not straight to the terminal)."""
+    _FORCED_COLOR.append(on)
+    try:
+        yield
+    finally:
+        _FORCED_COLOR.pop()
+
+
 def paint(text: str, color: str) -> str:
-    if not _use_color():
+    if not use_color():
         return text
     codes = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "dim": "2", "bold": "1"}
     return f"\033[{codes[color]}m{text}\033[0m"
@@ -82,18 +99,54 @@ def changes_json(changes: ChangeSet) -> dict[str, Any]:
     }
 
 
-def print_changes(changes: ChangeSet, indent: str = "\t") -> None:
+# A change list longer than this starts with a summary by kind and top-level folder.
+SUMMARY_AFTER: Final = 20
+
+
+def summarize(changes: ChangeSet) -> list[str]:
+    """Counts per kind, then per top-level folder (most changed first)."""
+    kinds = [
+        f"{len(paths)} {label}"
+        for label, paths in (
+            ("added", changes.added),
+            ("modified", changes.modified),
+            ("removed", changes.removed),
+            ("renamed", changes.renamed),
+        )
+        if paths
+    ]
+    by_top: dict[str, int] = {}
+    for path in changes.paths:
+        top = path.split("/", 1)[0] + "/" if "/" in path else "(top level)"
+        by_top[top] = by_top.get(top, 0) + 1
+    lines = [f"  {len(changes.paths)} paths: " + ", ".join(kinds)]
+    for top, count in sorted(by_top.items(), key=lambda item: (-item[1], item[0])):
+        lines.append(f"  {count:>8}  {quote_path(top)}")
+    return lines
+
+
+def print_changes(changes: ChangeSet, indent: str = "\t", limit: int | None = None) -> None:
+    """Each change on a line (``limit`` per kind, then ``... and N more``)."""
     renamed_new = {b for _, b in changes.renamed}
     renamed_old = {a for a, _ in changes.renamed}
     for label, paths, color in (
         ("added", [p for p in changes.added if p not in renamed_new], "green"),
-        ("modified", changes.modified, "yellow"),
+        ("modified", list(changes.modified), "yellow"),
         ("removed", [p for p in changes.removed if p not in renamed_old], "red"),
+        ("requeued", list(changes.requeued), "cyan"),
     ):
-        for path in paths:
+        shown = paths if limit is None else paths[:limit]
+        for path in shown:
             typer.echo(paint(f"{indent}{label + ':':<10}{quote_path(path)}", color))
-    for old, new in changes.renamed:
+        if len(shown) < len(paths):
+            typer.echo(paint(f"{indent}... and {len(paths) - len(shown)} more {label}", "dim"))
+    renames = changes.renamed if limit is None else changes.renamed[:limit]
+    for old, new in renames:
         typer.echo(paint(f"{indent}{'renamed:':<10}{quote_path(old)} -> {quote_path(new)}", "cyan"))
+    if len(renames) < len(changes.renamed):
+        typer.echo(
+            paint(f"{indent}... and {len(changes.renamed) - len(renames)} more renamed", "dim")
+        )
 
 
 class HashProgress:
@@ -153,7 +206,7 @@ def status_json(status: Status) -> dict[str, Any]:
     }
 
 
-def print_status(st: Status, cooldown: float) -> None:
+def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
     typer.echo(f"root:    {quote_path(st.root)}")
     typer.echo(f"store:   {quote_path(st.store)} ({st.mode})")
     moved = f"  moved {iso(st.last_moved_ns)} ({ago(st.last_moved_ns)})" if st.last else ""
@@ -161,27 +214,36 @@ def print_status(st: Status, cooldown: float) -> None:
     if st.pending:
         typer.echo(
             f"pending: {short(st.pending)}  set {iso(st.pending_moved_ns)} "
-            f"({ago(st.pending_moved_ns)}); a run is processing it"
+            f"({ago(st.pending_moved_ns)}); handed to a run (see `manifest log pending`; "
+            "the Dagster tick's message says whether it runs, waits or gave up)"
         )
     else:
         typer.echo("pending: (none)")
     typer.echo("")
     if st.last is None:
         typer.echo(
-            "No `last` yet: the first Dagster tick (or `manifest snapshot --ref last`) "
-            "records a baseline."
+            "No `last` yet, so everything counts as added: the first Dagster tick (or "
+            "`manifest snapshot --ref last`) records a baseline."
         )
     if st.changes:
-        typer.echo(f"Changes since last ({st.files} files scanned):")
-        typer.echo(
-            '  (use "manifest diff last" for the same list, or "manifest reset" to roll back)'
-        )
-        print_changes(st.changes)
+        base = "since last" if st.last else "(no last yet)"
+        typer.echo(f"Changes {base} ({st.files} files scanned):")
+        if st.last:
+            typer.echo(
+                '  (use "manifest diff last" for the same list, or "manifest reset" to roll back)'
+            )
+        if len(st.changes.paths) > SUMMARY_AFTER:
+            for line in summarize(st.changes):
+                typer.echo(line)
+        print_changes(st.changes, limit=limit)
         typer.echo("")
     if st.unstable:
         typer.echo(f"Settling (modified in the last {cooldown:g}s; picked up once they settle):")
-        for path in st.unstable:
+        shown = st.unstable if limit is None else st.unstable[:limit]
+        for path in shown:
             typer.echo(paint(f"\t{quote_path(path)}", "dim"))
+        if len(shown) < len(st.unstable):
+            typer.echo(paint(f"\t... and {len(st.unstable) - len(shown)} more", "dim"))
         typer.echo("")
     if st.problems:
         typer.echo("Scan problems (kept as they were in last):")

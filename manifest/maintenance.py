@@ -236,6 +236,17 @@ def fsck(repo: Repository) -> FsckReport:
         count += 1
         try:
             obj = repo.objects.read_object(oid)
+        except CorruptObjectError as exc:
+            problems.append(
+                FsckProblem(
+                    "error",
+                    f"object {oid}",
+                    f"corrupt: {exc.detail}; move the refs whose snapshots use it to an earlier "
+                    "snapshot (`manifest log <ref>`, `manifest reset <ref> <rev>`), then "
+                    "`manifest gc` removes it",
+                )
+            )
+            continue
         except ManifestError as exc:
             problems.append(FsckProblem("error", f"object {oid}", str(exc)))
             continue

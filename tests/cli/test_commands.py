@@ -125,7 +125,7 @@ def test_reset_delete_clears_a_ref(cli) -> None:  # type: ignore[no-untyped-def]
 
 def test_gc_and_fsck(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli("snapshot", "--ref", "last")
-    orphan = cli("snapshot").strip()
+    orphan = cli("snapshot").splitlines()[0]
     gc = json.loads(cli("gc", "--grace", "0", "--json"))
     assert gc["removed"] == 1
     cli("show", orphan, code=3)
@@ -137,7 +137,7 @@ def test_gc_and_fsck(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
     victim.write_bytes(b"junk")
     report = json.loads(cli("fsck", "--json", code=3))
     assert report["ok"] is False
-    assert any("corrupt object" in p["message"] for p in report["problems"])
+    assert any(p["message"].startswith("corrupt") for p in report["problems"])
 
 
 @pytest.mark.parametrize(

@@ -61,3 +61,30 @@ def test_completion_offers_refs_and_reflog_entries(
     monkeypatch.setenv("RAW_STATE_DIR", str(tmp_path / "state"))
     assert complete_refs("la") == ["last"]
     assert complete_revisions("last@") == ["last@{0}", "last@{1}", "last@{2}"]
+
+
+def test_log_shows_a_hand_reset_as_the_move_it_made(cli, history: list[str]) -> None:  # type: ignore[no-untyped-def]
+    cli("reset", "last", "last~2", "-m", "reprocess")
+    first = cli("log").splitlines()[0]
+    assert "reset by hand: reprocess" in first
+    assert f"({history[2][:12]} -> {history[0][:12]}: +0 ~1 -0)" in first
+
+
+def test_snapshot_without_a_ref_warns_about_gc(raw: Path, tmp_path: Path) -> None:
+    from manifest.cli import app
+
+    from .conftest import runner
+
+    base = ["--root", str(raw), "--store", str(tmp_path / "s"), "--cooldown", "0"]
+    result = runner.invoke(app, [*base, "snapshot"])
+    assert result.exit_code == 0
+    assert "a later `manifest gc` removes it" in result.output
+
+
+def test_fsck_says_what_to_do_about_a_corrupt_object(
+    cli, history: list[str], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "state" / "objects" / history[0][:2] / history[0][2:]
+    path.write_bytes(b"garbage")
+    out = cli("fsck", code=3)
+    assert "manifest reset <ref> <rev>" in out and "run `manifest fsck`" not in out

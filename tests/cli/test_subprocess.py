@@ -88,8 +88,8 @@ def test_colour_on_a_terminal_and_plain_otherwise(run, raw: Path) -> None:  # ty
     run("snapshot", "--ref", "last")
     write(raw / "link_templates.csv", "changed\n")
     env = {**run.env, "TERM": "xterm"}
-    assert "\x1b[33m" in _run_on_tty(["status"], env)
-    assert "\x1b[" not in _run_on_tty(["status"], {**env, "NO_COLOR": "1"})
+    assert "\x1b[33m" in _run_on_tty(["--no-pager", "status"], env)
+    assert "\x1b[" not in _run_on_tty(["--no-pager", "status"], {**env, "NO_COLOR": "1"})
     piped = run("status")
     assert "modified: link_templates.csv" in piped.stdout and "\x1b[" not in piped.stdout
 
@@ -169,3 +169,21 @@ def test_store_faults_are_one_line(run, tmp_path: Path) -> None:  # type: ignore
     assert "DAMAGED" in fsck.stdout
     gc = run("gc", "--grace", "nan")
     assert gc.returncode == 3 and "--grace" in _one_error_line(gc)
+
+
+def test_a_terminal_pages_through_pager_and_a_pipe_never(run, raw: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run("snapshot", "--ref", "last")
+    for i in range(30):
+        write(raw / "many" / f"f{i:02}.csv", f"{i}\n")
+    paged = tmp_path / "paged.txt"
+    env = {**run.env, "TERM": "xterm", "PAGER": f"cat > {paged}"}
+    shown = _run_on_tty(["status", "--limit", "5"], env)
+    text = paged.read_text()
+    assert shown == "" and "30 paths: 30 added" in text  # all of it went to the pager
+    assert "      30  many/" in text and "... and 25 more added" in text
+    assert "\x1b[32m" in text  # colours decided for the terminal, kept through the pager
+    paged.unlink()
+    _run_on_tty(["--no-pager", "status"], env)
+    assert not paged.exists()
+    piped = run("status", extra_env={"PAGER": f"cat > {paged}"})
+    assert not paged.exists() and piped.stdout.count("added:") == 30
