@@ -267,6 +267,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (see docs/cli.
 ExitCodeOpt = Annotated[
     bool, typer.Option("--exit-code", help="Exit 1 when there are differences.")
 ]
+FingerprintsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fingerprints",
+        help="With --json: each change's old and new fingerprint (size, mtime, digest).",
+    ),
+]
 LimitOpt = Annotated[
     int | None,
     typer.Option("--limit", help="List at most N paths of each kind.", min=1, show_default=False),
@@ -394,6 +401,7 @@ def status(
     as_json: JsonOpt = False,
     exit_code: ExitCodeOpt = False,
     limit: LimitOpt = None,
+    fingerprints: FingerprintsOpt = False,
 ) -> None:
     """Show the working tree against `last`, and where `last` and `pending` point.
 
@@ -402,9 +410,12 @@ def status(
     Example: manifest status --limit 20
     """
     repo = _repo(ctx)
-    st = _with_progress(lambda progress: repo.status(on_hash=progress))
+    st = _with_progress(lambda progress: repo.status(on_hash=progress, details=fingerprints))
     if as_json:
-        print_json(status_json(st))
+        data = status_json(st)
+        if fingerprints:
+            data["changes"] = msgspec.to_builtins(st.details)
+        print_json(data)
     else:
         with pager(ctx):
             print_status(st, repo.config.cooldown_sec, limit=limit)
@@ -429,7 +440,7 @@ def snapshot(
         lambda progress: repo.snapshot(message=message, ref=ref, on_hash=progress)
     )
     if as_json:
-        print_json({"id": sid, "ref": ref, **changes_json(changes)})
+        print_json({**_where(repo), "id": sid, "ref": ref, **changes_json(changes)})
     else:
         typer.echo(sid)
     if ref is None and not as_json:
@@ -493,6 +504,11 @@ def _move_summary(repo: Repository, e: LogEntry) -> str:
     return f"+{c.added} ~{c.modified} -{c.removed}, {c.files} files"
 
 
+def _where(repo: Repository) -> dict[str, str]:
+    """The store and root a command used, for its JSON."""
+    return {"store": str(repo.store), "root": str(repo.config.root)}
+
+
 def _parent(repo: Repository, sid: str) -> str | None:
     try:
         return repo.read_snapshot(sid).parent
@@ -520,15 +536,19 @@ def diff(
     as_json: JsonOpt = False,
     exit_code: ExitCodeOpt = False,
     limit: LimitOpt = None,
+    fingerprints: FingerprintsOpt = False,
 ) -> None:
     """What changed between two revisions, or a revision and the working tree.
 
     Example: manifest diff last@{1} last
     """
     repo = _repo(ctx)
-    changes = repo.diff(old, new)
+    changes, details = repo.diff_details(old, new)
     if as_json:
-        print_json(changes_json(changes))
+        data = {**_where(repo), **changes_json(changes)}
+        if fingerprints:
+            data["changes"] = msgspec.to_builtins(details)
+        print_json(data)
     elif changes:
         with pager(ctx):
             print_changes(changes, indent="", limit=limit)
@@ -563,6 +583,7 @@ def show(
     if as_json:
         print_json(
             {
+                **_where(repo),
                 "id": sid,
                 "root_tree": snap.root,
                 "parent": snap.parent,
@@ -669,9 +690,10 @@ def gc(
     """
     grace_seconds = parse_seconds(grace, "--grace")
     expire_seconds = parse_duration(expire, "--expire")
-    result = _repo(ctx).gc(grace_seconds=grace_seconds, expire_seconds=expire_seconds)
+    repo = _repo(ctx)
+    result = repo.gc(grace_seconds=grace_seconds, expire_seconds=expire_seconds)
     if as_json:
-        print_json(msgspec.to_builtins(result))
+        print_json({**_where(repo), **msgspec.to_builtins(result)})
     else:
         typer.echo(
             f"expired {result.reflog_lines_expired} reflog lines; removed {result.removed} "
@@ -687,20 +709,10 @@ def fsck(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     Example: manifest fsck --json
     """
-    report = _repo(ctx).fsck()
+    repo = _repo(ctx)
+    report = repo.fsck()
     if as_json:
-        print_json(
-            {
-                "ok": report.ok,
-                "objects": report.objects,
-                "snapshots": report.snapshots,
-                "refs": report.refs,
-                "problems": [
-                    {"severity": p.severity, "subject": p.subject, "message": p.message}
-                    for p in report.problems
-                ],
-            }
-        )
+        print_json({**_where(repo), "ok": report.ok, **msgspec.to_builtins(report)})
     else:
         for p in report.problems:
             typer.echo(

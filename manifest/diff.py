@@ -64,13 +64,23 @@ def same_entry(old: TreeEntry, new: TreeEntry) -> bool:
     )
 
 
+EntryPair = tuple[TreeEntry | None, TreeEntry | None]
+
+
 def diff_trees(
-    read: TreeReader, old_id: str | None, new_id: str | None, *, renames: bool = True
+    read: TreeReader,
+    old_id: str | None,
+    new_id: str | None,
+    *,
+    renames: bool = True,
+    entries: dict[str, EntryPair] | None = None,
 ) -> ChangeSet:
     """``added``/``modified``/``removed`` between two root trees (None = empty tree).
 
     With ``renames`` (content mode), a removed and an added entry of the same kind with the
-    same digest are also reported as a rename, for display."""
+    same digest are also reported as a rename, for display. With ``entries``, the two entries
+    compared for each changed path are collected there too (dvc-data's ``Change(old, new)``),
+    so no caller reads a tree again to learn a fingerprint."""
     added: list[bytes] = []
     modified: list[bytes] = []
     removed: list[bytes] = []
@@ -101,6 +111,11 @@ def diff_trees(
                         n.digest.hex() if n_tree and n else None,
                         path + b"/",
                     )
+                )
+            if entries is not None and not (o_tree and n_tree):
+                entries[path_to_text(path)] = (
+                    None if o_tree else o,
+                    None if n_tree else n,
                 )
             if o is not None and n is not None and not o_tree and not n_tree:
                 modified.append(path)

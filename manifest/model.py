@@ -155,6 +155,31 @@ class ChangeSet(msgspec.Struct, frozen=True):
         return "unchanged"
 
 
+class Fingerprint(msgspec.Struct, frozen=True):
+    """One side of a change, as JSON shows it (``mtime_ns`` only where it is recorded)."""
+
+    kind: str  # "file" or "symlink"
+    size: int
+    mtime_ns: int | None
+    fingerprint: str
+
+    @classmethod
+    def of(cls, entry: TreeEntry) -> Fingerprint:
+        kind = "symlink" if entry.kind == KIND_SYMLINK else "file"
+        recorded = kind == "file" and not entry.digest  # mtime_size mode records the mtime
+        return cls(kind, entry.size, entry.mtime_ns if recorded else None, entry.fingerprint)
+
+
+class Change(msgspec.Struct, frozen=True):
+    """A changed path with the entries compared: ``old`` is None when added, ``new`` when
+    removed."""
+
+    path: str
+    change: str  # added, modified, removed
+    old: Fingerprint | None
+    new: Fingerprint | None
+
+
 _OBJECT_ENCODER: Final = msgspec.msgpack.Encoder()
 _OBJECT_DECODER: Final = msgspec.msgpack.Decoder(StoredObject)
 _INDEX_DECODER: Final = msgspec.msgpack.Decoder(Index)

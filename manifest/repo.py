@@ -16,7 +16,7 @@ import msgspec
 
 from manifest import maintenance
 from manifest.config import Config
-from manifest.diff import diff_trees, iter_files, tree_reader
+from manifest.diff import EntryPair, diff_trees, iter_files, tree_reader
 from manifest.errors import (
     AmbiguousRevisionError,
     DanglingRefError,
@@ -36,8 +36,10 @@ from manifest.maintenance import FsckProblem, FsckReport, GcResult
 from manifest.model import (
     FORMAT_VERSION,
     KIND_TREE,
+    Change,
     ChangeSet,
     Counts,
+    Fingerprint,
     Snapshot,
     SnapshotId,
     Tree,
@@ -71,6 +73,7 @@ class Status(msgspec.Struct, frozen=True):
     last_moved_ns: int | None = None
     pending_moved_ns: int | None = None
     stale_locks: tuple[str, ...] = ()
+    details: tuple[Change, ...] = ()
 
 
 Outcome = Literal[
@@ -332,21 +335,32 @@ class Repository:
             cache.save(result.started_ns)
         return result
 
-    def _diff_scan(self, base: str | None, result: ScanResult) -> ChangeSet:
+    def _diff_scan(
+        self,
+        base: str | None,
+        result: ScanResult,
+        entries: dict[str, EntryPair] | None = None,
+    ) -> ChangeSet:
         old_root = self.read_snapshot(base).root if base else None
         read = tree_reader(self.objects, result.trees)
-        return diff_trees(read, old_root, result.root_id, renames=self._renames)
+        return diff_trees(read, old_root, result.root_id, renames=self._renames, entries=entries)
 
     def status(
-        self, *, against: str | None = None, on_hash: Callable[[int], None] | None = None
+        self,
+        *,
+        against: str | None = None,
+        on_hash: Callable[[int], None] | None = None,
+        details: bool = False,
     ) -> Status:
-        """The working tree against ``against`` (default: ``last``)."""
+        """The working tree against ``against`` (default: ``last``); with ``details``, each
+        change with its old and new fingerprint (``Status.details``)."""
         self._check_format(create=False)
         last = self._ref_snapshot(REF_LAST)
         pending = self.find_ref(REF_PENDING)
         base = self.resolve(against) if against is not None else last
         result = self.scan(base=base, on_hash=on_hash)
-        changes = self._diff_scan(base, result)
+        pairs: dict[str, EntryPair] | None = {} if details else None
+        changes = self._diff_scan(base, result, pairs)
         return Status(
             root=str(self.config.root),
             store=str(self.store),
@@ -362,6 +376,7 @@ class Repository:
             last_moved_ns=self._moved_ns(REF_LAST),
             pending_moved_ns=self._moved_ns(REF_PENDING),
             stale_locks=tuple(str(p) for p in maintenance.stale_locks(self)),
+            details=_details(changes, pairs) if pairs is not None else (),
         )
 
     def _moved_ns(self, ref: str) -> int | None:
@@ -472,12 +487,26 @@ class Repository:
 
     def diff(self, old: str, new: str | None = None) -> ChangeSet:
         """Between two revisions, or a revision and the working tree when ``new`` is None."""
+        return self.diff_details(old, new)[0]
+
+    def diff_details(
+        self, old: str, new: str | None = None
+    ) -> tuple[ChangeSet, tuple[Change, ...]]:
+        """``diff``, and each change with its old and new fingerprint."""
         old_id = self.resolve(old)
+        pairs: dict[str, EntryPair] = {}
         if new is None:
-            result = self.scan(base=old_id)
-            return self._diff_scan(old_id, result)
-        new_id = self.resolve(new)
-        return self.diff_snapshots(old_id, new_id)
+            changes = self._diff_scan(old_id, self.scan(base=old_id), pairs)
+        else:
+            new_id = self.resolve(new)
+            changes = diff_trees(
+                tree_reader(self.objects),
+                self.read_snapshot(old_id).root,
+                self.read_snapshot(new_id).root,
+                renames=self._renames,
+                entries=pairs,
+            )
+        return changes, _details(changes, pairs)
 
     def diff_snapshots(self, old_id: str | None, new_id: str) -> ChangeSet:
         old_root = self.read_snapshot(old_id).root if old_id else None
@@ -716,6 +745,21 @@ class Repository:
     def fsck(self) -> FsckReport:
         """Verify every object, ref and reflog; list what is wrong."""
         return maintenance.fsck(self)
+
+
+def _details(changes: ChangeSet, pairs: dict[str, EntryPair]) -> tuple[Change, ...]:
+    out = []
+    for path in sorted(pairs):
+        old, new = pairs[path]
+        out.append(
+            Change(
+                path,
+                changes.kind(path),
+                Fingerprint.of(old) if old is not None else None,
+                Fingerprint.of(new) if new is not None else None,
+            )
+        )
+    return tuple(out)
 
 
 def _lookup(tree: Tree, name: bytes) -> TreeEntry | None:

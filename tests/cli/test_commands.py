@@ -4,6 +4,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -281,3 +282,52 @@ def test_show_json_mtime_zero_and_status_order(raw: Path, tmp_path: Path) -> Non
     paths = [e["path"] for e in shown["entries"]]
     assert paths == sorted(paths)  # by text, as status sorts: "é" before byte 0x80
     assert paths.index("é.csv") < paths.index(os.fsdecode(b"\x80.csv"))
+
+
+def test_json_carries_old_and_new_fingerprints_and_names_the_store(
+    cli, raw: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from blake3 import blake3
+
+    cli("snapshot", "--ref", "last")
+    before = (raw / "link_templates.csv").read_bytes()
+    write(raw / "link_templates.csv", "template_id\nnew\n")
+    (raw / "links" / "analogy.txt").unlink()
+    write(raw / "added.csv", "a\n")
+    status = json.loads(cli("status", "--json", "--fingerprints"))
+    by_path = {c["path"]: c for c in status["changes"]}
+    modified = by_path["link_templates.csv"]
+    assert modified["change"] == "modified"
+    assert modified["old"]["fingerprint"] == blake3(before).hexdigest()
+    assert modified["new"]["fingerprint"] == blake3(b"template_id\nnew\n").hexdigest()
+    assert modified["new"]["mtime_ns"] is None  # content mode records no mtime
+    assert by_path["links/analogy.txt"]["new"] is None
+    assert by_path["added.csv"]["old"] is None and by_path["added.csv"]["change"] == "added"
+    snap = cli("snapshot", "--ref", "last").splitlines()[0]
+    diff = json.loads(cli("diff", "last^", snap, "--json", "--fingerprints"))
+    assert {c["path"] for c in diff["changes"]} == set(by_path)
+    assert diff["store"] == str(tmp_path / "state") and diff["root"] == str(raw)
+    assert "changes" not in json.loads(cli("diff", "last^", "last", "--json"))
+
+
+def test_docs_and_help_agree_on_every_command_and_option() -> None:
+    """Every command and every option in `--help` is in docs/cli.md, and every option the
+    doc gives a command exists in that command's `--help`."""
+    import typer.main
+
+    doc = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    group: Any = typer.main.get_command(app)
+    for param in group.params:
+        for opt in param.opts:
+            if opt not in ("--help", "-h", "--install-completion", "--show-completion"):
+                assert f"`{opt}" in doc, f"global option {opt} is not in docs/cli.md"
+    for name, command in group.commands.items():
+        heading = re.search(rf"### `manifest {name}( [^\n]*)?`", doc)
+        assert heading is not None, f"command {name} is not in docs/cli.md"
+        help_text = runner.invoke(app, [name, "--help"]).output
+        for param in command.params:
+            opts = [o for o in param.opts if o.startswith("-") and o not in ("--help", "-h")]
+            if opts:
+                assert any(o in heading.group(0) for o in opts), f"{name} {opts} not in its doc"
+        for opt in re.findall(r"\[(-[-\w]+)", heading.group(0)):
+            assert opt in help_text, f"docs give {name} {opt}, which --help does not list"
