@@ -298,6 +298,10 @@ class Glue:
                 self._log_requests(log, requests)
                 return requests
             else:
+                if decision.action == "give_up":
+                    failure = repo.find_failure()
+                    if failure is None or failure.runs != decision.runs:
+                        repo.record_failure(pending, decision.runs, decision.message)
                 return dg.SkipReason(self._waiting_message(decision, changes))
         started_ns = time.monotonic_ns()
         result = repo.begin(

@@ -51,7 +51,8 @@ from manifest.format import (
     status_json,
 )
 from manifest.globs import PathFilter
-from manifest.repo import LogEntry, Repository
+from manifest.maintenance import DEFAULT_EXPIRE
+from manifest.repo import GC_GRACE_SECONDS, LogEntry, Repository
 from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
@@ -673,7 +674,7 @@ def gc(
             help="Keep unreferenced objects younger than this many seconds (a crashed "
             "write's leftovers); writers are excluded while gc runs, so 0 is safe.",
         ),
-    ] = "3600",
+    ] = f"{GC_GRACE_SECONDS:g}",
     expire: Annotated[
         str,
         typer.Option(
@@ -681,7 +682,7 @@ def gc(
             help="First drop reflog lines older than this (90d, 12h, 3600, or never); the "
             "newest line of each reflog and the lines of current ref values are kept.",
         ),
-    ] = "90d",
+    ] = DEFAULT_EXPIRE,
     as_json: JsonOpt = False,
 ) -> None:
     """Expire old reflog lines, then delete objects that no ref or reflog line reaches.

@@ -203,6 +203,13 @@ def status_json(status: Status) -> dict[str, Any]:
         "skipped": list(status.skipped),
         "files": status.files,
         "stale_locks": list(status.stale_locks),
+        "pending_failure": None
+        if status.pending_failure is None
+        else {
+            "runs": list(status.pending_failure.runs),
+            "message": status.pending_failure.message,
+            "time": iso(status.pending_failure.time_ns),
+        },
     }
 
 
@@ -211,11 +218,25 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
     typer.echo(f"store:   {quote_path(st.store)} ({st.mode})")
     moved = f"  moved {iso(st.last_moved_ns)} ({ago(st.last_moved_ns)})" if st.last else ""
     typer.echo(f"last:    {short(st.last)}{moved}")
-    if st.pending:
+    failure = st.pending_failure
+    if st.pending and failure is not None:
+        typer.echo(
+            paint(
+                f"pending: {short(st.pending)}  processing FAILED, retries stopped "
+                f"{iso(failure.time_ns)} ({ago(failure.time_ns)})",
+                "red",
+            )
+        )
+        typer.echo(f"         runs: {', '.join(failure.runs) or '(none)'}")
+        typer.echo(
+            "         fix the cause, then edit the data (its paths are requested again) or "
+            "roll back: manifest reset pending --delete --force"
+        )
+    elif st.pending:
         typer.echo(
             f"pending: {short(st.pending)}  set {iso(st.pending_moved_ns)} "
             f"({ago(st.pending_moved_ns)}); handed to a run (see `manifest log pending`; "
-            "the Dagster tick's message says whether it runs, waits or gave up)"
+            "the Dagster tick's message says whether it runs or waits)"
         )
     else:
         typer.echo("pending: (none)")

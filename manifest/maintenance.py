@@ -31,7 +31,7 @@ from manifest.model import FORMAT_VERSION, KIND_TREE, ReflogEntry, Snapshot, Tre
 if TYPE_CHECKING:
     from manifest.repo import Repository
 
-DEFAULT_EXPIRE_SECONDS: Final = 90 * 24 * 3600.0
+DEFAULT_EXPIRE: Final = "90d"  # reflog lines older than this are dropped by `manifest gc`
 TEMP_PREFIX: Final = ".tmp-"
 
 

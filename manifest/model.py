@@ -155,6 +155,15 @@ class ChangeSet(msgspec.Struct, frozen=True):
         return "unchanged"
 
 
+class Failure(msgspec.Struct, frozen=True):
+    """The orchestrator stopped retrying ``snapshot`` (``<store>/pending.failed``)."""
+
+    snapshot: str
+    runs: tuple[str, ...]
+    message: str
+    time_ns: int
+
+
 class Fingerprint(msgspec.Struct, frozen=True):
     """One side of a change, as JSON shows it (``mtime_ns`` only where it is recorded)."""
 

@@ -39,6 +39,7 @@ from manifest.model import (
     Change,
     ChangeSet,
     Counts,
+    Failure,
     Fingerprint,
     Snapshot,
     SnapshotId,
@@ -54,6 +55,7 @@ from manifest.text import escape_path
 
 GC_GRACE_SECONDS: Final = 3600.0
 STORE_LOCK: Final = "store.flock"
+FAILURE_FILE: Final = "pending.failed"
 _REFLOG_REV_RE = re.compile(r"(?P<ref>.+)@\{(?P<n>\d+)\}")
 _ANCESTRY_RE = re.compile(r"(?P<base>.+?)(?P<steps>(?:\^|~\d*)+)")
 
@@ -74,6 +76,8 @@ class Status(msgspec.Struct, frozen=True):
     pending_moved_ns: int | None = None
     stale_locks: tuple[str, ...] = ()
     details: tuple[Change, ...] = ()
+    # set when the orchestrator gave up on ``pending`` (its runs kept failing)
+    pending_failure: Failure | None = None
 
 
 Outcome = Literal[
@@ -377,6 +381,7 @@ class Repository:
             pending_moved_ns=self._moved_ns(REF_PENDING),
             stale_locks=tuple(str(p) for p in maintenance.stale_locks(self)),
             details=_details(changes, pairs) if pairs is not None else (),
+            pending_failure=self.find_failure(),
         )
 
     def _moved_ns(self, ref: str) -> int | None:
@@ -512,6 +517,33 @@ class Repository:
         old_root = self.read_snapshot(old_id).root if old_id else None
         new_root = self.read_snapshot(new_id).root
         return diff_trees(tree_reader(self.objects), old_root, new_root, renames=self._renames)
+
+    def record_failure(self, snapshot_id: str, runs: tuple[str, ...], message: str) -> None:
+        """The orchestrator stopped retrying ``snapshot_id`` (still ``pending``): keep why,
+        for ``status``. Replaced by the next failure; ignored once pending moves on."""
+        from manifest.fsutil import atomic_write
+
+        self._check_format(create=True)
+        failure = Failure(snapshot_id, tuple(runs), message, time.time_ns())
+        try:
+            atomic_write(self.store / FAILURE_FILE, msgspec.json.encode(failure))
+        except OSError as exc:
+            raise StoreError(
+                str(self.store / FAILURE_FILE), f"cannot write: {exc.strerror}"
+            ) from exc
+
+    def find_failure(self) -> Failure | None:
+        """The recorded failure of the current ``pending``, if the orchestrator gave up."""
+        try:
+            data = (self.store / FAILURE_FILE).read_bytes()
+            failure = msgspec.json.decode(data, type=Failure)
+        except (OSError, msgspec.DecodeError):
+            return None
+        try:
+            pending = self.find_ref(REF_PENDING)
+        except ManifestError:
+            return None
+        return failure if failure.snapshot == pending else None
 
     def pending_changes(self, snapshot_id: str, last: str | None) -> ChangeSet:
         """What processing ``snapshot_id`` covers: its diff against ``last`` plus the paths it

@@ -39,7 +39,7 @@ while True:
     if i % 5 == 0:
         repo.snapshot(ref="manual", message=str(i))
     if i % 4 == 0:
-        repo.reset("manual", "last", message=f"by hand {i}")
+        repo.reset("manual", "last", message=f"by hand {i}", create=True)
     if i % 6 == 0:
         repo.gc(grace_seconds=0, expire_seconds=0.5)
 """

@@ -132,6 +132,21 @@ def test_retry_limit_then_skip_with_instructions(make_harness: Any) -> None:
     assert "stopped retrying after 2 failed attempts" in (data.skip_message or "")
     assert "manifest reset" in (data.skip_message or "")
     assert h.repo.find_ref("pending") == request.tags["raw_fingerprint"]
+    # `manifest status` no longer says a run is processing it: it failed, which runs, what to do
+    failure = h.repo.status().pending_failure
+    assert failure is not None and len(failure.runs) == 2
+    from typer.testing import CliRunner
+
+    from manifest.cli import app
+
+    out = CliRunner().invoke(app, ["--no-pager", "status"], env={"NO_COLOR": "1"}).output
+    assert "processing FAILED, retries stopped" in out and failure.runs[0] in out
+    assert "handed to a run" not in out
+    # a newer edit supersedes it; the record no longer applies
+    edit(h.root / "link_templates.csv", "", append=True)
+    edit(h.root / "evaluation_templates.csv", NEW_EVAL)
+    h.tick()
+    assert h.repo.status().pending_failure is None
 
 
 def test_changes_mapping_to_no_asset_advance_last_without_a_run(make_harness: Any) -> None:
