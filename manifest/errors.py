@@ -99,6 +99,21 @@ class UnknownRevisionError(ManifestError):
         )
 
 
+class UnsetRefError(UnknownRevisionError):
+    """A revision names a ref that exists but holds nothing (``last`` before a baseline)."""
+
+    def __init__(self, ref: str) -> None:
+        self.revision = ref
+        self.ref = ref
+        hint = (
+            "no baseline has been recorded yet: the first Dagster tick, or "
+            "`manifest snapshot --ref last`, records one"
+            if ref == "last"
+            else f"nothing is {ref} now (see `manifest log {ref}`)"
+        )
+        ManifestError.__init__(self, f"{ref} is unset: {hint}")
+
+
 class AmbiguousRevisionError(ManifestError):
     """An id prefix matches more than one snapshot."""
 

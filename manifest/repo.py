@@ -28,6 +28,7 @@ from manifest.errors import (
     StoreError,
     UnknownRefError,
     UnknownRevisionError,
+    UnsetRefError,
 )
 from manifest.fingerprint import StatCache
 from manifest.fsutil import StoreLock
@@ -255,6 +256,8 @@ class Repository:
             if self.objects.find_snapshot(value) is None:
                 raise DanglingRefError(rev, value, "which is not a snapshot in the store")
             return SnapshotId(value)
+        if not is_id_prefix(rev.lower()) and self._is_known_ref(rev):
+            raise UnsetRefError(rev)
         lowered = rev.lower()
         if is_object_id(lowered):
             if self.objects.find_snapshot(lowered) is None:
@@ -271,6 +274,14 @@ class Repository:
             if len(candidates) > 1:
                 raise AmbiguousRevisionError(revision, candidates)
         raise UnknownRevisionError(revision)
+
+    def _is_known_ref(self, name: str) -> bool:
+        if name in (REF_LAST, REF_PENDING):
+            return True
+        try:
+            return self.refs.log_path(name).is_file()
+        except InvalidRefNameError:
+            return False
 
     def _resolve_reflog(self, revision: str, ref: str, n: int) -> SnapshotId:
         validate_ref_name(ref)

@@ -88,3 +88,18 @@ def test_fsck_says_what_to_do_about_a_corrupt_object(
     path.write_bytes(b"garbage")
     out = cli("fsck", code=3)
     assert "manifest reset <ref> <rev>" in out and "run `manifest fsck`" not in out
+
+
+def test_unset_last_messages_never_suggest_last(raw: Path, tmp_path: Path) -> None:
+    from manifest.cli import app
+
+    from .conftest import runner
+
+    base = ["--root", str(raw), "--store", str(tmp_path / "s")]
+    assert runner.invoke(app, [*base, "init", "--root", str(raw)]).exit_code == 0
+    for args in (["diff", "last"], ["show"], ["reset", "keep", "last", "--create"]):
+        out = runner.invoke(app, [*base, *args]).output
+        assert "last is unset: no baseline has been recorded yet" in out, args
+        assert "such as 'last'" not in out
+    status = runner.invoke(app, [*base, "--no-pager", "status"], env={"NO_COLOR": "1"}).output
+    assert "No `last` yet" in status and 'use "manifest diff last"' not in status
