@@ -254,8 +254,8 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _with_progress(fn: Callable[[HashProgress], R]) -> R:
-    progress = HashProgress()
+def _with_progress(fn: Callable[[HashProgress], R], repo: Repository | None = None) -> R:
+    progress = HashProgress(repo.expected_size() if repo is not None else None)
     try:
         return fn(progress)
     finally:
@@ -411,7 +411,12 @@ def status(
     Example: manifest status --limit 20
     """
     repo = _repo(ctx)
-    st = _with_progress(lambda progress: repo.status(on_hash=progress, details=fingerprints))
+    st = _with_progress(
+        lambda progress: repo.status(
+            on_hash=progress, on_walk=progress.walked, details=fingerprints
+        ),
+        repo,
+    )
     if as_json:
         data = status_json(st)
         if fingerprints:
@@ -438,7 +443,10 @@ def snapshot(
     """
     repo = _repo(ctx, must_exist=None)
     sid, changes = _with_progress(
-        lambda progress: repo.snapshot(message=message, ref=ref, on_hash=progress)
+        lambda progress: repo.snapshot(
+            message=message, ref=ref, on_hash=progress, on_walk=progress.walked
+        ),
+        repo,
     )
     if as_json:
         print_json({**_where(repo), "id": sid, "ref": ref, **changes_json(changes)})

@@ -150,38 +150,70 @@ def print_changes(changes: ChangeSet, indent: str = "\t", limit: int | None = No
 
 
 class HashProgress:
-    """A progress bar on stderr once hashing takes more than a moment, only on a terminal."""
+    """Progress on stderr once a scan takes more than a moment, only on a terminal.
+
+    ``expected`` is what the previous walk found (``last``'s file and byte counts): with it
+    the display shows how far the walk is against that total, and an ETA."""
 
     DELAY = 0.5
 
-    def __init__(self) -> None:
+    def __init__(self, expected: tuple[int, int] | None = None) -> None:
         self.enabled = sys.stderr.isatty() and "NO_COLOR" not in os.environ
+        self.expected = expected
         self.started = time.monotonic()
         self.files = 0
         self.bytes = 0
+        self.walked_files = 0
         self.bar: Any = None
         self.task: Any = None
 
     def __call__(self, nbytes: int) -> None:
+        """One file hashed."""
         self.files += 1
         self.bytes += nbytes
+        self._show()
+
+    def walked(self, files: int, nbytes: int) -> None:
+        """The walk has recorded ``files`` files so far (called once per folder)."""
+        self.walked_files = files
+        self._show()
+
+    def _show(self) -> None:
         if not self.enabled:
             return
         if self.bar is None:
             if time.monotonic() - self.started < self.DELAY:
                 return
-            from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn
+            self._start()
+        self.bar.update(
+            self.task, completed=self.walked_files, files=self.files, mib=self.bytes / 2**20
+        )
 
-            self.bar = Progress(
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        hashed = TextColumn("hashed {task.fields[files]} files, {task.fields[mib]:.1f} MiB")
+        if self.expected is not None and self.expected[0] > 0:
+            columns: tuple[Any, ...] = (
                 SpinnerColumn(),
-                TextColumn("hashing {task.fields[files]} files, {task.fields[mib]:.1f} MiB"),
-                console=Console(stderr=True),
-                transient=True,
+                TextColumn("scanned {task.completed:,.0f} of ~{task.total:,.0f} files;"),
+                hashed,
+                BarColumn(),
+                TimeRemainingColumn(),
             )
-            self.bar.start()
-            self.task = self.bar.add_task("hash", files=0, mib=0.0)
-        self.bar.update(self.task, files=self.files, mib=self.bytes / 2**20)
+            total: float | None = float(self.expected[0])
+        else:
+            columns, total = (SpinnerColumn(), hashed), None
+        self.bar = Progress(*columns, console=Console(stderr=True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("scan", total=total, files=0, mib=0.0)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -325,6 +325,7 @@ class Repository:
         rehash_all: bool = False,
         on_hash: Callable[[int], None] | None = None,
         save_cache: bool = True,
+        on_walk: Callable[[int, int], None] | None = None,
     ) -> ScanResult:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
         config = self.config
@@ -344,6 +345,7 @@ class Repository:
             base=BaseTrees(self.objects, base_root),
             rehash_all=rehash_all,
             on_hash=on_hash,
+            on_walk=on_walk,
         )
         result = scanner.scan()
         if cache is not None and save_cache and self.store.is_dir():
@@ -366,6 +368,7 @@ class Repository:
         against: str | None = None,
         on_hash: Callable[[int], None] | None = None,
         details: bool = False,
+        on_walk: Callable[[int, int], None] | None = None,
     ) -> Status:
         """The working tree against ``against`` (default: ``last``); with ``details``, each
         change with its old and new fingerprint (``Status.details``)."""
@@ -373,7 +376,7 @@ class Repository:
         last = self._ref_snapshot(REF_LAST)
         pending = self.find_ref(REF_PENDING)
         base = self.resolve(against) if against is not None else last
-        result = self.scan(base=base, on_hash=on_hash)
+        result = self.scan(base=base, on_hash=on_hash, on_walk=on_walk)
         pairs: dict[str, EntryPair] | None = {} if details else None
         changes = self._diff_scan(base, result, pairs)
         return Status(
@@ -439,6 +442,7 @@ class Repository:
         message: str = "",
         ref: str | None = None,
         on_hash: Callable[[int], None] | None = None,
+        on_walk: Callable[[int, int], None] | None = None,
     ) -> tuple[SnapshotId, ChangeSet]:
         """Scan and store a snapshot and, with ``ref``, move ``ref`` to it.
 
@@ -449,7 +453,7 @@ class Repository:
         if ref is not None:
             validate_ref_name(ref)
         parent = self._ref_snapshot(ref if ref is not None else REF_LAST)
-        result = self.scan(base=parent, on_hash=on_hash)
+        result = self.scan(base=parent, on_hash=on_hash, on_walk=on_walk)
         changes = self._diff_scan(parent, result)
         snap_id = self._write_snapshot(result, parent, changes, message)
         if ref is not None:
@@ -528,6 +532,18 @@ class Repository:
         old_root = self.read_snapshot(old_id).root if old_id else None
         new_root = self.read_snapshot(new_id).root
         return diff_trees(tree_reader(self.objects), old_root, new_root, renames=self._renames)
+
+    def expected_size(self) -> tuple[int, int] | None:
+        """``last``'s file and byte counts: what the next walk will likely find."""
+        try:
+            last = self.find_ref(REF_LAST)
+            return (
+                None
+                if last is None
+                else (lambda c: (c.files, c.bytes))(self.read_snapshot(last).counts)
+            )
+        except ManifestError:
+            return None
 
     def record_failure(self, snapshot_id: str, runs: tuple[str, ...], message: str) -> None:
         """The orchestrator stopped retrying ``snapshot_id`` (still ``pending``): keep why,

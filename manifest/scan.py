@@ -149,6 +149,7 @@ class Scanner:
         rehash_all: bool = False,
         on_hash: Callable[[int], None] | None = None,
         now_ns: int | None = None,
+        on_walk: Callable[[int, int], None] | None = None,
     ) -> None:
         self.root = root
         self.mode = mode
@@ -161,6 +162,7 @@ class Scanner:
         self.base = base if base is not None else BaseTrees(None, None)
         self.rehash_all = rehash_all
         self.on_hash = on_hash
+        self.on_walk = on_walk
         self.now_ns = now_ns
         self.trees: dict[str, bytes] = {}
         self.unstable: list[str] = []
@@ -229,6 +231,8 @@ class Scanner:
                 stack.pop()
                 os.close(top.fd)
                 top.fd = -1
+                if self.on_walk is not None:
+                    self.on_walk(self.files, self.bytes)
                 if not stack:
                     return self._store_tree(top.entries)
                 if top.entries:  # empty folders are not recorded (only files are)

@@ -250,6 +250,16 @@ def test_progress_bar_only_on_a_terminal_after_a_moment(monkeypatch: pytest.Monk
     assert progress.bar is not None and progress.files == 2
     progress.close()
 
+    # with the previous walk's totals (last's counts): the walk against that total, and an ETA
+    known = cli_module.HashProgress(expected=(1000, 10 * 2**20))
+    known.started -= 1.0
+    known.walked(250, 2**20)
+    assert known.bar is not None
+    (task,) = known.bar.tasks
+    assert task.total == 1000 and task.completed == 250
+    assert any(type(c).__name__ == "TimeRemainingColumn" for c in known.bar.columns)
+    known.close()
+
 
 def test_log_names_the_runs_that_processed_each_move(cli, raw: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from manifest import Repository, load_config
