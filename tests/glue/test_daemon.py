@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -17,19 +13,10 @@ import pytest
 from manifest import Repository, load_config
 
 from .harness import SAMPLE, age_tree, edit
+from .processes import running_daemon, wait_for
 
 REPO_ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate, timeout: float, what: str, log: Path):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}; daemon log:\n{log.read_text()[-4000:]}")
 
 
 def _schedule_ticks(instance: dg.DagsterInstance) -> list[dg.TickStatus]:
@@ -72,20 +59,8 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         "clarity,Clarity,evaluation_templates/coherence.txt,true\n",
     )
     log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
-    old_home = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        instance = dg.DagsterInstance.get()
-        promoted = _wait(
+    with running_daemon(workspace, env, log) as instance:
+        promoted = wait_for(
             lambda: repo.find_ref("last") != baseline and repo.find_ref("last"),
             240,
             "the run to succeed and last to be promoted",
@@ -105,7 +80,7 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         }
         assert {"raw_evaluation_templates", "evaluation_tasks"} <= materialized
         ticks_after = len(_schedule_ticks(instance))
-        _wait(
+        wait_for(
             lambda: len(_schedule_ticks(instance)) > ticks_after,
             90,
             "one more tick after the promotion",
@@ -113,15 +88,3 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         )
         assert len(instance.get_runs()) == 1
         assert repo.find_ref("last") == promoted and repo.find_ref("pending") is None
-    finally:
-        if old_home is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = old_home
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
-    assert daemon.returncode is not None

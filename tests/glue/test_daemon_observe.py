@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +15,7 @@ import pytest
 from manifest import Repository, load_config
 
 from .harness import SAMPLE, age_tree, edit
-from .test_daemon import _wait
+from .processes import running_daemon, wait_for
 
 REPO_ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow
@@ -63,24 +60,12 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
     sample = Repository(load_config(env=env))
     flaky_repo = Repository(load_config(root=flaky, store=tmp_path / "flaky_store", env={}))
     log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
-    old_home = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        instance = dg.DagsterInstance.get()
+    with running_daemon(workspace, env, log) as instance:
         # The first ticks record baselines (and runless data versions); the automation
         # sensor materializes the never-materialized downstream once.
-        baseline = _wait(lambda: sample.find_ref("last"), 150, "the sample baseline", log)
-        flaky_base = _wait(lambda: flaky_repo.find_ref("last"), 150, "the flaky baseline", log)
-        _wait(
+        baseline = wait_for(lambda: sample.find_ref("last"), 150, "the sample baseline", log)
+        flaky_base = wait_for(lambda: flaky_repo.find_ref("last"), 150, "the flaky baseline", log)
+        wait_for(
             lambda: (
                 _materialized_by(instance, "summary") is not None
                 and _materialized_by(instance, "evaluation_tasks") is not None
@@ -99,7 +84,7 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
         (tmp_path / "fail_next").write_text("1")
         edit(flaky / "readings.csv", "2,3\n")
 
-        promoted = _wait(
+        promoted = wait_for(
             lambda: sample.find_ref("last") != baseline and sample.find_ref("last"),
             180,
             "the sample's observation run and promotion",
@@ -108,22 +93,23 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
         observed = instance.get_runs(dg.RunsFilter(tags={"trigger": "raw_schedule"}))
         assert len(observed) == 1 and observed[0].tags["raw_fingerprint"] == promoted
         assert observed[0].job_name == "observe_raw_sources"
-        after = _wait(
+        after = wait_for(
             lambda: (
                 (r := _materialized_by(instance, "evaluation_tasks")) is not None
                 and r.run_id != before_eval.run_id
+                and r.is_finished
                 and r
             ),
             180,
-            "evaluation_tasks to recompute through automation",
+            "evaluation_tasks to recompute through automation (and its run to finish)",
             log,
         )
         assert after.status == dg.DagsterRunStatus.SUCCESS
 
         # The flaky project: its observation succeeded (last promoted) while the automation
         # run failed once; run retries re-executed it.
-        _wait(lambda: flaky_repo.find_ref("last") != flaky_base, 180, "flaky promotion", log)
-        retried = _wait(
+        wait_for(lambda: flaky_repo.find_ref("last") != flaky_base, 180, "flaky promotion", log)
+        retried = wait_for(
             lambda: (
                 (r := _materialized_by(instance, "summary")) is not None
                 and "dagster/parent_run_id" in r.tags
@@ -137,14 +123,3 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
         assert parent is not None and parent.status == dg.DagsterRunStatus.FAILURE
         assert not (tmp_path / "fail_next").exists()
         assert flaky_repo.find_ref("pending") is None
-    finally:
-        if old_home is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = old_home
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()

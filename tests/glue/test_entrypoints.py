@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .processes import stop
+
 REPO_ROOT = Path(__file__).parents[2]
 
 
@@ -98,12 +100,7 @@ def test_dagster_dev_as_the_readme_runs_it(tmp_path: Path) -> None:
                 continue
         assert "raw_schedule" in body, body[-2000:]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, signal.SIGTERM)
 
 
 def _free_port() -> int:

@@ -1,0 +1,62 @@
+"""Real Dagster processes for the slow tests: start them in their own process group, wait for
+a condition with the log at hand, stop them (SIGINT, then SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import dagster as dg
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, log: Path) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}; log:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes], first: int = signal.SIGINT) -> None:
+    """Stop a process group gently, then for good."""
+    os.killpg(proc.pid, first)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def running_daemon(workspace: Path, env: dict[str, str], log: Path) -> Iterator[dg.DagsterInstance]:
+    """`dagster-daemon run -w workspace`, and this process's view of its instance."""
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+            start_new_session=True,
+        )
+    old_home = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    try:
+        yield dg.DagsterInstance.get()
+    finally:
+        if old_home is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = old_home
+        stop(daemon)
