@@ -10,7 +10,6 @@ import contextlib
 import functools
 import io
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -302,6 +301,8 @@ def pager(ctx: typer.Context) -> Iterator[None]:
     with format_module.forced_color(format_module.use_color()), contextlib.redirect_stdout(buffer):
         yield
     text = buffer.getvalue()
+    import subprocess  # only when paging
+
     try:
         proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE)
     except OSError:

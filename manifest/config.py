@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -145,6 +144,8 @@ def read_store_file(store: Path) -> StoreFile:
         return StoreFile()  # no config file (or no store folder: the verbs say so)
     except OSError as exc:
         raise ConfigError(str(path), exc.strerror, "a readable file") from exc
+    import tomllib  # only when a store has a config file
+
     try:
         return msgspec.convert(tomllib.loads(data.decode("utf-8")), StoreFile)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.ValidationError) as exc:

@@ -4,7 +4,6 @@ abandon, gc, fsck. All logic the CLI and the Dagster glue share lives here."""
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import os
 import re
@@ -502,6 +501,8 @@ class Repository:
             return
         if self.refs.ref_path(ref).is_file() or self.refs.log_path(ref).is_file():
             return
+        import difflib  # only on this error path
+
         known = sorted({*self.ref_names(), REF_LAST, REF_PENDING})
         raise UnknownRefError(ref, difflib.get_close_matches(ref, known, n=2, cutoff=0.5), hint)
 
