@@ -49,6 +49,7 @@ class Glue:
         self.schedule_name = schedule_name
         self.selection = selection
         self.resource_key = resource_key(name)
+        self._registered: set[tuple[str, str | None]] = set()
 
     # -- facts ----------------------------------------------------------------------------
 
@@ -187,9 +188,16 @@ class Glue:
         by the CLI, or a new Dagster instance on an existing store)."""
         watched = [w for w in self.watched(repository_def) if w.partitions is not None]
         if only_empty:
+            # checked once per snapshot and partition set in this process, not every tick
+            # (a glob that matches nothing would otherwise walk the whole snapshot each time)
+            todo = {(snapshot, w.partitions) for w in watched} - self._registered
             watched = [
-                w for w in watched if not instance.get_dynamic_partitions(w.partitions or "")
+                w
+                for w in watched
+                if (snapshot, w.partitions) in todo
+                and not instance.get_dynamic_partitions(w.partitions or "")
             ]
+            self._registered |= todo
         if not watched:
             return 0
         found: dict[str, list[str]] = {}
