@@ -161,37 +161,43 @@ def change_detection(
     )
     key = resource_key(name)
 
-    @dg.schedule(
-        name=schedule_name,
-        cron_schedule=_cron(cron, "cron"),
-        job=job,
-        default_status=status,
-        required_resource_keys={key},
-        description=f"Scan {shown_root} and request one run for what changed since last.",
-    )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
-        return glue.tick(context, schedule=schedule_name)
+    def schedule(
+        schedule: str, cron_text: str, description: str, *, rehash_all: bool
+    ) -> dg.ScheduleDefinition:
+        @dg.schedule(
+            name=schedule,
+            cron_schedule=cron_text,
+            job=job,
+            default_status=status,
+            required_resource_keys={key},
+            description=description,
+        )
+        def _tick(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
+            return glue.tick(context, schedule=schedule, rehash_all=rehash_all)
 
-    full_name = f"{name}_full_hash_check"
+        return _tick
 
-    @dg.schedule(
-        name=full_name,
-        cron_schedule=_cron(full_hash_cron, "full_hash_cron"),
-        job=job,
-        default_status=status,
-        required_resource_keys={key},
-        description=f"Re-hash every file under {shown_root}, ignoring the stat cache, and "
-        "request whatever content differs from last.",
-    )
-    def _full_hash(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
-        return glue.tick(context, schedule=full_name, rehash_all=True)
-
+    schedules = [
+        schedule(
+            schedule_name,
+            _cron(cron, "cron"),
+            f"Scan {shown_root} and request one run for what changed since last.",
+            rehash_all=False,
+        ),
+        schedule(
+            f"{name}_full_hash_check",
+            _cron(full_hash_cron, "full_hash_cron"),
+            f"Re-hash every file under {shown_root}, ignoring the stat cache, and request "
+            "whatever content differs from last.",
+            rehash_all=True,
+        ),
+    ]
     sensors: list[dg.SensorDefinition] = [promotion_sensor(glue, job)]
     if observe:
         sensors.append(automation_sensor(glue))
     return dg.Definitions(
         jobs=[job],
-        schedules=[_schedule, _full_hash],
+        schedules=schedules,
         sensors=sensors,
         resources={key: resource},
     )

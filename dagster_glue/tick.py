@@ -50,11 +50,16 @@ class Glue:
         self.selection = selection
         self.resource_key = resource_key(name)
         self._registered: set[tuple[str, str | None]] = set()
+        self._watched: tuple[dg.RepositoryDefinition, list[planning.Watched]] | None = None
 
     # -- facts ----------------------------------------------------------------------------
 
     def watched(self, repository_def: dg.RepositoryDefinition) -> list[planning.Watched]:
-        return planning.find_watched(repository_def, self.selection)
+        """The watched assets of these definitions (resolved once per definitions object:
+        a tick asks several times, and a code location's definitions do not change)."""
+        if self._watched is None or self._watched[0] is not repository_def:
+            self._watched = (repository_def, planning.find_watched(repository_def, self.selection))
+        return self._watched[1]
 
     def plan(
         self, res: ManifestResource, repository_def: dg.RepositoryDefinition, changes: ChangeSet

@@ -97,9 +97,7 @@ class RefStore:
         if not self.refs_dir.exists():
             return
         if strict:
-            for known in (REF_LAST, REF_PENDING, REF_UNFINISHED):
-                if (self.refs_dir / known).is_dir():
-                    raise StoreError(str(self.refs_dir / known), "is a folder, not a ref file")
+            _refuse_folders(self.refs_dir, "a ref file")
         for dirpath, dirnames, filenames in os.walk(
             self.refs_dir, onerror=_raise_store_error if strict else None
         ):
@@ -191,9 +189,7 @@ class RefStore:
         if not self.logs_dir.exists():
             return
         if strict:
-            for known in (REF_LAST, REF_PENDING, REF_UNFINISHED):
-                if (self.logs_dir / known).is_dir():
-                    raise StoreError(str(self.logs_dir / known), "is a folder, not a reflog")
+            _refuse_folders(self.logs_dir, "a reflog")
         for dirpath, _dirnames, filenames in os.walk(
             self.logs_dir, onerror=_raise_store_error if strict else None
         ):
@@ -246,6 +242,14 @@ class RefStore:
             if entry.new == following:
                 moves.append(entry)
         return moves
+
+
+def _refuse_folders(base: Path, what: str) -> None:
+    """A folder where ``last``, ``pending`` or ``unfinished`` should be is damage, not a
+    namespace of refs: ``os.walk`` would silently descend into it."""
+    for known in (REF_LAST, REF_PENDING, REF_UNFINISHED):
+        if (base / known).is_dir():
+            raise StoreError(str(base / known), f"is a folder, not {what}")
 
 
 def _raise_store_error(exc: OSError) -> None:

@@ -70,6 +70,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
         yield Project(module.defs, instance)
 
 
+def materialization(result: dg.ExecuteInProcessResult, key: str) -> dg.AssetMaterialization:
+    (mat,) = [
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(key)
+    ]
+    return mat
+
+
 def keys(request: dg.RunRequest) -> set[str]:
     return {k.to_user_string() for k in request.asset_selection or []}
 
@@ -110,11 +119,7 @@ def test_docs_project_gets_exactly_the_described_work(project: Project) -> None:
     assert request.partition_key is None and request.tags["raw_paths"] == "customers.csv"
     result = project.execute(request)
     assert result.success
-    (mat,) = [
-        e.materialization
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey("customers")
-    ]
+    mat = materialization(result, "customers")
     assert mat.metadata["source_path"].value == "customers.csv"
     assert mat.metadata["source_file"].value == str(raw / "customers.csv")
     assert mat.metadata["change"].value == "modified"
@@ -131,11 +136,7 @@ def test_docs_project_gets_exactly_the_described_work(project: Project) -> None:
     assert keys(request) == {"prices", "price_index"}
     result = project.execute(request)
     assert result.success
-    (mat,) = [
-        e.materialization
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey("prices")
-    ]
+    mat = materialization(result, "prices")
     assert mat.metadata["changed_files"].value == "prices/a.csv\nprices/c.csv"
     assert result.output_for_node("price_index") == 3
     project.tick("raw_schedule")
