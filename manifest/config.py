@@ -39,6 +39,8 @@ ENV_EXCLUDE = "RAW_SCAN_EXCLUDE"
 ENV_BOOTSTRAP = "RAW_SCAN_BOOTSTRAP"
 ENV_LOCK_TIMEOUT = "RAW_LOCK_TIMEOUT_SEC"
 DEFAULT_LOCK_TIMEOUT_SEC = 5.0
+# Processes that walk a big tree: a number, or "auto" (one per core for big trees)
+ENV_JOBS = "MANIFEST_JOBS"
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -52,6 +54,7 @@ class Config(msgspec.Struct, frozen=True):
     exclude: tuple[str, ...] = ()
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
     lock_timeout_sec: float = DEFAULT_LOCK_TIMEOUT_SEC
+    jobs: int | None = None  # scan processes; None: automatic (manifest.pool.choose_jobs)
     # how the store was chosen: --store, RAW_STATE_DIR, found (walking up), default
     store_source: str = "default"
     searched: tuple[Path, ...] = ()
@@ -83,6 +86,20 @@ def parse_seconds(value: str | float, variable: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(variable, value, "a number of seconds >= 0, e.g. 3")
     return seconds
+
+
+def parse_jobs(value: str, variable: str = ENV_JOBS) -> int | None:
+    """``MANIFEST_JOBS``: empty or ``auto`` (None), else a whole number of processes >= 1."""
+    text = value.strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise ConfigError(variable, value, "a number of processes >= 1, or auto") from None
+    if jobs < 1:
+        raise ConfigError(variable, value, "a number of processes >= 1, or auto")
+    return jobs
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -258,6 +275,7 @@ def load_config(
         boot = parse_bootstrap(env.get(ENV_BOOTSTRAP) or DEFAULT_BOOTSTRAP)
 
     return Config(
+        jobs=parse_jobs(env.get(ENV_JOBS, "")),
         root=root_path,
         store=store_path,
         mode=hash_mode,

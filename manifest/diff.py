@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from manifest.model import (
     KIND_FILE,
@@ -15,10 +16,15 @@ from manifest.model import (
 )
 from manifest.objects import ObjectStore
 
+if TYPE_CHECKING:
+    from manifest.scan import TreeSource
+
 TreeReader = Callable[[str], Tree]
 
 
-def tree_reader(objects: ObjectStore, extra: Mapping[str, bytes] | None = None) -> TreeReader:
+def tree_reader(
+    objects: ObjectStore, extra: Mapping[str, bytes] | TreeSource | None = None
+) -> TreeReader:
     """Read trees from ``extra`` (a scan's in-memory trees) first, then from the store."""
 
     def read(oid: str) -> Tree:

@@ -79,6 +79,7 @@ class PathFilter:
     """Decides which files a scan records, and which folders it need not enter."""
 
     def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+        self.patterns = (tuple(include), tuple(exclude))
         self.include = compile_globs(include, "RAW_SCAN_INCLUDE")
         self.exclude = compile_globs(exclude, "RAW_SCAN_EXCLUDE")
         prunes = [p[:-3] for p in exclude if p.endswith("/**") and len(p) > 3]

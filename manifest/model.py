@@ -100,19 +100,6 @@ class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
     digest: bytes
 
 
-class IndexFolder(msgspec.Struct, frozen=True, array_like=True):
-    """The stat cache lines of one folder; ``path`` is ``b""`` or ends with ``/``."""
-
-    path: bytes
-    entries: list[IndexEntry]
-
-
-class Index(msgspec.Struct, frozen=True):
-    format: int
-    mode: str
-    folders: list[IndexFolder]
-
-
 class ReflogEntry(msgspec.Struct, frozen=True):
     """One ref move. ``old``/``new`` are snapshot ids or None for unset."""
 
@@ -191,7 +178,6 @@ class Change(msgspec.Struct, frozen=True):
 
 _OBJECT_ENCODER: Final = msgspec.msgpack.Encoder()
 _OBJECT_DECODER: Final = msgspec.msgpack.Decoder(StoredObject)
-_INDEX_DECODER: Final = msgspec.msgpack.Decoder(Index)
 _REFLOG_ENCODER: Final = msgspec.json.Encoder()
 _REFLOG_DECODER: Final = msgspec.json.Decoder(ReflogEntry)
 
@@ -202,14 +188,6 @@ def encode_object(obj: StoredObject) -> bytes:
 
 def decode_object(data: bytes) -> StoredObject:
     return _OBJECT_DECODER.decode(data)
-
-
-def encode_index(index: Index) -> bytes:
-    return _OBJECT_ENCODER.encode(index)
-
-
-def decode_index(data: bytes) -> Index:
-    return _INDEX_DECODER.decode(data)
 
 
 def encode_reflog_entry(entry: ReflogEntry) -> bytes:

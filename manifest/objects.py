@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 from blake3 import blake3
@@ -27,6 +28,9 @@ from manifest.model import (
     decode_object,
     encode_object,
 )
+
+if TYPE_CHECKING:
+    from manifest.scan import TreeSource
 
 ID_HEX_LEN = 64
 # From this many new objects on, one syncfs replaces an fsync per object and folder.
@@ -75,13 +79,20 @@ class ObjectStore:
             raise StoreError(str(target), f"cannot write object: {exc.strerror or exc}") from exc
         return oid
 
-    def write_many(self, objects: Mapping[str, bytes]) -> int:
+    def write_many(self, objects: Mapping[str, bytes] | TreeSource) -> int:
         """Store many encoded objects (a snapshot's trees); returns how many were new.
 
         A few are written one by one, each fsynced. Many are renamed into place unsynced and
         then made durable together by one ``syncfs`` (or, where that is unavailable, an
         fsync of each file and folder), before anything can refer to them."""
-        new = [(oid, data) for oid, data in objects.items() if not self.contains(oid)]
+        new = []
+        for oid in objects.keys() if isinstance(objects, Mapping) else objects.ids():
+            if self.contains(oid):
+                continue
+            data = objects.get(oid)
+            if data is None:
+                raise StoreError(str(self.path), f"the scan lost tree {oid}; scan again")
+            new.append((oid, data))
         if len(new) < BULK_WRITE_THRESHOLD or not self.sync:
             for _oid, data in new:
                 self.write_bytes(data)

@@ -29,9 +29,9 @@ from manifest.errors import (
     UnknownRevisionError,
     UnsetRefError,
 )
-from manifest.fingerprint import StatCache
 from manifest.fsutil import StoreLock
 from manifest.globs import PathFilter
+from manifest.index import StatCache, scan_context
 from manifest.maintenance import FsckProblem, FsckReport, GcResult
 from manifest.model import (
     FORMAT_VERSION,
@@ -49,6 +49,7 @@ from manifest.model import (
     text_to_path,
 )
 from manifest.objects import ObjectStore, is_id_prefix, is_object_id
+from manifest.pool import choose_jobs
 from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 from manifest.text import escape_path
@@ -328,11 +329,11 @@ class Repository:
     ) -> ScanResult:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
         config = self.config
-        base_root = self.read_snapshot(base).root if base else None
-        loaded = StatCache(self.store / "index", config.mode)
-        cache: StatCache | None = loaded
-        if config.mode == "mtime_size" and not rehash_all and not loaded.old:
-            cache = None  # nothing known to look up: the plain size + mtime fast path
+        base_snap = self.read_snapshot(base) if base else None
+        cache = StatCache(self.store / "index", config.mode, scan_context(config))
+        expected = base_snap.counts.files if base_snap is not None else None
+        if cache.records:
+            expected = len(cache)
         skip = frozenset({os.fsencode(self.store)})
         scanner = Scanner(
             os.fsencode(config.root),
@@ -341,14 +342,16 @@ class Repository:
             path_filter=PathFilter(config.include, config.exclude),
             skip_dirs=skip,
             cache=cache,
-            base=BaseTrees(self.objects, base_root),
+            base=BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
             rehash_all=rehash_all,
             on_hash=on_hash,
             on_walk=on_walk,
+            jobs=choose_jobs(expected, config.jobs),
+            expected_files=expected,
         )
         result = scanner.scan()
-        if cache is not None and save_cache and self.store.is_dir():
-            cache.save(result.started_ns)
+        if save_cache and self.store.is_dir():
+            cache.save()
         return result
 
     def _diff_scan(

@@ -1,14 +1,20 @@
-"""Walk the data root and build its tree objects in memory (one per folder, Merkle-style).
+"""Walk the data root and build its tree objects (one per folder, Merkle-style).
 
-* ``os.scandir`` over bytes paths: names stay bytes, so non-UTF-8 names round-trip.
-* Symlinks are never followed: each is recorded as a symlink entry whose fingerprint is the
-  BLAKE3 of its target text. FIFOs, sockets and devices are skipped without being opened.
+* Every file and folder is opened relative to its parent's descriptor, with ``O_NOFOLLOW``:
+  names stay bytes (non-UTF-8 names round-trip) and nothing swapped in is ever followed.
+* Symlinks are recorded, not followed: a symlink entry's fingerprint is the BLAKE3 of its
+  target text. FIFOs, sockets and devices are skipped without being opened.
 * The store is never entered if it lives under the root.
 * A file that vanishes between listing and stat is absent. A file or folder that cannot be
   read is a ``ScanProblem``, and its entry from the base snapshot is carried over, so it is
   never mistaken for "removed".
 * Files whose mtime is within the cooldown of now are unstable: their base entry is carried
   over unchanged (a new unstable file is simply not there yet).
+
+Speed (``docs/benchmarks.md``): each folder's listing and stats hash to a *signature*; a
+folder whose signature is the one in the stat cache (``manifest.index``) reuses its recorded
+tree id and file counts, and no entry of it is decoded, built or encoded. Big trees are
+split into subtrees scanned by worker processes (``manifest.pool``), one per core.
 """
 
 from __future__ import annotations
@@ -16,22 +22,18 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import Final
 
 import msgspec
 from blake3 import blake3
 
+from manifest import fingerprint
 from manifest.errors import RootError
-from manifest.fingerprint import (
-    RACY_NS,
-    FileChangedError,
-    NotRegularFile,
-    StatCache,
-    hash_file,
-)
+from manifest.fingerprint import FileChangedError, NotRegularFile, hash_file
 from manifest.globs import PathFilter
+from manifest.index import CacheView, FolderHead, encode_payload
 from manifest.model import (
     KIND_FILE,
     KIND_SYMLINK,
@@ -49,6 +51,7 @@ EMPTY_TREE_BYTES: Final = encode_object(EMPTY_TREE)
 EMPTY_TREE_ID: Final = blake3(EMPTY_TREE_BYTES).hexdigest()
 
 _by_name = attrgetter("name")
+_SIG_ENCODER: Final = msgspec.msgpack.Encoder()
 
 
 class ScanProblem(msgspec.Struct, frozen=True):
@@ -56,10 +59,58 @@ class ScanProblem(msgspec.Struct, frozen=True):
     message: str
 
 
+class TreeSource:
+    """The trees of a scan, by id: those built in this scan, and those of folders whose
+    stat signature matched the cache (rebuilt from the cache's entries only if asked for:
+    a diff or a snapshot needs the few that are not in the object store yet)."""
+
+    def __init__(
+        self,
+        built: dict[str, bytes],
+        clean: dict[str, bytes],
+        cache: CacheView | None,
+        content: bool,
+    ) -> None:
+        self.built = built
+        self.clean = clean  # tree id -> folder path, for folders reused from the cache
+        self.cache = cache
+        self.content = content
+
+    def get(self, oid: str) -> bytes | None:
+        data = self.built.get(oid)
+        if data is not None:
+            return data
+        folder = self.clean.get(oid)
+        if folder is None or self.cache is None:
+            return None
+        head = self.cache.head(folder)
+        payload = self.cache.payload(folder)
+        if head is None or payload is None:
+            return None
+        entries = [file_entry(e, self.content) for e in self.cache.decode_payload(payload)] + list(
+            head.subdirs
+        )
+        entries.sort(key=_by_name)
+        data = encode_object(Tree(entries=tuple(entries)))
+        return data if blake3(data).hexdigest() == oid else None
+
+    def ids(self) -> Iterator[str]:
+        yield from self.built
+        yield from self.clean
+
+    def __len__(self) -> int:
+        return len(self.built) + len(self.clean)
+
+
+def file_entry(e: IndexEntry, content: bool) -> TreeEntry:
+    """The tree entry of a file the stat cache knows (an unsmudged entry)."""
+    return TreeEntry(e.name, KIND_FILE, e.size, 0 if content else e.mtime_ns, e.digest)
+
+
 class ScanResult(msgspec.Struct):
     root_id: str
-    trees: dict[str, bytes]
-    """Every tree of the working tree: id -> encoded bytes (what a snapshot writes)."""
+    trees: TreeSource
+    """Every tree of the working tree, by id (what a snapshot writes)."""
     files: int
     bytes: int
     unstable: list[str]
@@ -69,6 +120,8 @@ class ScanResult(msgspec.Struct):
     hashed: int
     """Files whose bytes were read in this scan (content mode)."""
     started_ns: int
+    jobs: int = 1
+    """Processes that walked the tree (1: this one alone)."""
 
 
 class BaseTrees:
@@ -113,28 +166,66 @@ class BaseTrees:
 
 
 class _Folder:
-    """One folder being scanned: its open descriptor, its entries so far, and the
-    subfolders still to enter. The walk keeps these on an explicit stack, so no depth is
-    too deep for Python (only for the OS's descriptor limit)."""
+    """One folder being scanned: its open descriptor, its entries so far, the subfolders
+    still to enter, and what the stat cache will record of it. The walk keeps these on an
+    explicit stack, so no depth is too deep for Python (only for the descriptor limit)."""
 
-    __slots__ = ("entries", "fd", "files_before", "name", "rel", "subdirs")
+    __slots__ = (
+        "clean",
+        "eligible",
+        "entries",
+        "fd",
+        "files_before",
+        "hi",
+        "index",
+        "lo",
+        "name",
+        "nbytes",
+        "nfiles",
+        "rel",
+        "signature",
+        "subdirs",
+        "trees",
+    )
 
     def __init__(self, fd: int, rel: bytes, name: bytes, files_before: int) -> None:
         self.fd = fd
         self.rel = rel  # b"" or ends with b"/"
         self.name = name
         self.files_before = files_before
-        self.entries: list[TreeEntry] = []
+        self.entries: list[TreeEntry] = []  # files, symlinks, carried entries
+        self.trees: list[TreeEntry] = []  # subfolders scanned
         self.subdirs: list[bytes] = []
+        # the stat cache: the head that matched, or what to record
+        self.clean: FolderHead | None = None
+        self.signature = b""
+        self.eligible = True  # a signature can be trusted (nothing racy, special, carried)
+        self.index: list[IndexEntry] = []
+        self.nfiles = 0
+        self.nbytes = 0
+        self.lo = 0
+        self.hi = 0
 
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
+def _signature(rows: list[tuple[object, ...]]) -> bytes:
+    """BLAKE3 of a folder's listing with each file's stat; b"" if it cannot be encoded
+    (a name that is not UTF-8: such a folder is always scanned the general way)."""
+    try:
+        return blake3(_SIG_ENCODER.encode(rows)).digest()
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        return b""
+
+
 class Scanner:
-    # The hot loop inlines two common cases (plain mtime_size entries, stat-cache hits).
-    # A test turns them off to check they agree with the general path.
+    # The hot loops have fast paths (a folder whose signature matches the stat cache, plain
+    # mtime_size entries, stat-cache hits). A test turns them off to check they agree with
+    # the general path.
     inline_fast_paths: bool = True
+    # the racy rule's clock, read before each folder is listed (tests fix it)
+    clock: Callable[[], int] = staticmethod(time.time_ns)
 
     def __init__(
         self,
@@ -144,18 +235,22 @@ class Scanner:
         cooldown_ns: int,
         path_filter: PathFilter,
         skip_dirs: frozenset[bytes] = frozenset(),
-        cache: StatCache | None = None,
+        cache: CacheView | None = None,
         base: BaseTrees | None = None,
         rehash_all: bool = False,
         on_hash: Callable[[int], None] | None = None,
         now_ns: int | None = None,
         on_walk: Callable[[int, int], None] | None = None,
+        jobs: int = 1,
+        racy_ns: int | None = None,
+        expected_files: int | None = None,
     ) -> None:
         self.root = root
         self.mode = mode
         self.content = mode == "content_hash"
+        self.racy_ns = fingerprint.RACY_NS if racy_ns is None else racy_ns
         # mtime_size mode has no content to fall back on, so a racy mtime must wait too.
-        self.window_ns = cooldown_ns if self.content else max(cooldown_ns, RACY_NS)
+        self.window_ns = cooldown_ns if self.content else max(cooldown_ns, self.racy_ns)
         self.filter = path_filter
         self.skip_dirs = skip_dirs
         self.cache = cache
@@ -164,26 +259,32 @@ class Scanner:
         self.on_hash = on_hash
         self.on_walk = on_walk
         self.now_ns = now_ns
+        self.jobs = jobs
+        self.expected_files = expected_files  # from the base snapshot or the stat cache
         self.trees: dict[str, bytes] = {}
+        self.clean_trees: dict[str, bytes] = {}
         self.unstable: list[str] = []
         self.problems: list[ScanProblem] = []
         self.skipped: list[str] = []
         self.files = 0
         self.bytes = 0
         self.hashed = 0
+        self.skip_ids: set[tuple[int, int]] = set()
+        self._unstable_after = 0
+        self._unstable_before = 0
+
+    # -- the whole tree -------------------------------------------------------------------
 
     def scan(self) -> ScanResult:
         started = time.time_ns()
         now = self.now_ns if self.now_ns is not None else started
-        self._unstable_after = now - self.window_ns
-        self._unstable_before = now + self.window_ns
-        self._skip_ids = set()
+        self.set_window(now)
         for path in self.skip_dirs:
             try:
                 st = os.stat(path)
             except OSError:
                 continue
-            self._skip_ids.add((st.st_dev, st.st_ino))
+            self.skip_ids.add((st.st_dev, st.st_ino))
         try:
             root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -198,13 +299,19 @@ class Scanner:
         except OSError as exc:
             os.close(root_fd)
             raise RootError(os.fsdecode(self.root), f"cannot be read ({exc.strerror})") from exc
-        root_id = self._walk(root)
+        jobs = 1
+        if self.jobs > 1 and root.subdirs:
+            from manifest.pool import scan_in_parallel
+
+            root_id, jobs = scan_in_parallel(self, root)
+        else:
+            root_id = self.walk(root, None)
         self.unstable.sort()
         self.problems.sort(key=attrgetter("path"))
         self.skipped.sort()
         return ScanResult(
             root_id=root_id,
-            trees=self.trees,
+            trees=TreeSource(self.trees, self.clean_trees, self.cache, self.content),
             files=self.files,
             bytes=self.bytes,
             unstable=self.unstable,
@@ -212,46 +319,42 @@ class Scanner:
             skipped=self.skipped,
             hashed=self.hashed,
             started_ns=started,
+            jobs=jobs,
         )
 
-    def _walk(self, root: _Folder) -> str:
-        """Depth first, iteratively: enter each subfolder relative to its parent's open
-        descriptor; when a folder is done, store its tree and add it to its parent."""
-        stack = [root]
+    def set_window(self, now: int) -> None:
+        self._unstable_after = now - self.window_ns
+        self._unstable_before = now + self.window_ns
+
+    def walk(self, top: _Folder, parent: _Folder | None) -> str:
+        """Scan everything below the listed folder ``top``, depth first and iteratively:
+        enter each subfolder relative to its parent's open descriptor; when a folder is
+        done, store its tree and add it to its parent (to ``parent`` for ``top``)."""
+        stack = [top]
         try:
             while True:
-                top = stack[-1]
-                if top.subdirs:
-                    child = self._enter(top, top.subdirs.pop())
+                current = stack[-1]
+                if current.subdirs:
+                    child = self.enter(current, current.subdirs.pop())
                     if child is not None:
                         stack.append(child)
                         if len(stack) % 256 == 0:
                             _raise_fd_limit()
                     continue
                 stack.pop()
-                os.close(top.fd)
-                top.fd = -1
+                oid = self.finish(current, stack[-1] if stack else parent)
+                os.close(current.fd)
+                current.fd = -1
                 if self.on_walk is not None:
                     self.on_walk(self.files, self.bytes)
                 if not stack:
-                    return self._store_tree(top.entries)
-                if top.entries:  # empty folders are not recorded (only files are)
-                    oid = self._store_tree(top.entries)
-                    stack[-1].entries.append(
-                        TreeEntry(
-                            top.name,
-                            KIND_TREE,
-                            self.files - top.files_before,
-                            0,
-                            bytes.fromhex(oid),
-                        )
-                    )
+                    return oid
         finally:
             for folder in stack:
                 if folder.fd >= 0:
                     os.close(folder.fd)
 
-    def _enter(self, parent: _Folder, name: bytes) -> _Folder | None:
+    def enter(self, parent: _Folder, name: bytes) -> _Folder | None:
         """Open, check and list one subfolder; None when it is skipped, vanished or
         unreadable (then its base entry is carried over and a problem recorded)."""
         rel = parent.rel + name
@@ -263,21 +366,73 @@ class Scanner:
             # ELOOP/ENOTDIR: no longer the folder the listing saw (a symlink or file swapped
             # in): never followed, a problem this time.
             self._problem(rel, exc)
-            self._carry(parent.rel, name, parent.entries)
+            self.carry(parent, name)
             return None
         folder = _Folder(fd, rel + b"/", name, self.files)
         try:
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) in self._skip_ids:
+            if (st.st_dev, st.st_ino) in self.skip_ids:
                 os.close(fd)
                 return None
             self._list_folder(folder)
         except OSError as exc:
             os.close(fd)
             self._problem(rel, exc)
-            self._carry(parent.rel, name, parent.entries)
+            self.carry(parent, name)
             return None
         return folder
+
+    def finish(self, folder: _Folder, parent: _Folder | None) -> str:
+        """Store a folder whose subfolders are all done, record it in the stat cache and
+        add its entry to ``parent``. Returns its tree id."""
+        folder.trees.sort(key=_by_name)
+        subdirs = tuple(folder.trees)
+        head = folder.clean
+        cache = self.cache
+        oid: str | None = None
+        if head is not None and cache is not None:
+            if head.subdirs == subdirs:
+                oid = head.tree.hex()
+                self.clean_trees[oid] = folder.rel
+                cache.keep(folder.rel)
+            else:
+                payload = cache.payload(folder.rel)
+                if payload is not None:
+                    files = [file_entry(e, self.content) for e in cache.decode_payload(payload)]
+                    oid = self._store_tree(files + list(subdirs))
+                    cache.put(
+                        msgspec.structs.replace(head, tree=bytes.fromhex(oid), subdirs=subdirs),
+                        payload,
+                    )
+            if oid is None:  # the cache's payload is gone: list the folder the general way
+                folder.clean = None
+                self.files -= head.files
+                self.bytes -= head.nbytes
+                self._scan_listing(folder, self._list_dir(folder.fd, folder.rel), self.clock())
+                folder.subdirs.clear()  # its subfolders are done already
+        if oid is None:
+            oid = self._store_tree(folder.entries + list(subdirs))
+            if cache is not None:
+                eligible = folder.eligible and bool(folder.signature)
+                cache.put(
+                    FolderHead(
+                        folder.rel,
+                        folder.signature if eligible else b"",
+                        bytes.fromhex(oid),
+                        folder.nfiles,
+                        folder.nbytes,
+                        folder.lo,
+                        folder.hi,
+                        subdirs,
+                    ),
+                    encode_payload(folder.index),
+                )
+        direct = len(folder.entries) if folder.clean is None else folder.clean.files
+        if parent is not None and (direct or subdirs):
+            # empty folders are not recorded (only files are)
+            count = direct + sum(t.size for t in subdirs)
+            parent.trees.append(TreeEntry(folder.name, KIND_TREE, count, 0, bytes.fromhex(oid)))
+        return oid
 
     def _store_tree(self, entries: list[TreeEntry]) -> str:
         entries.sort(key=_by_name)
@@ -286,21 +441,25 @@ class Scanner:
         self.trees[oid] = data
         return oid
 
-    def _carry(self, rel_dir: bytes, name: bytes, entries: list[TreeEntry]) -> None:
+    def carry(self, folder: _Folder, name: bytes) -> None:
         """Keep the base snapshot's entry for ``name`` (unstable or unreadable)."""
-        old = self.base.entry(rel_dir, name)
+        folder.eligible = False
+        old = self.base.entry(folder.rel, name)
         if old is None:
             return
-        entries.append(old)
         if old.kind == KIND_TREE:
+            folder.trees.append(old)
             self.files += old.size
             if self.cache is not None:
-                self.cache.keep_below(rel_dir + name + b"/")
+                self.cache.keep_below(folder.rel + name + b"/")
         else:
+            folder.entries.append(old)
             self.files += 1
             self.bytes += old.size if old.kind == KIND_FILE else 0
-            if self.cache is not None:
-                self.cache.keep(rel_dir + name)
+            if old.kind == KIND_FILE and self.cache is not None:
+                known = self.cache.entries(folder.rel).get(name)
+                if known is not None:
+                    folder.index.append(known)
 
     def _problem(self, rel: bytes, exc: OSError | str) -> None:
         message = exc if isinstance(exc, str) else (exc.strerror or str(exc))
@@ -314,72 +473,152 @@ class Scanner:
             return list(it)
 
     def _list_folder(self, folder: _Folder) -> None:
+        stamp = self.clock()  # before any stat: the racy rule's reference
         listing = self._list_dir(folder.fd, folder.rel)
-        self._scan_listing(folder, listing)
+        if self._matches_cache(folder, listing):
+            return
+        self._scan_listing(folder, listing, stamp)
 
-    def _scan_listing(self, folder: _Folder, listing: list[os.DirEntry[str]]) -> None:
+    def _matches_cache(self, folder: _Folder, listing: list[os.DirEntry[str]]) -> bool:
+        """The fast path: the listing and every stat hash to the recorded signature, and
+        no mtime is inside the unstable window. Then the folder's files are the recorded
+        ones (same names, same stats, so the same digests) and nothing is built."""
+        cache = self.cache
+        if cache is None or self.rehash_all or not self.inline_fast_paths:
+            return False
+        head = cache.head(folder.rel)
+        if head is None or not head.signature:
+            return False
+        if not (head.hi <= self._unstable_after or head.lo >= self._unstable_before):
+            return False
+        dir_fd = folder.fd
+        lstat = os.stat
+        rows: list[tuple[object, ...]] = []
+        append = rows.append
+        dirs: list[str] = []
+        try:
+            for entry in listing:
+                name = entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(name)
+                    append((name,))
+                else:
+                    st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    append(
+                        (name, st.st_mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+                    )
+        except OSError:
+            return False
+        if _signature(rows) != head.signature:
+            return False
+        folder.clean = head
+        filt = self.filter
+        fsencode = os.fsencode
+        for name in dirs:
+            raw = fsencode(name)
+            if filt.everything or not filt.skips_dir(path_to_text(folder.rel + raw)):
+                folder.subdirs.append(raw)
+        folder.subdirs.reverse()  # popped from the end: enter them in listing order
+        self.files += head.files
+        self.bytes += head.nbytes
+        return True
+
+    def _scan_listing(self, folder: _Folder, listing: list[os.DirEntry[str]], stamp: int) -> None:
         rel_dir = folder.rel
         dir_fd = folder.fd
         entries = folder.entries
         subdirs = folder.subdirs
+        index = folder.index
         append = entries.append
         filt = self.filter
         everything = filt.everything
         lstat = os.stat
         isreg = stat.S_ISREG
-        # The two common cases, inlined: mtime_size mode with no stat cache to consult, and
-        # content_hash mode where the stat cache already knows the file's digest.
+        rows: list[tuple[object, ...]] = []
+        row = rows.append
         fast = self.inline_fast_paths
-        plain_mtime = fast and not self.content and self.cache is None and not self.rehash_all
-        cache = self.cache if self.content and not self.rehash_all else None
-        known_here = cache.old.get(rel_dir) if cache is not None and fast else None
-        seen_here: dict[bytes, IndexEntry] = {}
+        cache = self.cache
+        known_here = cache.entries(rel_dir) if cache is not None and not self.rehash_all else {}
+        # The common cases, inlined: a plain mtime_size entry the cache has no digest for,
+        # and a stat-cache hit.
+        plain_mtime = fast and not self.content and not self.rehash_all
+        racy_after = stamp - self.racy_ns
         after, before = self._unstable_after, self._unstable_before
         fsencode = os.fsencode
+        nfiles = nbytes = 0
+        lo = hi = None
         for entry in listing:
-            name = fsencode(entry.name)
+            text = entry.name
+            name = fsencode(text)
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
             if is_dir:
+                row((text,))
                 if not everything and filt.skips_dir(path_to_text(rel_dir + name)):
                     continue
                 subdirs.append(name)
                 continue
-            if not everything and not filt.wants_file(path_to_text(rel_dir + name)):
-                continue
             try:
                 st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
+                folder.eligible = False
                 continue  # vanished between listing and stat: simply absent
             except OSError as exc:
-                self._problem(rel_dir + name, exc)
-                self._carry(rel_dir, name, entries)
+                if everything or filt.wants_file(path_to_text(rel_dir + name)):
+                    self._problem(rel_dir + name, exc)
+                    self.carry(folder, name)
+                folder.eligible = False
+                continue
+            mtime = st.st_mtime_ns
+            row((text, st.st_mode, mtime, st.st_size, st.st_ino, st.st_ctime_ns))
+            if not everything and not filt.wants_file(path_to_text(rel_dir + name)):
                 continue
             if isreg(st.st_mode):
-                mtime = st.st_mtime_ns
-                if plain_mtime and not after < mtime < before:
-                    append(TreeEntry(name, KIND_FILE, st.st_size, mtime, b""))
-                    self.files += 1
-                    self.bytes += st.st_size
+                if after < mtime < before:
+                    self.unstable.append(path_to_text(rel_dir + name))
+                    self.carry(folder, name)
                     continue
-                if known_here is not None and not after < mtime < before:
-                    known = known_here.get(name)
-                    if (
-                        known is not None
-                        and known.mtime_ns == mtime
-                        and known.size == st.st_size
-                        and known.ctime_ns == st.st_ctime_ns
-                        and known.ino == st.st_ino
-                    ):  # StatCache.lookup, inlined
-                        seen_here[name] = known
-                        append(TreeEntry(name, KIND_FILE, st.st_size, 0, known.digest))
-                        self.files += 1
-                        self.bytes += st.st_size
+                size = st.st_size
+                known = known_here.get(name)
+                if (
+                    known is not None
+                    and known.mtime_ns == mtime
+                    and known.size == size
+                    and known.ctime_ns == st.st_ctime_ns
+                    and known.ino == st.st_ino
+                ):  # a stat-cache hit
+                    index.append(known)
+                    digest = known.digest
+                elif plain_mtime:
+                    index.append(IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, b""))
+                    digest = b""
+                else:
+                    hashed = self._hash(folder, name, st)
+                    if hashed is None:
                         continue
-                self._scan_file(rel_dir + name, rel_dir, name, st, entries, dir_fd)
+                    digest, st = hashed
+                    size = st.st_size
+                    mtime = st.st_mtime_ns
+                    index.append(IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, digest))
+                    if rows[-1][2:] != (mtime, size, st.st_ino, st.st_ctime_ns):
+                        folder.eligible = False  # hashed bytes are not what the stat saw
+                if mtime >= racy_after or st.st_ctime_ns >= racy_after:
+                    # git's racy rule: a same-size edit within the timestamp granularity of
+                    # this listing would leave the stat unchanged: smudge, re-hash next time
+                    e = index[-1]
+                    index[-1] = IndexEntry(e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
+                    folder.eligible = False
+                append(TreeEntry(name, KIND_FILE, size, 0 if self.content else mtime, digest))
+                self.files += 1
+                self.bytes += size
+                nfiles += 1
+                nbytes += size
+                lo = mtime if lo is None or mtime < lo else lo
+                hi = mtime if hi is None or mtime > hi else hi
             elif stat.S_ISLNK(st.st_mode):
+                folder.eligible = False
                 rel = rel_dir + name
                 try:
                     target = os.readlink(name, dir_fd=dir_fd)
@@ -387,65 +626,64 @@ class Scanner:
                     continue
                 except OSError as exc:
                     self._problem(rel, exc)
-                    self._carry(rel_dir, name, entries)
+                    self.carry(folder, name)
                     continue
                 append(TreeEntry(name, KIND_SYMLINK, len(target), 0, blake3(target).digest()))
                 self.files += 1
             else:
+                folder.eligible = False
                 self.skipped.append(path_to_text(rel_dir + name))
         subdirs.reverse()  # popped from the end: enter them in listing order
-        if seen_here and cache is not None:
-            cache.new.setdefault(rel_dir, {}).update(seen_here)
+        folder.nfiles, folder.nbytes = nfiles, nbytes
+        folder.lo, folder.hi = lo or 0, hi or 0
+        if folder.eligible:
+            folder.signature = _signature(rows)
 
-    def _scan_file(
-        self,
-        rel: bytes,
-        rel_dir: bytes,
-        name: bytes,
-        st: os.stat_result,
-        entries: list[TreeEntry],
-        dir_fd: int,
-    ) -> None:
-        mtime = st.st_mtime_ns
-        if self._unstable_after < mtime < self._unstable_before:
+    def _hash(
+        self, folder: _Folder, name: bytes, st: os.stat_result
+    ) -> tuple[bytes, os.stat_result] | None:
+        """Hash one file (content mode or a full-hash check); None when it is absent,
+        special, still being written or unreadable (then its base entry is carried)."""
+        rel = folder.rel + name
+        if not (self.content or self.rehash_all):
+            return b"", st
+        try:
+            digest, st = hash_file(rel, dir_fd=folder.fd, name=name, lstat=st)
+        except FileNotFoundError:
+            folder.eligible = False
+            return None
+        except NotRegularFile:
+            folder.eligible = False
+            self.skipped.append(path_to_text(rel))
+            return None
+        except FileChangedError:
+            # still being written: like a file inside the cooldown, wait for it
             self.unstable.append(path_to_text(rel))
-            self._carry(rel_dir, name, entries)
-            return
-        cache = self.cache
-        digest = None
-        if cache is not None and not self.rehash_all:
-            digest = cache.lookup(rel, st)
-        if digest is None and (self.content or self.rehash_all):
-            try:
-                digest, st = hash_file(rel, dir_fd=dir_fd, name=name, lstat=st)
-            except FileNotFoundError:
-                return
-            except NotRegularFile:
-                self.skipped.append(path_to_text(rel))
-                return
-            except FileChangedError:
-                # still being written: like a file inside the cooldown, wait for it
-                self.unstable.append(path_to_text(rel))
-                self._carry(rel_dir, name, entries)
-                return
-            except OSError as exc:
-                self._problem(rel, exc)
-                self._carry(rel_dir, name, entries)
-                return
-            self.hashed += 1
-            if self.on_hash is not None:
-                self.on_hash(st.st_size)
-            if cache is not None:
-                cache.record(rel, st, digest)
-        if self.content:
-            entries.append(TreeEntry(name, KIND_FILE, st.st_size, 0, digest or b""))
-        else:
-            # mtime_size mode: the last known content hash rides along when the stat cache
-            # has one for this very stat (recorded by a full-hash check); diffs compare
-            # digests only when both sides have one.
-            entries.append(TreeEntry(name, KIND_FILE, st.st_size, st.st_mtime_ns, digest or b""))
-        self.files += 1
-        self.bytes += st.st_size
+            self.carry(folder, name)
+            return None
+        except OSError as exc:
+            self._problem(rel, exc)
+            self.carry(folder, name)
+            return None
+        self.hashed += 1
+        if self.on_hash is not None:
+            self.on_hash(st.st_size)
+        return digest, st
+
+
+def open_folder(root_fd: int, rel: bytes) -> int:
+    """Open ``rel`` (``b""`` or ending in ``/``) below ``root_fd`` one name at a time, each
+    with ``O_NOFOLLOW``: a symlink swapped in anywhere on the way is never followed."""
+    fd = os.dup(root_fd)
+    try:
+        for part in rel.rstrip(b"/").split(b"/") if rel else ():
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _raise_fd_limit() -> None:

@@ -11,8 +11,11 @@ from blake3 import blake3
 
 import manifest.fingerprint
 from manifest import ChangeSet
-from manifest.fingerprint import RACY_NS, StatCache, hash_file
-from manifest.model import decode_index
+from manifest.fingerprint import RACY_NS, hash_file
+from manifest.globs import PathFilter
+from manifest.index import StatCache
+from manifest.model import IndexEntry
+from manifest.scan import Scanner
 
 from .conftest import MakeRepo, touch, write
 
@@ -155,22 +158,65 @@ def test_same_size_edit_is_a_change_in_content_mode(make_repo: MakeRepo, raw: Pa
     assert repo.status().changes == ChangeSet(modified=("concepts/descriptions/c1.txt",))
 
 
+def _scan_at(root: Path, index: Path, clock_ns: int) -> int:
+    """Scan ``root`` as if every folder were listed at ``clock_ns``; files hashed."""
+    cache = StatCache(index, "content_hash")
+    scanner = Scanner(
+        os.fsencode(root), mode="content_hash", cooldown_ns=0, path_filter=PathFilter(), cache=cache
+    )
+    scanner.clock = lambda: clock_ns  # type: ignore[method-assign]
+    hashed = scanner.scan().hashed
+    cache.save()
+    return hashed
+
+
+def _recorded(index: Path) -> list[IndexEntry]:
+    return list(StatCache(index, "content_hash").entries(b"").values())
+
+
 def test_racy_entries_are_smudged_and_rehashed(tmp_path: Path) -> None:
-    path = write(tmp_path / "f.csv", "aaaa", age=0)
+    root = tmp_path / "raw"
+    path = write(root / "f.csv", "aaaa", age=0)
     st = path.stat()
-    cache = StatCache(tmp_path / "index", "content_hash")
-    cache.record(b"f.csv", st, blake3(b"aaaa").digest())
-    # The stat was taken in the same tick as the file's mtime: racy.
-    assert cache.save(scan_started_ns=st.st_mtime_ns)
-    saved = decode_index((tmp_path / "index").read_bytes())
-    assert [e.size for f in saved.folders for e in f.entries] == [-1]
-    reloaded = StatCache(tmp_path / "index", "content_hash")
-    assert reloaded.lookup(b"f.csv", st) is None  # must re-hash, even though the stat matches
-    # Once the mtime is safely older than the scan, the entry is trusted.
-    reloaded.record(b"f.csv", st, blake3(b"aaaa").digest())
-    assert reloaded.save(scan_started_ns=st.st_mtime_ns + RACY_NS + 1)
-    trusted = StatCache(tmp_path / "index", "content_hash")
-    assert trusted.lookup(b"f.csv", st) == blake3(b"aaaa").digest()
+    index = tmp_path / "index"
+    # The folder was listed in the same tick as the file's mtime: racy.
+    assert _scan_at(root, index, st.st_mtime_ns) == 1
+    assert [e.size for e in _recorded(index)] == [-1]
+    assert StatCache(index, "content_hash").head(b"").signature == b""  # type: ignore[union-attr]
+    # so the next scan re-hashes it, even though the stat matches; once the mtime and ctime
+    # are safely older than the listing, the entry is trusted
+    later = max(st.st_mtime_ns, st.st_ctime_ns) + RACY_NS + 1
+    assert _scan_at(root, index, later) == 1
+    assert [e.size for e in _recorded(index)] == [4]
+    assert _scan_at(root, index, later) == 0
+
+
+@pytest.mark.parametrize(
+    ("mtime_age", "ctime_age", "racy"),
+    [
+        (3600, 3600, False),  # both safely older than the folder's listing: trusted
+        (3600, 0.5, True),  # mtime restored to an old value, ctime in the same tick: racy
+        (0.5, 3600, True),
+        (3600, RACY_NS / 1e9, True),  # exactly one granularity before the listing: racy
+    ],
+)
+def test_racy_entries_by_mtime_or_ctime_against_the_listing_time(
+    tmp_path: Path, mtime_age: float, ctime_age: float, racy: bool
+) -> None:
+    root = tmp_path / "raw"
+    path = write(root / "a.csv", "abc")
+    ctime = path.stat().st_ctime_ns
+    now = ctime + int(ctime_age * 1e9)  # the clock the listing reads
+    os.utime(path, ns=(now - int(mtime_age * 1e9), now - int(mtime_age * 1e9)))
+    assert path.stat().st_ctime_ns - ctime < 10**8  # utime moved the ctime by little
+    ctime = path.stat().st_ctime_ns
+    now = ctime + int(ctime_age * 1e9)
+    os.utime(path, ns=(now - int(mtime_age * 1e9), now - int(mtime_age * 1e9)))
+    index = tmp_path / "index"
+    _scan_at(root, index, now)
+    # a smudged entry never matches, so the file is hashed again on the next scan
+    assert ([e.size for e in _recorded(index)] == [-1]) == racy
+    assert (_scan_at(root, index, now) == 1) == racy
 
 
 def test_racy_same_tick_edit_is_detected_end_to_end(make_repo: MakeRepo, raw: Path) -> None:
@@ -260,40 +306,6 @@ def test_hash_file_trusts_the_scans_stat_only_when_the_size_matches(tmp_path: Pa
     os.mkfifo(path)  # a FIFO swapped in after the lstat of a regular file
     with pytest.raises(manifest.fingerprint.NotRegularFile):
         hash_file(path, lstat=stale)
-
-
-def _stat(size: int, mtime_ns: int, ctime_ns: int, ino: int = 7) -> os.stat_result:
-    from types import SimpleNamespace
-
-    return SimpleNamespace(  # type: ignore[return-value]
-        st_size=size, st_mtime_ns=mtime_ns, st_ctime_ns=ctime_ns, st_ino=ino, st_mode=0o100644
-    )
-
-
-@pytest.mark.parametrize(
-    ("mtime_age", "ctime_age", "racy"),
-    [
-        (3600, 3600, False),  # both safely older than the cache's write: trusted
-        (3600, 0.5, True),  # mtime restored to an old value, ctime in the same tick: racy
-        (0.5, 3600, True),
-        (3600, RACY_NS / 1e9, True),  # exactly one granularity before the write: still racy
-    ],
-)
-def test_racy_entries_by_mtime_or_ctime_against_the_cache_write_time(
-    tmp_path: Path, mtime_age: float, ctime_age: float, racy: bool
-) -> None:
-    now = 1_800_000_000 * 10**9
-    cache = StatCache(tmp_path / "index", "content_hash")
-    st = _stat(10, now - int(mtime_age * 1e9), now - int(ctime_age * 1e9))
-    cache.record(b"a.csv", st, b"d" * 32)
-    assert cache.save(scan_started_ns=now - 10**9, now_ns=now)
-    reloaded = StatCache(tmp_path / "index", "content_hash")
-    # a smudged entry never matches, so the file is hashed again on the next scan
-    assert (reloaded.lookup(b"a.csv", st) is None) == racy
-    # and a cache hit needs the very same ctime as well
-    if not racy:
-        moved = _stat(10, st.st_mtime_ns, st.st_ctime_ns + 1)
-        assert reloaded.lookup(b"a.csv", moved) is None
 
 
 def test_a_stale_index_lock_does_not_stop_the_cache_being_saved(

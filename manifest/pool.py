@@ -1,0 +1,526 @@
+"""Scanning a big tree on every core: subtrees go to worker processes.
+
+Python's GIL serialises the per-file work of a walk (threads measured slower than one
+thread, ``docs/benchmarks.md``), so the walk is split across processes. The parent lists
+the top of the tree breadth first until there are enough folders to share out, and hands
+each one to the next idle worker (``python -m manifest.pool``, spoken to over pipes with
+length-prefixed msgpack). A worker scans its subtree exactly as the parent would, with the
+stat cache records below it and the inherited descriptor of the cache file, and sends back
+its tree entry, the trees it built and the cache records it changed. The parent finishes
+the top folders. Workers are spawned (never forked: the caller may be a threaded Dagster
+process), and a worker that dies has its subtree scanned in the parent instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import selectors
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from manifest.globs import PathFilter
+from manifest.index import _HEAD_DECODER, CacheView, Loaded
+from manifest.model import TreeEntry
+from manifest.scan import ScanProblem
+
+if TYPE_CHECKING:
+    from manifest.scan import Scanner, _Folder
+
+# A scan of fewer files than this stays in one process (a worker costs ~50 ms to start).
+PARALLEL_MIN_FILES: Final = 40_000
+MAX_JOBS: Final = 8
+_LENGTH: Final = struct.Struct("<I")
+_PROGRESS_EVERY_NS: Final = 100_000_000
+
+
+class Setup(msgspec.Struct, tag="setup"):
+    root: bytes
+    mode: str
+    cooldown_ns: int
+    racy_ns: int
+    now_ns: int
+    include: list[str]
+    exclude: list[str]
+    skip_ids: list[tuple[int, int]]
+    rehash_all: bool
+    objects: str | None
+    base_root: str | None
+    index_fd: int
+    trusted: bool
+    fast: bool
+
+
+class Task(msgspec.Struct, tag="task"):
+    parent: bytes  # b"" or ends with b"/"
+    name: bytes
+    records: list[Loaded]
+
+
+class Progress(msgspec.Struct, tag="progress"):
+    files: int
+    nbytes: int
+    hashed_bytes: int
+
+
+class Part(msgspec.Struct, tag="part"):
+    """A subtree's results, for its parent folder."""
+
+    trees_added: list[TreeEntry]  # what the parent folder gains (a subtree or a carry)
+    carried: bool
+    files: int
+    nbytes: int
+    hashed: int
+    built: dict[str, bytes]
+    clean: dict[str, bytes]
+    updates: list[tuple[bytes, bytes]]
+    kept: list[bytes]
+    unstable: list[str]
+    problems: list[ScanProblem]
+    skipped: list[str]
+
+
+class Failed(msgspec.Struct, tag="failed"):
+    message: str
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+def _send(stream: object, message: msgspec.Struct) -> None:
+    data = _ENCODER.encode(message)
+    stream.write(_LENGTH.pack(len(data)) + data)  # type: ignore[attr-defined]
+    stream.flush()  # type: ignore[attr-defined]
+
+
+def choose_jobs(expected_files: int | None, setting: int | None) -> int:
+    """How many processes walk the tree: ``setting`` if given (``MANIFEST_JOBS``), else one
+    per core for a tree expected to hold ``PARALLEL_MIN_FILES`` or more (an unknown size
+    counts as big: only a first scan has none)."""
+    if setting is not None:
+        return max(1, min(setting, 64))
+    if expected_files is not None and expected_files < PARALLEL_MIN_FILES:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_JOBS))
+
+
+# ------------------------------------------------------------------------------- parent
+
+
+def scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
+    """Scan the listed ``root`` with ``scanner.jobs`` workers; the root tree id and how many
+    processes took part."""
+    upper, tasks = _split(scanner, root)
+    if len(tasks) < 2 or (scanner.expected_files is None and len(tasks) < scanner.jobs * 8):
+        # nothing worth sharing (or, size unknown, too few folders to be big): finish here
+        return _finish_serially(scanner, upper, tasks), 1
+    workers = _Workers(scanner, min(scanner.jobs, len(tasks)))
+    try:
+        results = workers.run(tasks)
+    finally:
+        workers.close()
+    for (folder, _name), part in zip(tasks, results, strict=True):
+        if part is None:  # its worker died: scan it here
+            _scan_here(scanner, folder, _name)
+        else:
+            _merge(scanner, folder, part)
+    for folder in reversed(upper):
+        oid = scanner.finish(folder, _parent_of(folder, upper))
+        os.close(folder.fd)
+        folder.fd = -1
+    return oid, workers.started + 1
+
+
+def _parent_of(folder: _Folder, upper: list[_Folder]) -> _Folder | None:
+    if not folder.rel:
+        return None
+    parent_rel = folder.rel[: -len(folder.name) - 1]
+    for candidate in upper:
+        if candidate.rel == parent_rel:
+            return candidate
+    return None
+
+
+def _split(scanner: Scanner, root: _Folder) -> tuple[list[_Folder], list[tuple[_Folder, bytes]]]:
+    """Breadth first from the root until a level has enough folders to share out: the
+    folders listed here (``upper``, parents first) and the subtrees to hand out."""
+    upper = [root]
+    level = [root]
+    want = scanner.jobs * 8
+    for _depth in range(4):
+        tasks = [(folder, name) for folder in level for name in reversed(folder.subdirs)]
+        if len(tasks) >= want or not tasks:
+            break
+        deeper: list[_Folder] = []
+        for folder, name in tasks:
+            child = scanner.enter(folder, name)
+            if child is not None:
+                deeper.append(child)
+                upper.append(child)
+        for folder in level:
+            folder.subdirs.clear()
+        level = deeper
+    tasks = [(folder, name) for folder in level for name in reversed(folder.subdirs)]
+    for folder in level:
+        folder.subdirs.clear()
+    return upper, tasks
+
+
+def _finish_serially(
+    scanner: Scanner, upper: list[_Folder], tasks: list[tuple[_Folder, bytes]]
+) -> str:
+    for folder, name in tasks:
+        _scan_here(scanner, folder, name)
+    oid = ""
+    for folder in reversed(upper):
+        oid = scanner.finish(folder, _parent_of(folder, upper))
+        os.close(folder.fd)
+        folder.fd = -1
+    return oid
+
+
+def _scan_here(scanner: Scanner, parent: _Folder, name: bytes) -> None:
+    child = scanner.enter(parent, name)
+    if child is not None:
+        scanner.walk(child, parent)
+
+
+def _merge(scanner: Scanner, parent: _Folder, part: Part) -> None:
+    parent.trees.extend(part.trees_added)
+    if part.carried:
+        parent.eligible = False
+    scanner.files += part.files
+    scanner.bytes += part.nbytes
+    scanner.hashed += part.hashed
+    scanner.trees.update(part.built)
+    scanner.clean_trees.update(part.clean)
+    scanner.unstable.extend(part.unstable)
+    scanner.problems.extend(part.problems)
+    scanner.skipped.extend(part.skipped)
+    cache = scanner.cache
+    if cache is not None:
+        for head_bytes, payload in part.updates:
+            cache.updates[_HEAD_DECODER.decode(head_bytes).path] = (head_bytes, payload)
+        cache.kept.update(part.kept)
+
+
+class _Workers:
+    def __init__(self, scanner: Scanner, count: int) -> None:
+        self.scanner = scanner
+        self.count = count
+        self.started = 0
+        self.procs: list[subprocess.Popen[bytes]] = []
+        cache = scanner.cache
+        self.index_fd = cache.fd if cache is not None else -1
+        if cache is not None:
+            self.paths = sorted(cache.records)
+        base = scanner.base
+        filt = scanner.filter
+        self.setup = Setup(
+            root=scanner.root,
+            mode=scanner.mode,
+            cooldown_ns=scanner.window_ns,
+            racy_ns=scanner.racy_ns,
+            now_ns=scanner._unstable_after + scanner.window_ns,
+            include=list(filt.patterns[0]),
+            exclude=list(filt.patterns[1]),
+            skip_ids=sorted(scanner.skip_ids),
+            rehash_all=scanner.rehash_all,
+            objects=str(base.objects.path) if base.objects is not None else None,
+            base_root=base.root_id,
+            index_fd=self.index_fd,
+            trusted=cache.trusted if cache is not None else False,
+            fast=scanner.inline_fast_paths,
+        )
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
+        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "manifest.pool"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(self.index_fd,) if self.index_fd >= 0 else (),
+                env=env,
+                close_fds=True,
+            )
+        except OSError:
+            return None
+        assert proc.stdin is not None
+        try:
+            _send(proc.stdin, self.setup)
+        except OSError:
+            proc.kill()
+            proc.wait()
+            return None
+        self.started += 1
+        return proc
+
+    def _records(self, prefix: bytes) -> list[Loaded]:
+        cache = self.scanner.cache
+        if cache is None:
+            return []
+        paths = self.paths
+        out = []
+        i = bisect.bisect_left(paths, prefix)
+        while i < len(paths) and paths[i].startswith(prefix):
+            out.append(cache.records[paths[i]])
+            i += 1
+        return out
+
+    def run(self, tasks: list[tuple[_Folder, bytes]]) -> list[Part | None]:
+        results: list[Part | None] = [None] * len(tasks)
+        queue = deque(range(len(tasks)))
+        selector = selectors.DefaultSelector()
+        busy: dict[int, int] = {}  # pid -> task number
+        readers: dict[int, _Reader] = {}
+        progress: dict[int, Progress] = {}
+        base_files, base_bytes = self.scanner.files, self.scanner.bytes
+        hashed_seen = 0
+        on_walk, on_hash = self.scanner.on_walk, self.scanner.on_hash
+
+        def assign(proc: subprocess.Popen[bytes]) -> bool:
+            if not queue:
+                return False
+            number = queue.popleft()
+            folder, name = tasks[number]
+            task = Task(folder.rel, name, self._records(folder.rel + name + b"/"))
+            try:
+                _send(proc.stdin, task)
+            except OSError:
+                queue.appendleft(number)
+                return False
+            busy[proc.pid] = number
+            return True
+
+        for _ in range(self.count):
+            proc = self._spawn()
+            if proc is None:
+                break
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            os.set_blocking(proc.stdout.fileno(), False)
+            readers[proc.pid] = _Reader()
+            selector.register(proc.stdout, selectors.EVENT_READ, proc)
+            assign(proc)
+        try:
+            while busy:
+                for key, _ in selector.select(timeout=1.0):
+                    proc = key.data
+                    reader = readers[proc.pid]
+                    messages, eof = reader.feed(proc.stdout)
+                    for message in messages:
+                        if isinstance(message, Progress):
+                            previous = progress.get(proc.pid)
+                            progress[proc.pid] = message
+                            delta = message.hashed_bytes - (
+                                previous.hashed_bytes if previous else 0
+                            )
+                            if on_hash is not None and delta > 0:
+                                on_hash(delta)
+                            hashed_seen += max(delta, 0)
+                            if on_walk is not None:
+                                on_walk(
+                                    base_files + sum(p.files for p in progress.values()),
+                                    base_bytes + sum(p.nbytes for p in progress.values()),
+                                )
+                        elif isinstance(message, Part):
+                            number = busy.pop(proc.pid)
+                            results[number] = message
+                            if not assign(proc):
+                                selector.unregister(proc.stdout)
+                                proc.stdin.close()
+                        else:  # Failed: leave the task to the parent
+                            busy.pop(proc.pid, None)
+                            eof = True
+                    if eof:
+                        # died (or gave up): its task, if any, is scanned in the parent
+                        busy.pop(proc.pid, None)
+                        with contextlib.suppress(KeyError, ValueError):
+                            selector.unregister(proc.stdout)
+                        proc.kill()
+                if not busy and queue:
+                    # every worker died: the rest are scanned in the parent
+                    break
+        finally:
+            selector.close()
+        return results
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None and not proc.stdin.closed:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+class _Reader:
+    """Length-prefixed messages from a non-blocking pipe."""
+
+    _decoder: Final = msgspec.msgpack.Decoder(Progress | Part | Failed)
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, stream: object) -> tuple[list[Progress | Part | Failed], bool]:
+        eof = False
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            self.buffer += chunk
+        out = []
+        while len(self.buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self.buffer)
+            if len(self.buffer) < _LENGTH.size + length:
+                break
+            data = bytes(self.buffer[_LENGTH.size : _LENGTH.size + length])
+            del self.buffer[: _LENGTH.size + length]
+            out.append(self._decoder.decode(data))
+        return out, eof
+
+
+# ------------------------------------------------------------------------------- worker
+
+
+def _read_message(stream: object, decoder: msgspec.msgpack.Decoder[Setup | Task]) -> object:
+    head = stream.read(_LENGTH.size)  # type: ignore[attr-defined]
+    if len(head) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    data = stream.read(length)  # type: ignore[attr-defined]
+    if len(data) < length:
+        return None
+    return decoder.decode(data)
+
+
+class _WorkerProgress:
+    """Sends cumulative progress to the parent, at most every 100 ms."""
+
+    def __init__(self, stdout: object, done: list[int], hashed_bytes: list[int]) -> None:
+        self.stdout = stdout
+        self.done = done
+        self.hashed_bytes = hashed_bytes
+        self.last = 0
+
+    def hashed(self, size: int) -> None:
+        self.hashed_bytes[0] += size
+
+    def walked(self, files: int, nbytes: int) -> None:
+        now = time.monotonic_ns()
+        if now - self.last >= _PROGRESS_EVERY_NS:
+            self.last = now
+            _send(
+                self.stdout,
+                Progress(self.done[0] + files, self.done[1] + nbytes, self.hashed_bytes[0]),
+            )
+
+
+def worker_main() -> int:
+    from manifest.objects import ObjectStore
+    from manifest.scan import BaseTrees, Scanner, _Folder, open_folder
+
+    stdin = sys.stdin.buffer
+    stdout = sys.stdout.buffer
+    decoder = msgspec.msgpack.Decoder(Setup | Task)
+    setup = _read_message(stdin, decoder)
+    if not isinstance(setup, Setup):
+        return 2
+    try:
+        root_fd = os.open(setup.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        _send(stdout, Failed(str(exc)))
+        return 1
+    objects = ObjectStore(Path(setup.objects), sync=False) if setup.objects else None
+    base = BaseTrees(objects, setup.base_root)
+    path_filter = PathFilter(setup.include, setup.exclude)
+    hashed_bytes = [0]
+    done = [0, 0]  # files and bytes of the tasks finished, for cumulative progress
+    while True:
+        task = _read_message(stdin, decoder)
+        if not isinstance(task, Task):
+            return 0
+        cache = CacheView(setup.index_fd, {r.head.path: r for r in task.records}, setup.trusted)
+        progress = _WorkerProgress(stdout, done, hashed_bytes)
+        scanner = Scanner(
+            setup.root,
+            mode=setup.mode,
+            cooldown_ns=setup.cooldown_ns,
+            path_filter=path_filter,
+            cache=cache,
+            base=base,
+            rehash_all=setup.rehash_all,
+            on_hash=progress.hashed,
+            on_walk=progress.walked,
+            racy_ns=setup.racy_ns,
+        )
+        scanner.inline_fast_paths = setup.fast
+        scanner.window_ns = setup.cooldown_ns
+        scanner.set_window(setup.now_ns)
+        scanner.skip_ids = {tuple(x) for x in setup.skip_ids}  # type: ignore[misc]
+        try:
+            parent_fd = open_folder(root_fd, task.parent)
+        except OSError as exc:
+            _send(stdout, Failed(str(exc)))
+            return 1
+        parent = _Folder(parent_fd, task.parent, b"", 0)
+        try:
+            child = scanner.enter(parent, task.name)
+            if child is not None:
+                scanner.walk(child, parent)
+        finally:
+            os.close(parent_fd)
+        done[0] += scanner.files
+        done[1] += scanner.bytes
+        _send(
+            stdout,
+            Part(
+                trees_added=parent.trees + parent.entries,
+                carried=not parent.eligible,
+                files=scanner.files,
+                nbytes=scanner.bytes,
+                hashed=scanner.hashed,
+                built=scanner.trees,
+                clean=scanner.clean_trees,
+                updates=list(cache.updates.values()),
+                kept=sorted(cache.kept),
+                unstable=scanner.unstable,
+                problems=scanner.problems,
+                skipped=scanner.skipped,
+            ),
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
