@@ -100,6 +100,24 @@ def diff_trees(
         old, new, prefix = stack.pop()
         if old == new:
             continue
+        if old is None or new is None:
+            # a whole folder added or removed: every entry below is, no pairing needed
+            side = added if old is None else removed
+            digests = added_digest if old is None else removed_digest
+            for e in read(new if old is None else old).entries:  # type: ignore[arg-type]
+                path = prefix + e.name
+                if e.kind == KIND_TREE:
+                    hexid = e.digest.hex()
+                    stack.append(
+                        (None, hexid, path + b"/") if old is None else (hexid, None, path + b"/")
+                    )
+                    continue
+                side.append(path)
+                if entries is not None:
+                    entries[path_to_text(path)] = (None, e) if old is None else (e, None)
+                if e.digest and renames:
+                    digests[path] = (e.kind, e.digest)
+            continue
         old_entries = {e.name: e for e in read(old).entries} if old else {}
         new_entries = {e.name: e for e in read(new).entries} if new else {}
         for name in sorted(old_entries.keys() | new_entries.keys()):

@@ -8,6 +8,7 @@ fields are only appended, a breaking change bumps ``FORMAT_VERSION``.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Final, NewType
 
 import msgspec
@@ -198,9 +199,14 @@ def decode_reflog_entry(line: bytes) -> ReflogEntry:
     return _REFLOG_DECODER.decode(line)
 
 
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
+
+
 def path_to_text(path: bytes) -> str:
-    """Relative path bytes to ``str``; undecodable bytes become surrogates (reversible)."""
-    return os.fsdecode(path)
+    """Relative path bytes to ``str``; undecodable bytes become surrogates (reversible).
+    ``os.fsdecode``, without its per-call overhead (a million calls in a big diff)."""
+    return path.decode(_FS_ENCODING, _FS_ERRORS)
 
 
 def text_to_path(text: str) -> bytes:

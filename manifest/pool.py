@@ -123,7 +123,8 @@ def scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
     """Scan the listed ``root`` with ``scanner.jobs`` workers; the root tree id and how many
     processes took part."""
     upper, tasks = _split(scanner, root)
-    if len(tasks) < 2 or (scanner.expected_files is None and len(tasks) < scanner.jobs * 8):
+    small = scanner.expected_files is None and not scanner.jobs_forced
+    if len(tasks) < 2 or (small and len(tasks) < scanner.jobs * 8):
         # nothing worth sharing (or, size unknown, too few folders to be big): finish here
         return _finish_serially(scanner, upper, tasks), 1
     workers = _Workers(scanner, min(scanner.jobs, len(tasks)))
@@ -216,6 +217,11 @@ def _merge(scanner: Scanner, parent: _Folder, part: Part) -> None:
         cache.kept.update(part.kept)
 
 
+def worker_argv() -> list[str]:
+    """The command that starts a worker (the interpreter running this one)."""
+    return [sys.executable, "-m", "manifest.pool"]
+
+
 class _Workers:
     def __init__(self, scanner: Scanner, count: int) -> None:
         self.scanner = scanner
@@ -253,7 +259,7 @@ class _Workers:
         )
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "manifest.pool"],
+                worker_argv(),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -348,6 +348,7 @@ class Repository:
             on_walk=on_walk,
             jobs=choose_jobs(expected, config.jobs),
             expected_files=expected,
+            jobs_forced=config.jobs is not None,
         )
         result = scanner.scan()
         if save_cache and self.store.is_dir():

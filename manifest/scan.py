@@ -244,6 +244,7 @@ class Scanner:
         jobs: int = 1,
         racy_ns: int | None = None,
         expected_files: int | None = None,
+        jobs_forced: bool = False,
     ) -> None:
         self.root = root
         self.mode = mode
@@ -261,6 +262,7 @@ class Scanner:
         self.now_ns = now_ns
         self.jobs = jobs
         self.expected_files = expected_files  # from the base snapshot or the stat cache
+        self.jobs_forced = jobs_forced  # MANIFEST_JOBS: split whatever the size
         self.trees: dict[str, bytes] = {}
         self.clean_trees: dict[str, bytes] = {}
         self.unstable: list[str] = []

@@ -1,0 +1,123 @@
+"""Scanning in worker processes gives exactly what one process gives."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import manifest.pool
+from manifest import ChangeSet, Repository, load_config
+from manifest.pool import choose_jobs
+
+from .conftest import write
+
+
+def _tree(root: Path, folders: int = 24, files: int = 5) -> None:
+    for d in range(folders):
+        for f in range(files):
+            write(root / f"d{d:02d}" / f"s{d % 3}" / f"f{f}.csv", f"folder {d} file {f}\n")
+    write(root / "top.csv", "at the top\n")
+
+
+def _repo(tmp_path: Path, store: str, jobs: int, mode: str = "content_hash") -> Repository:
+    env = {"MANIFEST_JOBS": str(jobs)}
+    config = load_config(
+        root=tmp_path / "raw", store=tmp_path / store, mode=mode, cooldown_sec=0, env=env
+    )
+    return Repository(config, lock_timeout=2.0)
+
+
+@pytest.mark.parametrize("mode", ["content_hash", "mtime_size"])
+@pytest.mark.usefixtures("fine_timestamps")
+def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, mode: str) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    serial, parallel = _repo(tmp_path, "one", 1, mode), _repo(tmp_path, "two", 2, mode)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+
+    def both() -> tuple[tuple[object, ...], tuple[object, ...]]:
+        a, b = serial.scan(base=None), parallel.scan(base=None)
+        assert a.jobs == 1 and b.jobs == 3  # two workers and this process
+        return (
+            (a.root_id, a.files, a.bytes, a.hashed, a.unstable, a.problems),
+            (b.root_id, b.files, b.bytes, b.hashed, b.unstable, b.problems),
+        )
+
+    first = both()
+    assert first[0] == first[1]
+    write(raw / "d03" / "s0" / "f1.csv", "edited\n")
+    write(raw / "d07" / "s1" / "new.csv", "new\n")
+    os.unlink(raw / "d11" / "s2" / "f0.csv")
+    second = both()
+    assert second[0] == second[1] and second[0][0] != first[0][0]
+    warm = both()  # every folder a stat-cache match on both sides
+    assert warm[0] == warm[1] and warm[0][:3] == second[0][:3]
+    assert warm[0][3] == 0  # nothing re-read
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_snapshots_from_workers_diff_like_serial_ones(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    repo = _repo(tmp_path, "state", 2)
+    base, changes = repo.snapshot(ref="last")
+    assert len(changes.added) == 24 * 5 + 1
+    write(raw / "d05" / "s2" / "f3.csv", "changed\n")
+    status = repo.status()
+    assert status.changes == ChangeSet(modified=("d05/s2/f3.csv",))
+    assert status.hashed == 1
+    # a second status: the edited folder now matches the cache, its tree is rebuilt from it
+    again = repo.status()
+    assert again.changes == status.changes and again.hashed == 0
+    snap, _ = repo.snapshot(ref="last")
+    assert repo.diff(base, snap) == ChangeSet(modified=("d05/s2/f3.csv",))
+    assert repo.fsck().ok
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_worker_that_dies_leaves_its_subtrees_to_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    (tmp_path / "one").mkdir()
+    expected = _repo(tmp_path, "one", 1).scan(base=None)
+    # real worker processes that SIGKILL themselves as soon as they get their first task
+    suicide = (
+        "import os, signal, sys; sys.stdin.buffer.read(8); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    monkeypatch.setattr(manifest.pool, "worker_argv", lambda: [sys.executable, "-c", suicide])
+    (tmp_path / "two").mkdir()
+    got = _repo(tmp_path, "two", 2).scan(base=None)
+    assert (got.root_id, got.files, got.bytes, got.hashed) == (
+        expected.root_id,
+        expected.files,
+        expected.bytes,
+        expected.hashed,
+    )
+
+
+def test_a_folder_swapped_for_a_symlink_in_a_worker_is_never_followed(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    repo = _repo(tmp_path, "state", 2)
+    repo.snapshot(ref="last")
+    outside = tmp_path / "outside"
+    write(outside / "secret.csv", "s\n")
+    os.rename(raw / "d09", tmp_path / "d09_moved")
+    (raw / "d09").symlink_to(outside, target_is_directory=True)
+    status = repo.status()
+    assert status.changes.added == ("d09",)  # the symlink itself
+    assert status.changes.removed == tuple(f"d09/s0/f{f}.csv" for f in range(5))
+    assert not any("secret" in p for p in status.changes.paths)
+
+
+def test_choose_jobs() -> None:
+    assert choose_jobs(10, None) == 1  # small: one process
+    assert choose_jobs(10, 3) == 3  # MANIFEST_JOBS wins
+    cores = len(os.sched_getaffinity(0))
+    assert choose_jobs(2_000_000, None) == max(1, min(cores, manifest.pool.MAX_JOBS))
