@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 # A scan of fewer files than this stays in one process (a worker costs ~50 ms to start).
 PARALLEL_MIN_FILES: Final = 40_000
+# A scan of unknown size starts workers only once it has run this long.
+LAZY_SPAWN_NS: Final = 200_000_000
 MAX_JOBS: Final = 8
 _LENGTH: Final = struct.Struct("<I")
 _PROGRESS_EVERY_NS: Final = 100_000_000
@@ -66,9 +68,9 @@ class Task(msgspec.Struct, tag="task"):
 
 
 class Progress(msgspec.Struct, tag="progress"):
-    files: int
+    files: int  # of the task in hand
     nbytes: int
-    hashed_bytes: int
+    hashed_bytes: int  # all this worker has hashed
 
 
 class Part(msgspec.Struct, tag="part"):
@@ -79,6 +81,7 @@ class Part(msgspec.Struct, tag="part"):
     files: int
     nbytes: int
     hashed: int
+    hashed_bytes: int  # all this worker has hashed, as in Progress
     built: dict[str, bytes]
     clean: dict[str, bytes]
     updates: list[tuple[bytes, bytes]]
@@ -120,28 +123,31 @@ def choose_jobs(expected_files: int | None, setting: int | None) -> int:
 
 
 def scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
-    """Scan the listed ``root`` with ``scanner.jobs`` workers; the root tree id and how many
-    processes took part."""
+    """Scan the listed ``root`` in this process and ``scanner.jobs - 1`` workers; the root
+    tree id and how many processes took part.
+
+    This process scans subtrees too, from the same queue, while it waits. For a tree of
+    unknown size (a first scan) workers are only started once the scan has taken
+    ``LAZY_SPAWN_SEC``: a small tree is done before any would have started."""
     upper, tasks = _split(scanner, root)
-    small = scanner.expected_files is None and not scanner.jobs_forced
-    if len(tasks) < 2 or (small and len(tasks) < scanner.jobs * 8):
-        # nothing worth sharing (or, size unknown, too few folders to be big): finish here
-        return _finish_serially(scanner, upper, tasks), 1
-    workers = _Workers(scanner, min(scanner.jobs, len(tasks)))
-    try:
-        results = workers.run(tasks)
-    finally:
-        workers.close()
-    for (folder, _name), part in zip(tasks, results, strict=True):
-        if part is None:  # its worker died: scan it here
-            _scan_here(scanner, folder, _name)
-        else:
-            _merge(scanner, folder, part)
+    started = 0
+    if len(tasks) >= 2:
+        eager = scanner.expected_files is not None or scanner.jobs_forced
+        workers = _Workers(scanner, scanner.jobs - 1)
+        try:
+            workers.run(tasks, eager=eager)
+        finally:
+            workers.close()
+        started = workers.started
+    else:
+        for folder, name in tasks:
+            _scan_here(scanner, folder, name)
+    oid = ""
     for folder in reversed(upper):
         oid = scanner.finish(folder, _parent_of(folder, upper))
         os.close(folder.fd)
         folder.fd = -1
-    return oid, workers.started + 1
+    return oid, started + 1
 
 
 def _parent_of(folder: _Folder, upper: list[_Folder]) -> _Folder | None:
@@ -177,19 +183,6 @@ def _split(scanner: Scanner, root: _Folder) -> tuple[list[_Folder], list[tuple[_
     for folder in level:
         folder.subdirs.clear()
     return upper, tasks
-
-
-def _finish_serially(
-    scanner: Scanner, upper: list[_Folder], tasks: list[tuple[_Folder, bytes]]
-) -> str:
-    for folder, name in tasks:
-        _scan_here(scanner, folder, name)
-    oid = ""
-    for folder in reversed(upper):
-        oid = scanner.finish(folder, _parent_of(folder, upper))
-        os.close(folder.fd)
-        folder.fd = -1
-    return oid
 
 
 def _scan_here(scanner: Scanner, parent: _Folder, name: bytes) -> None:
@@ -291,16 +284,25 @@ class _Workers:
             i += 1
         return out
 
-    def run(self, tasks: list[tuple[_Folder, bytes]]) -> list[Part | None]:
-        results: list[Part | None] = [None] * len(tasks)
+    def run(self, tasks: list[tuple[_Folder, bytes]], *, eager: bool) -> None:
+        """Scan every task: in workers, and in this process while it waits. A task whose
+        worker dies goes back to the queue (this process then scans it)."""
+        scanner = self.scanner
         queue = deque(range(len(tasks)))
         selector = selectors.DefaultSelector()
         busy: dict[int, int] = {}  # pid -> task number
         readers: dict[int, _Reader] = {}
-        progress: dict[int, Progress] = {}
-        base_files, base_bytes = self.scanner.files, self.scanner.bytes
-        hashed_seen = 0
-        on_walk, on_hash = self.scanner.on_walk, self.scanner.on_hash
+        inflight: dict[int, Progress] = {}
+        hashed: dict[int, int] = {}
+        on_hash = scanner.on_hash
+        outer_walk = scanner.on_walk
+
+        def walked(files: int, nbytes: int) -> None:
+            if outer_walk is not None:
+                outer_walk(
+                    files + sum(p.files for p in inflight.values()),
+                    nbytes + sum(p.nbytes for p in inflight.values()),
+                )
 
         def assign(proc: subprocess.Popen[bytes]) -> bool:
             if not queue:
@@ -316,58 +318,78 @@ class _Workers:
             busy[proc.pid] = number
             return True
 
-        for _ in range(self.count):
-            proc = self._spawn()
-            if proc is None:
-                break
-            self.procs.append(proc)
-            assert proc.stdout is not None
-            os.set_blocking(proc.stdout.fileno(), False)
-            readers[proc.pid] = _Reader()
-            selector.register(proc.stdout, selectors.EVENT_READ, proc)
-            assign(proc)
-        try:
-            while busy:
-                for key, _ in selector.select(timeout=1.0):
-                    proc = key.data
-                    reader = readers[proc.pid]
-                    messages, eof = reader.feed(proc.stdout)
-                    for message in messages:
-                        if isinstance(message, Progress):
-                            previous = progress.get(proc.pid)
-                            progress[proc.pid] = message
-                            delta = message.hashed_bytes - (
-                                previous.hashed_bytes if previous else 0
-                            )
-                            if on_hash is not None and delta > 0:
-                                on_hash(delta)
-                            hashed_seen += max(delta, 0)
-                            if on_walk is not None:
-                                on_walk(
-                                    base_files + sum(p.files for p in progress.values()),
-                                    base_bytes + sum(p.nbytes for p in progress.values()),
-                                )
-                        elif isinstance(message, Part):
-                            number = busy.pop(proc.pid)
-                            results[number] = message
-                            if not assign(proc):
-                                selector.unregister(proc.stdout)
-                                proc.stdin.close()
-                        else:  # Failed: leave the task to the parent
-                            busy.pop(proc.pid, None)
-                            eof = True
-                    if eof:
-                        # died (or gave up): its task, if any, is scanned in the parent
-                        busy.pop(proc.pid, None)
-                        with contextlib.suppress(KeyError, ValueError):
-                            selector.unregister(proc.stdout)
-                        proc.kill()
-                if not busy and queue:
-                    # every worker died: the rest are scanned in the parent
+        def retire(proc: subprocess.Popen[bytes]) -> None:
+            number = busy.pop(proc.pid, None)
+            if number is not None:
+                queue.append(number)  # scanned here instead
+            inflight.pop(proc.pid, None)
+            if proc.stdout is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(proc.stdout)
+            proc.kill()
+
+        def spawn_all() -> None:
+            for _ in range(self.count):
+                proc = self._spawn()
+                if proc is None:
                     break
+                self.procs.append(proc)
+                assert proc.stdout is not None
+                os.set_blocking(proc.stdout.fileno(), False)
+                readers[proc.pid] = _Reader()
+                selector.register(proc.stdout, selectors.EVENT_READ, proc)
+                if not assign(proc):
+                    retire(proc)
+
+        def handle(timeout: float) -> None:
+            for key, _ in selector.select(timeout=timeout):
+                proc = key.data
+                messages, eof = readers[proc.pid].feed(proc.stdout)
+                for message in messages:
+                    if isinstance(message, Progress):
+                        inflight[proc.pid] = message
+                        delta = message.hashed_bytes - hashed.get(proc.pid, 0)
+                        hashed[proc.pid] = message.hashed_bytes
+                        if on_hash is not None and delta > 0:
+                            on_hash(delta)
+                        walked(scanner.files, scanner.bytes)
+                    elif isinstance(message, Part):
+                        number = busy.pop(proc.pid)
+                        inflight.pop(proc.pid, None)
+                        delta = message.hashed_bytes - hashed.get(proc.pid, 0)
+                        hashed[proc.pid] = message.hashed_bytes
+                        if on_hash is not None and delta > 0:
+                            on_hash(delta)
+                        _merge(scanner, tasks[number][0], message)
+                        if not assign(proc):
+                            with contextlib.suppress(KeyError, ValueError):
+                                selector.unregister(proc.stdout)
+                            with contextlib.suppress(OSError):
+                                proc.stdin.close()
+                    else:  # Failed: it cannot scan here, its task comes back
+                        eof = True
+                if eof:
+                    retire(proc)
+
+        started_ns = time.monotonic_ns()
+        spawned = False
+        if eager:
+            spawn_all()
+            spawned = True
+        scanner.on_walk = walked if outer_walk is not None else None
+        try:
+            while queue or busy:
+                if not spawned and time.monotonic_ns() - started_ns > LAZY_SPAWN_NS:
+                    spawn_all()
+                    spawned = True
+                if busy:
+                    handle(0.0 if queue else 1.0)
+                if queue:
+                    number = queue.popleft()
+                    _scan_here(scanner, *tasks[number])
         finally:
+            scanner.on_walk = outer_walk
             selector.close()
-        return results
 
     def close(self) -> None:
         for proc in self.procs:
@@ -432,11 +454,10 @@ def _read_message(stream: object, decoder: msgspec.msgpack.Decoder[Setup | Task]
 
 
 class _WorkerProgress:
-    """Sends cumulative progress to the parent, at most every 100 ms."""
+    """Sends progress to the parent, at most every 100 ms."""
 
-    def __init__(self, stdout: object, done: list[int], hashed_bytes: list[int]) -> None:
+    def __init__(self, stdout: object, hashed_bytes: list[int]) -> None:
         self.stdout = stdout
-        self.done = done
         self.hashed_bytes = hashed_bytes
         self.last = 0
 
@@ -449,7 +470,7 @@ class _WorkerProgress:
             self.last = now
             _send(
                 self.stdout,
-                Progress(self.done[0] + files, self.done[1] + nbytes, self.hashed_bytes[0]),
+                Progress(files, nbytes, self.hashed_bytes[0]),
             )
 
 
@@ -472,13 +493,12 @@ def worker_main() -> int:
     base = BaseTrees(objects, setup.base_root)
     path_filter = PathFilter(setup.include, setup.exclude)
     hashed_bytes = [0]
-    done = [0, 0]  # files and bytes of the tasks finished, for cumulative progress
     while True:
         task = _read_message(stdin, decoder)
         if not isinstance(task, Task):
             return 0
         cache = CacheView(setup.index_fd, {r.head.path: r for r in task.records}, setup.trusted)
-        progress = _WorkerProgress(stdout, done, hashed_bytes)
+        progress = _WorkerProgress(stdout, hashed_bytes)
         scanner = Scanner(
             setup.root,
             mode=setup.mode,
@@ -507,8 +527,6 @@ def worker_main() -> int:
                 scanner.walk(child, parent)
         finally:
             os.close(parent_fd)
-        done[0] += scanner.files
-        done[1] += scanner.bytes
         _send(
             stdout,
             Part(
@@ -517,6 +535,7 @@ def worker_main() -> int:
                 files=scanner.files,
                 nbytes=scanner.bytes,
                 hashed=scanner.hashed,
+                hashed_bytes=hashed_bytes[0],
                 built=scanner.trees,
                 clean=scanner.clean_trees,
                 updates=list(cache.updates.values()),

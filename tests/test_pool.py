@@ -41,7 +41,7 @@ def test_parallel_scan_equals_the_serial_scan(tmp_path: Path, mode: str) -> None
 
     def both() -> tuple[tuple[object, ...], tuple[object, ...]]:
         a, b = serial.scan(base=None), parallel.scan(base=None)
-        assert a.jobs == 1 and b.jobs == 3  # two workers and this process
+        assert a.jobs == 1 and b.jobs == 2  # a worker and this process
         return (
             (a.root_id, a.files, a.bytes, a.hashed, a.unstable, a.problems),
             (b.root_id, b.files, b.bytes, b.hashed, b.unstable, b.problems),
