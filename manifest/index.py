@@ -196,7 +196,8 @@ class StatCache(CacheView):
         self.rewrite = False  # the file must be rewritten whole (damaged, other layout)
         self.end = 0  # where the valid records end
         self.ino: int | None = None
-        self.sizes: dict[bytes, int] = {}  # framed size of each live record
+        self.sizes: dict[bytes, int] = {}  # framed size of each folder's last record
+        self.total = 0  # framed size of every record in the file, overridden ones too
         self._load()
 
     def _load(self) -> None:
@@ -269,6 +270,7 @@ class StatCache(CacheView):
                 break
             self.records[folder.path] = Loaded(folder, start + hlen, plen, pcrc)
             self.sizes[folder.path] = _FRAME.size + hlen + plen
+            self.total += _FRAME.size + hlen + plen
             pos = start + hlen + plen
         if pos != size:
             self.rewrite = True
@@ -287,7 +289,7 @@ class StatCache(CacheView):
         process holds the lock: the cache is an optimisation, never a record."""
         live = {p: n for p, n in self.sizes.items() if p in self.kept and p not in self.updates}
         live_bytes = sum(live.values())
-        dead_bytes = sum(self.sizes.values()) - live_bytes
+        dead_bytes = self.total - live_bytes
         new_bytes = sum(_FRAME.size + len(h) + len(p) for h, p in self.updates.values())
         rewrite = self.rewrite or dead_bytes > live_bytes + new_bytes
         if not rewrite and not self.updates:
