@@ -1,38 +1,50 @@
 """manifest: content-addressed snapshots of a raw data tree, with git-style refs.
 
-The engine imports only the standard library, ``msgspec`` and ``blake3``.
+The engine imports only the standard library, ``msgspec`` and ``blake3``. The names below
+are imported on first use (PEP 562), so a scan worker process (``manifest.pool``) starts
+without loading the verbs it does not need.
 """
 
-from manifest.config import Config, load_config
-from manifest.errors import ManifestError
-from manifest.model import ChangeSet, Snapshot, SnapshotId, TreeEntry
-from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED
-from manifest.repo import (
-    CycleResult,
-    FsckReport,
-    GcResult,
-    LogEntry,
-    Repository,
-    Status,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "REF_LAST",
-    "REF_PENDING",
-    "REF_UNFINISHED",
-    "ChangeSet",
-    "Config",
-    "CycleResult",
-    "FsckReport",
-    "GcResult",
-    "LogEntry",
-    "ManifestError",
-    "Repository",
-    "Snapshot",
-    "SnapshotId",
-    "Status",
-    "TreeEntry",
-    "load_config",
-]
+_EXPORTS = {
+    "Config": "manifest.config",
+    "load_config": "manifest.config",
+    "ManifestError": "manifest.errors",
+    "ChangeSet": "manifest.model",
+    "Snapshot": "manifest.model",
+    "SnapshotId": "manifest.model",
+    "TreeEntry": "manifest.model",
+    "REF_LAST": "manifest.refs",
+    "REF_PENDING": "manifest.refs",
+    "REF_UNFINISHED": "manifest.refs",
+    "CycleResult": "manifest.repo",
+    "FsckReport": "manifest.repo",
+    "GcResult": "manifest.repo",
+    "LogEntry": "manifest.repo",
+    "Repository": "manifest.repo",
+    "Status": "manifest.repo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from manifest.config import Config, load_config
+    from manifest.errors import ManifestError
+    from manifest.model import ChangeSet, Snapshot, SnapshotId, TreeEntry
+    from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED
+    from manifest.repo import CycleResult, FsckReport, GcResult, LogEntry, Repository, Status
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'manifest' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
