@@ -31,7 +31,24 @@ _EXPORTS = {
     "Status": "manifest.repo",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ChangeSet",
+    "Config",
+    "CycleResult",
+    "FsckReport",
+    "GcResult",
+    "LogEntry",
+    "ManifestError",
+    "REF_LAST",
+    "REF_PENDING",
+    "REF_UNFINISHED",
+    "Repository",
+    "Snapshot",
+    "SnapshotId",
+    "Status",
+    "TreeEntry",
+    "load_config",
+]
 
 if TYPE_CHECKING:
     from manifest.config import Config, load_config

@@ -94,6 +94,7 @@ def diff_trees(
     removed_digest: dict[bytes, tuple[int, bytes]] = {}
     added_digest: dict[bytes, tuple[int, bytes]] = {}
 
+    renames = renames and old_id is not None  # nothing removed from an empty tree
     # An explicit stack of folder pairs to compare: no depth is too deep.
     stack: list[tuple[str | None, str | None, bytes]] = [(old_id, new_id, b"")]
     while stack:

@@ -477,42 +477,51 @@ class Scanner:
     def _list_folder(self, folder: _Folder) -> None:
         stamp = self.clock()  # before any stat: the racy rule's reference
         listing = self._list_dir(folder.fd, folder.rel)
-        if self._matches_cache(folder, listing):
+        stats = self._matches_cache(folder, listing)
+        if stats is True:
             return
-        self._scan_listing(folder, listing, stamp)
+        self._scan_listing(folder, listing, stamp, stats or None)
 
-    def _matches_cache(self, folder: _Folder, listing: list[os.DirEntry[str]]) -> bool:
+    def _matches_cache(
+        self, folder: _Folder, listing: list[os.DirEntry[str]]
+    ) -> bool | list[os.stat_result | None]:
         """The fast path: the listing and every stat hash to the recorded signature, and
         no mtime is inside the unstable window. Then the folder's files are the recorded
-        ones (same names, same stats, so the same digests) and nothing is built."""
+        ones (same names, same stats, so the same digests) and nothing is built: True.
+        Else False, or the stats taken (one per listing entry, None for a folder), which the
+        general path then uses instead of taking them again."""
         cache = self.cache
         if cache is None or self.rehash_all or not self.inline_fast_paths:
             return False
         head = cache.head(folder.rel)
         if head is None or not head.signature:
             return False
-        if not (head.hi <= self._unstable_after or head.lo >= self._unstable_before):
-            return False
         dir_fd = folder.fd
         lstat = os.stat
         rows: list[tuple[object, ...]] = []
         append = rows.append
         dirs: list[str] = []
+        stats: list[os.stat_result | None] = []
+        keep = stats.append
         try:
             for entry in listing:
                 name = entry.name
                 if entry.is_dir(follow_symlinks=False):
                     dirs.append(name)
                     append((name,))
+                    keep(None)
                 else:
                     st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    keep(st)
                     append(
                         (name, st.st_mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
                     )
         except OSError:
             return False
         if _signature(rows) != head.signature:
-            return False
+            return stats
+        if not (head.hi <= self._unstable_after or head.lo >= self._unstable_before):
+            return stats
         folder.clean = head
         filt = self.filter
         fsencode = os.fsencode
@@ -525,7 +534,13 @@ class Scanner:
         self.bytes += head.nbytes
         return True
 
-    def _scan_listing(self, folder: _Folder, listing: list[os.DirEntry[str]], stamp: int) -> None:
+    def _scan_listing(
+        self,
+        folder: _Folder,
+        listing: list[os.DirEntry[str]],
+        stamp: int,
+        stats: list[os.stat_result | None] | None = None,
+    ) -> None:
         rel_dir = folder.rel
         dir_fd = folder.fd
         entries = folder.entries
@@ -549,13 +564,18 @@ class Scanner:
         fsencode = os.fsencode
         nfiles = nbytes = 0
         lo = hi = None
-        for entry in listing:
+        for position, entry in enumerate(listing):
             text = entry.name
             name = fsencode(text)
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-            except OSError:
-                is_dir = False
+            taken = None
+            if stats is not None:
+                taken = stats[position]
+                is_dir = taken is None
+            else:
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
             if is_dir:
                 row((text,))
                 if not everything and filt.skips_dir(path_to_text(rel_dir + name)):
@@ -563,7 +583,7 @@ class Scanner:
                 subdirs.append(name)
                 continue
             try:
-                st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+                st = taken or lstat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 folder.eligible = False
                 continue  # vanished between listing and stat: simply absent
