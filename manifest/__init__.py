@@ -32,6 +32,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "REF_LAST",
+    "REF_PENDING",
+    "REF_UNFINISHED",
     "ChangeSet",
     "Config",
     "CycleResult",
@@ -39,9 +42,6 @@ __all__ = [
     "GcResult",
     "LogEntry",
     "ManifestError",
-    "REF_LAST",
-    "REF_PENDING",
-    "REF_UNFINISHED",
     "Repository",
     "Snapshot",
     "SnapshotId",
