@@ -35,8 +35,11 @@ from manifest.scan import ScanProblem
 if TYPE_CHECKING:
     from manifest.scan import Scanner, _Folder
 
-# A scan of fewer files than this stays in one process (a worker costs ~50 ms to start).
-PARALLEL_MIN_FILES: Final = 40_000
+# A scan of fewer files than this stays in one process: a worker costs ~0.15 s of CPU to
+# start and ~20 MiB; at 100,000 files it saved 10-20% of a status (docs/benchmarks.md).
+PARALLEL_MIN_FILES: Final = 200_000
+# A first scan (size unknown) that finds this many folders to share starts workers at once.
+EAGER_TASKS: Final = 64
 # A scan of unknown size starts workers only once it has run this long.
 LAZY_SPAWN_NS: Final = 200_000_000
 MAX_JOBS: Final = 8
@@ -127,12 +130,17 @@ def scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
     tree id and how many processes took part.
 
     This process scans subtrees too, from the same queue, while it waits. For a tree of
-    unknown size (a first scan) workers are only started once the scan has taken
-    ``LAZY_SPAWN_SEC``: a small tree is done before any would have started."""
+    unknown size (a first scan) with fewer than ``EAGER_TASKS`` folders to share, workers
+    are only started once the scan has taken ``LAZY_SPAWN_NS``: a small tree is done before
+    any would have started."""
     upper, tasks = _split(scanner, root)
     started = 0
     if len(tasks) >= 2:
-        eager = scanner.expected_files is not None or scanner.jobs_forced
+        eager = (
+            scanner.expected_files is not None
+            or scanner.jobs_forced
+            or len(tasks) >= EAGER_TASKS
+        )
         workers = _Workers(scanner, scanner.jobs - 1)
         try:
             workers.run(tasks, eager=eager)
