@@ -137,9 +137,7 @@ def scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
     started = 0
     if len(tasks) >= 2:
         eager = (
-            scanner.expected_files is not None
-            or scanner.jobs_forced
-            or len(tasks) >= EAGER_TASKS
+            scanner.expected_files is not None or scanner.jobs_forced or len(tasks) >= EAGER_TASKS
         )
         workers = _Workers(scanner, scanner.jobs - 1)
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from operator import attrgetter
@@ -52,6 +53,8 @@ EMPTY_TREE_ID: Final = blake3(EMPTY_TREE_BYTES).hexdigest()
 
 _by_name = attrgetter("name")
 _SIG_ENCODER: Final = msgspec.msgpack.Encoder()
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 
 
 class ScanProblem(msgspec.Struct, frozen=True):
@@ -524,9 +527,8 @@ class Scanner:
             return stats
         folder.clean = head
         filt = self.filter
-        fsencode = os.fsencode
         for name in dirs:
-            raw = fsencode(name)
+            raw = name.encode(_FS_ENCODING, _FS_ERRORS)
             if filt.everything or not filt.skips_dir(path_to_text(folder.rel + raw)):
                 folder.subdirs.append(raw)
         folder.subdirs.reverse()  # popped from the end: enter them in listing order
@@ -561,12 +563,13 @@ class Scanner:
         plain_mtime = fast and not self.content and not self.rehash_all
         racy_after = stamp - self.racy_ns
         after, before = self._unstable_after, self._unstable_before
-        fsencode = os.fsencode
+        encoding, errors = _FS_ENCODING, _FS_ERRORS  # os.fsencode, without its call cost
+        content = self.content
         nfiles = nbytes = 0
         lo = hi = None
         for position, entry in enumerate(listing):
             text = entry.name
-            name = fsencode(text)
+            name = text.encode(encoding, errors)
             taken = None
             if stats is not None:
                 taken = stats[position]
@@ -632,13 +635,15 @@ class Scanner:
                     e = index[-1]
                     index[-1] = IndexEntry(e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
                     folder.eligible = False
-                append(TreeEntry(name, KIND_FILE, size, 0 if self.content else mtime, digest))
-                self.files += 1
-                self.bytes += size
+                append(TreeEntry(name, KIND_FILE, size, 0 if content else mtime, digest))
                 nfiles += 1
                 nbytes += size
-                lo = mtime if lo is None or mtime < lo else lo
-                hi = mtime if hi is None or mtime > hi else hi
+                if lo is None:
+                    lo = hi = mtime
+                elif mtime < lo:
+                    lo = mtime
+                elif mtime > hi:  # type: ignore[operator]
+                    hi = mtime
             elif stat.S_ISLNK(st.st_mode):
                 folder.eligible = False
                 rel = rel_dir + name
@@ -656,6 +661,8 @@ class Scanner:
                 folder.eligible = False
                 self.skipped.append(path_to_text(rel_dir + name))
         subdirs.reverse()  # popped from the end: enter them in listing order
+        self.files += nfiles
+        self.bytes += nbytes
         folder.nfiles, folder.nbytes = nfiles, nbytes
         folder.lo, folder.hi = lo or 0, hi or 0
         if folder.eligible:
