@@ -1,9 +1,15 @@
 /* A minimal `b3sum FILE...` for the benchmark's hash floor, when the Rust b3sum is absent.
  *
- * Built by bench/run.py against the official BLAKE3 C implementation
- * (https://github.com/BLAKE3-team/BLAKE3, c/), with its SIMD back ends: for each file,
- * open, read(2) in 64 KiB blocks, hash, print "<hex>  <path>" like b3sum. Single-threaded,
- * as b3sum is for small files.
+ * Built against the official BLAKE3 C implementation (https://github.com/BLAKE3-team/BLAKE3,
+ * folder c/), with its SIMD back ends; in that folder:
+ *
+ *   gcc -O3 -o /tmp/bench_trees/b3sum /path/to/bench/b3sum.c blake3.c blake3_dispatch.c \
+ *       blake3_portable.c blake3_sse2_x86-64_unix.S blake3_sse41_x86-64_unix.S \
+ *       blake3_avx2_x86-64_unix.S blake3_avx512_x86-64_unix.S -I.
+ *
+ * bench/run.py uses b3sum from PATH, else /tmp/bench_trees/b3sum. For each file: open,
+ * read(2) in 64 KiB blocks, hash, print "<hex>  <path>" like b3sum. Single-threaded, as
+ * b3sum is for small files.
  */
 #include "blake3.h"
 #include <errno.h>

@@ -141,10 +141,10 @@ def run_once(
 ) -> Sample:
     """One whole process: the wall time around it, and the peak RSS of its process tree.
 
-    The peak is the sum over every process that took part (the command and its workers) of
-    its own peak (``VmHWM``, polled every 5 ms while it runs); the command's own ``rusage``
-    peak from ``os.wait4`` is a floor for its share. For a shell pipeline the shell's
-    children are the processes measured."""
+    Every 5 ms the process tree is listed and each live process's own peak (``VmHWM``) read;
+    the result is the largest sum over processes alive at the same moment (the command and
+    its workers; for a shell pipeline, the shell's children), and at least the command's own
+    ``rusage`` peak from ``os.wait4``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         argv,
@@ -155,17 +155,23 @@ def run_once(
         executable="/bin/bash" if shell else None,
     )
     peaks: dict[int, int] = {}
+    concurrent = [0]  # the largest sum of peaks over processes alive at the same moment
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.is_set():
             todo = [proc.pid]
+            alive: dict[int, int] = {}
             while todo:
                 pid = todo.pop()
                 peak = _hwm(pid)
                 if peak:
                     peaks[pid] = max(peaks.get(pid, 0), peak)
+                    alive[pid] = peak
                 todo.extend(_children(pid))
+            if shell:
+                alive.pop(proc.pid, None)  # the shell itself is not what is measured
+            concurrent[0] = max(concurrent[0], sum(alive.values()))
             stop.wait(0.005)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -180,10 +186,12 @@ def run_once(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{argv!r} exited {proc.returncode}: {stderr.decode()[-2000:]}")
-    peaks[proc.pid] = max(peaks.get(proc.pid, 0), usage.ru_maxrss * 1024)
     if shell:
-        peaks.pop(proc.pid, None)  # the shell itself is not what is measured
-    return Sample(elapsed, sum(peaks.values()), len(peaks))
+        peaks.pop(proc.pid, None)
+        floor = 0
+    else:
+        floor = usage.ru_maxrss * 1024  # the command's own peak, if the polls missed it
+    return Sample(elapsed, max(concurrent[0], floor), len(peaks))
 
 
 def output(argv: Sequence[str], env: dict[str, str] | None = None) -> str:

@@ -121,3 +121,41 @@ def test_choose_jobs() -> None:
     assert choose_jobs(10, 3) == 3  # MANIFEST_JOBS wins
     cores = len(os.sched_getaffinity(0))
     assert choose_jobs(2_000_000, None) == max(1, min(cores, manifest.pool.MAX_JOBS))
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_workers_apply_the_filters_and_skip_a_store_inside_the_root(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    write(raw / "d04" / "s1" / "notes.txt", "not a csv\n")
+
+    def scan(jobs: int, store: str) -> tuple[object, ...]:
+        config = load_config(
+            root=raw,
+            store=raw / store,  # inside the root: never scanned
+            cooldown_sec=0,
+            include=("**/*.csv", "**/*.txt"),
+            exclude=("d1*/**", "**/f4.csv"),
+            env={"MANIFEST_JOBS": str(jobs)},
+        )
+        (raw / store).mkdir(exist_ok=True)
+        result = Repository(config).scan(base=None)
+        return (result.root_id, result.files, result.jobs > 1)
+
+    serial, parallel = scan(1, ".one"), scan(2, ".two")
+    assert serial[:2] == parallel[:2] and parallel[2] and not serial[2]
+    # 24 folders minus d10-d19, 4 csv files each, plus the top csv and the txt
+    assert serial[1] == 14 * 4 + 1 + 1
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_progress_counts_every_file_once(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    repo = _repo(tmp_path, "state", 2)
+    (tmp_path / "state").mkdir()
+    seen: list[int] = []
+    hashed: list[int] = []
+    repo.scan(base=None, on_walk=lambda files, _b: seen.append(files), on_hash=hashed.append)
+    assert seen and max(seen) <= 24 * 5 + 1  # never more than there are
+    assert sum(hashed) == sum(p.stat().st_size for p in raw.rglob("*.csv"))
