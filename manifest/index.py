@@ -16,7 +16,7 @@ more than the folders that changed:
   keeps the digests but never reuses a tree id.
 
 Racy entries (an mtime or ctime not safely older than the moment their folder was listed)
-are stored smudged (size -1) and their folder gets no signature, so they are re-hashed.
+are stored smudged (inode -1) and their folder gets no signature, so they are re-hashed.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class FolderHead(msgspec.Struct, frozen=True, array_like=True):
     lo: int  # lowest and highest mtime of the files
     hi: int
     subdirs: tuple[TreeEntry, ...]
+    # the tree is exactly the payload's files and ``subdirs`` (no symlink, no carried entry)
+    pure: bool = False
 
 
 class Loaded(msgspec.Struct, frozen=True, array_like=True):
@@ -80,6 +82,16 @@ _ENCODER: Final = msgspec.msgpack.Encoder()
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(FolderHead)
 _HEADER_DECODER: Final = msgspec.msgpack.Decoder(IndexHeader)
 _PAYLOAD_DECODER: Final = msgspec.msgpack.Decoder(list[IndexEntry])
+
+
+SMUDGED_INO: Final = -1  # never a real inode number: a smudged entry never matches a stat
+
+
+def smudged(entry: IndexEntry) -> IndexEntry:
+    """The entry, marked racy: its digest is kept, but no stat will match it again."""
+    return IndexEntry(
+        entry.name, entry.size, entry.mtime_ns, SMUDGED_INO, entry.ctime_ns, entry.digest
+    )
 
 
 def scan_context(config: object) -> bytes:

@@ -90,7 +90,7 @@ StoredObject = Tree | Snapshot
 class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
     """Stat cache line (like git's index): reuse ``digest`` while the stat is unchanged.
 
-    ``size`` is -1 for a smudged (racy) entry, which never matches and is re-hashed.
+    ``ino`` is -1 for a smudged (racy) entry, which never matches and is re-hashed.
     """
 
     name: bytes

@@ -34,7 +34,7 @@ from manifest import fingerprint
 from manifest.errors import RootError
 from manifest.fingerprint import FileChangedError, NotRegularFile, hash_file
 from manifest.globs import PathFilter
-from manifest.index import CacheView, FolderHead, encode_payload
+from manifest.index import CacheView, FolderHead, encode_payload, smudged
 from manifest.model import (
     KIND_FILE,
     KIND_SYMLINK,
@@ -178,6 +178,7 @@ class _Folder:
         "eligible",
         "entries",
         "fd",
+        "files",
         "files_before",
         "hi",
         "index",
@@ -186,6 +187,7 @@ class _Folder:
         "nbytes",
         "nfiles",
         "rel",
+        "same",
         "signature",
         "subdirs",
         "trees",
@@ -196,14 +198,18 @@ class _Folder:
         self.rel = rel  # b"" or ends with b"/"
         self.name = name
         self.files_before = files_before
-        self.entries: list[TreeEntry] = []  # files, symlinks, carried entries
+        self.entries: list[TreeEntry] = []  # symlinks and carried entries
+        # the regular files scanned, as the stat cache records them (their tree entries are
+        # built only when the tree changed)
+        self.files: list[IndexEntry] = []
+        self.same: FolderHead | None = None  # the files are exactly as in this head's tree
         self.trees: list[TreeEntry] = []  # subfolders scanned
         self.subdirs: list[bytes] = []
         # the stat cache: the head that matched, or what to record
         self.clean: FolderHead | None = None
         self.signature = b""
         self.eligible = True  # a signature can be trusted (nothing racy, special, carried)
-        self.index: list[IndexEntry] = []
+        self.index: list[IndexEntry] = []  # the stat cache entries of carried files
         self.nfiles = 0
         self.nbytes = 0
         self.lo = 0
@@ -394,8 +400,10 @@ class Scanner:
         subdirs = tuple(folder.trees)
         head = folder.clean
         cache = self.cache
+        content = self.content
         oid: str | None = None
         if head is not None and cache is not None:
+            # the fast path matched: the recorded files, perhaps new subfolder entries
             if head.subdirs == subdirs:
                 oid = head.tree.hex()
                 self.clean_trees[oid] = folder.rel
@@ -403,7 +411,7 @@ class Scanner:
             else:
                 payload = cache.payload(folder.rel)
                 if payload is not None:
-                    files = [file_entry(e, self.content) for e in cache.decode_payload(payload)]
+                    files = [file_entry(e, content) for e in cache.decode_payload(payload)]
                     oid = self._store_tree(files + list(subdirs))
                     cache.put(
                         msgspec.structs.replace(head, tree=bytes.fromhex(oid), subdirs=subdirs),
@@ -416,7 +424,14 @@ class Scanner:
                 self._scan_listing(folder, self._list_dir(folder.fd, folder.rel), self.clock())
                 folder.subdirs.clear()  # its subfolders are done already
         if oid is None:
-            oid = self._store_tree(folder.entries + list(subdirs))
+            same = folder.same
+            if same is not None and same.subdirs == subdirs:
+                # stats changed, entries did not (a touch in content mode): the recorded tree
+                oid = same.tree.hex()
+                self.clean_trees[oid] = folder.rel
+            else:
+                files = [file_entry(e, content) for e in folder.files]
+                oid = self._store_tree(folder.entries + files + list(subdirs))
             if cache is not None:
                 eligible = folder.eligible and bool(folder.signature)
                 cache.put(
@@ -429,10 +444,11 @@ class Scanner:
                         folder.lo,
                         folder.hi,
                         subdirs,
+                        not folder.entries,
                     ),
-                    encode_payload(folder.index),
+                    encode_payload(folder.files + folder.index),
                 )
-        direct = len(folder.entries) if folder.clean is None else folder.clean.files
+        direct = len(folder.entries) + folder.nfiles if folder.clean is None else folder.clean.files
         if parent is not None and (direct or subdirs):
             # empty folders are not recorded (only files are)
             count = direct + sum(t.size for t in subdirs)
@@ -547,7 +563,7 @@ class Scanner:
         dir_fd = folder.fd
         entries = folder.entries
         subdirs = folder.subdirs
-        index = folder.index
+        files = folder.files
         append = entries.append
         filt = self.filter
         everything = filt.everything
@@ -558,6 +574,10 @@ class Scanner:
         fast = self.inline_fast_paths
         cache = self.cache
         known_here = cache.entries(rel_dir) if cache is not None and not self.rehash_all else {}
+        # the files may turn out exactly as in the recorded tree (then it is not rebuilt)
+        same = cache.head(rel_dir) if cache is not None and known_here else None
+        if same is not None and not same.pure:
+            same = None
         # The common cases, inlined: a plain mtime_size entry the cache has no digest for,
         # and a stat-cache hit.
         plain_mtime = fast and not self.content and not self.rehash_all
@@ -604,6 +624,7 @@ class Scanner:
                 if after < mtime < before:
                     self.unstable.append(path_to_text(rel_dir + name))
                     self.carry(folder, name)
+                    same = None
                     continue
                 size = st.st_size
                 known = known_here.get(name)
@@ -613,29 +634,37 @@ class Scanner:
                     and known.size == size
                     and known.ctime_ns == st.st_ctime_ns
                     and known.ino == st.st_ino
-                ):  # a stat-cache hit
-                    index.append(known)
-                    digest = known.digest
-                elif plain_mtime:
-                    index.append(IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, b""))
-                    digest = b""
+                ):
+                    # a stat-cache hit: recorded when it was not racy, so it still is not
+                    files.append(known)
                 else:
-                    hashed = self._hash(folder, name, st)
-                    if hashed is None:
-                        continue
-                    digest, st = hashed
-                    size = st.st_size
-                    mtime = st.st_mtime_ns
-                    index.append(IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, digest))
-                    if rows[-1][2:] != (mtime, size, st.st_ino, st.st_ctime_ns):
-                        folder.eligible = False  # hashed bytes are not what the stat saw
-                if mtime >= racy_after or st.st_ctime_ns >= racy_after:
-                    # git's racy rule: a same-size edit within the timestamp granularity of
-                    # this listing would leave the stat unchanged: smudge, re-hash next time
-                    e = index[-1]
-                    index[-1] = IndexEntry(e.name, -1, e.mtime_ns, e.ino, e.ctime_ns, e.digest)
-                    folder.eligible = False
-                append(TreeEntry(name, KIND_FILE, size, 0 if content else mtime, digest))
+                    if plain_mtime:
+                        new = IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, b"")
+                    else:
+                        hashed = self._hash(folder, name, st)
+                        if hashed is None:
+                            same = None
+                            continue
+                        digest, st = hashed
+                        size = st.st_size
+                        mtime = st.st_mtime_ns
+                        new = IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, digest)
+                        if rows[-1][2:] != (mtime, size, st.st_ino, st.st_ctime_ns):
+                            folder.eligible = False  # hashed bytes are not what the stat saw
+                    if mtime >= racy_after or st.st_ctime_ns >= racy_after:
+                        # git's racy rule: a same-size edit within the timestamp granularity
+                        # of this listing would leave the stat unchanged: smudge, so it is
+                        # re-hashed next time
+                        new = smudged(new)
+                        folder.eligible = False
+                    files.append(new)
+                    if same is not None and (
+                        known is None
+                        or known.size != size
+                        or known.digest != new.digest
+                        or (not content and known.mtime_ns != mtime)
+                    ):
+                        same = None  # its tree entry differs
                 nfiles += 1
                 nbytes += size
                 if lo is None:
@@ -646,6 +675,7 @@ class Scanner:
                     hi = mtime
             elif stat.S_ISLNK(st.st_mode):
                 folder.eligible = False
+                same = None
                 rel = rel_dir + name
                 try:
                     target = os.readlink(name, dir_fd=dir_fd)
@@ -661,6 +691,9 @@ class Scanner:
                 folder.eligible = False
                 self.skipped.append(path_to_text(rel_dir + name))
         subdirs.reverse()  # popped from the end: enter them in listing order
+        if same is not None and (nfiles != len(known_here) or folder.entries):
+            same = None  # a file gone, or a symlink or carried entry: build the tree
+        folder.same = same
         self.files += nfiles
         self.bytes += nbytes
         folder.nfiles, folder.nbytes = nfiles, nbytes

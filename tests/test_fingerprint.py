@@ -181,13 +181,13 @@ def test_racy_entries_are_smudged_and_rehashed(tmp_path: Path) -> None:
     index = tmp_path / "index"
     # The folder was listed in the same tick as the file's mtime: racy.
     assert _scan_at(root, index, st.st_mtime_ns) == 1
-    assert [e.size for e in _recorded(index)] == [-1]
+    assert [e.ino for e in _recorded(index)] == [-1]
     assert StatCache(index, "content_hash").head(b"").signature == b""  # type: ignore[union-attr]
     # so the next scan re-hashes it, even though the stat matches; once the mtime and ctime
     # are safely older than the listing, the entry is trusted
     later = max(st.st_mtime_ns, st.st_ctime_ns) + RACY_NS + 1
     assert _scan_at(root, index, later) == 1
-    assert [e.size for e in _recorded(index)] == [4]
+    assert [e.ino for e in _recorded(index)] == [st.st_ino]
     assert _scan_at(root, index, later) == 0
 
 
@@ -215,7 +215,7 @@ def test_racy_entries_by_mtime_or_ctime_against_the_listing_time(
     index = tmp_path / "index"
     _scan_at(root, index, now)
     # a smudged entry never matches, so the file is hashed again on the next scan
-    assert ([e.size for e in _recorded(index)] == [-1]) == racy
+    assert ([e.ino for e in _recorded(index)] == [-1]) == racy
     assert (_scan_at(root, index, now) == 1) == racy
 
 

@@ -156,3 +156,43 @@ def test_unreadable_index_is_only_a_cache_miss(tmp_path: Path) -> None:
     cache = StatCache(path, "content_hash")
     assert cache.records == {} and cache.entries(b"") == {}
     assert cache.save() is False  # cannot be written either; nothing raised
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_touch_in_content_mode_reuses_the_recorded_tree(repo: Repository, tmp_path: Path) -> None:
+    from .conftest import touch
+
+    base = repo.resolve("last")
+    touch(tmp_path / "raw" / "d03" / "f2.csv")
+    result = repo.scan(base=base)
+    assert result.hashed == 1  # the stat changed, so the file was read again...
+    assert result.root_id == repo.read_snapshot(base).root  # ...and nothing else changed
+    assert not result.trees.built  # no tree was built for it: the recorded one is reused
+    snap, changes = repo.snapshot(ref="last")
+    assert changes == ChangeSet() and repo.fsck().ok
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_removed_symlink_is_not_hidden_by_a_reused_tree(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _tree(raw)
+    (raw / "d01" / "link.csv").symlink_to("f1.csv")
+    repo = _repo(tmp_path)
+    repo.snapshot(ref="last")
+    os.unlink(raw / "d01" / "link.csv")
+    from .conftest import touch
+
+    touch(raw / "d01" / "f2.csv")  # and a stat change in the same folder
+    assert repo.status().changes == ChangeSet(removed=("d01/link.csv",))
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_touch_in_mtime_mode_is_a_change(tmp_path: Path) -> None:
+    from .conftest import touch
+
+    _tree(tmp_path / "raw")
+    repo = _repo(tmp_path, mode="mtime_size")
+    repo.snapshot(ref="last")
+    touch(tmp_path / "raw" / "d05" / "f0.csv")
+    assert repo.status().changes == ChangeSet(modified=("d05/f0.csv",))
+    assert repo.status().changes == ChangeSet(modified=("d05/f0.csv",))  # cache warm
