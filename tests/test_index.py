@@ -168,7 +168,7 @@ def test_a_touch_in_content_mode_reuses_the_recorded_tree(repo: Repository, tmp_
     assert result.hashed == 1  # the stat changed, so the file was read again...
     assert result.root_id == repo.read_snapshot(base).root  # ...and nothing else changed
     assert not result.trees.built  # no tree was built for it: the recorded one is reused
-    snap, changes = repo.snapshot(ref="last")
+    _snap, changes = repo.snapshot(ref="last")
     assert changes == ChangeSet() and repo.fsck().ok
 
 
