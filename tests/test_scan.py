@@ -131,7 +131,16 @@ def test_unreadable_file_is_a_problem_not_a_removal(
             raise PermissionError(13, "Permission denied")
         return real_hash(path, **kwargs)  # type: ignore[arg-type]
 
+    real_read = manifest.scan._read_small
+
+    def deny_small(name: bytes, dir_fd: int, size: int) -> bytes | None:
+        # the inlined read of a small file gives up, as an open refused would make it
+        if name == b"concepts_metadata.csv":
+            return None
+        return real_read(name, dir_fd, size)
+
     monkeypatch.setattr(manifest.scan, "hash_file", deny)
+    monkeypatch.setattr(manifest.scan, "_read_small", deny_small)
     status = repo.status()
     assert status.changes == ChangeSet()
     assert status.problems == (ScanProblem("concepts/concepts_metadata.csv", "Permission denied"),)
