@@ -337,7 +337,7 @@ class StatCache(CacheView):
             st = os.fstat(fd)
             if st.st_ino != self.ino or st.st_size != self.end:
                 return False  # replaced or appended to meanwhile: rewrite from what we know
-            write_all(fd, b"".join(frame(h, p) for h, p in self.updates.values()))
+            _write_frames(fd, self.updates.values())
             return True
         finally:
             os.close(fd)
@@ -362,8 +362,8 @@ class StatCache(CacheView):
                     if pending > _READ_BLOCK:
                         write_all(fd, b"".join(out))
                         out, pending = [], 0
-                out.extend(frame(h, p) for h, p in self.updates.values())
                 write_all(fd, b"".join(out))
+                _write_frames(fd, self.updates.values())
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
@@ -371,3 +371,17 @@ class StatCache(CacheView):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _write_frames(fd: int, records: Iterable[tuple[bytes, bytes]]) -> None:
+    """Write records framed, about a MiB at a time (never the whole cache in one buffer)."""
+    batch: list[bytes] = []
+    size = 0
+    for head, payload in records:
+        batch.append(frame(head, payload))
+        size += len(batch[-1])
+        if size >= _READ_BLOCK:
+            write_all(fd, b"".join(batch))
+            batch, size = [], 0
+    if batch:
+        write_all(fd, b"".join(batch))

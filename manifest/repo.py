@@ -49,7 +49,6 @@ from manifest.model import (
     text_to_path,
 )
 from manifest.objects import ObjectStore, is_id_prefix, is_object_id
-from manifest.pool import choose_jobs
 from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 from manifest.text import escape_path
@@ -328,6 +327,8 @@ class Repository:
         on_walk: Callable[[int, int], None] | None = None,
     ) -> ScanResult:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
+        from manifest.pool import choose_jobs  # here: a CLI command that never scans skips it
+
         config = self.config
         base_snap = self.read_snapshot(base) if base else None
         cache = StatCache(self.store / "index", config.mode, scan_context(config))
