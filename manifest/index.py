@@ -189,9 +189,11 @@ class CacheView:
             return
         self.updates[head.path] = (encode_head(head), payload)
 
-    def subset(self, prefix: bytes) -> list[Loaded]:
-        """The records at or under folder ``prefix`` (what a worker needs for a subtree)."""
-        return [r for p, r in self.records.items() if p.startswith(prefix)]
+    def merge(self, updates: Iterable[tuple[bytes, bytes]], kept: Iterable[bytes]) -> None:
+        """Take what a scan worker recorded of its subtree (encoded heads and payloads)."""
+        for head_bytes, payload in updates:
+            self.updates[_HEAD_DECODER.decode(head_bytes).path] = (head_bytes, payload)
+        self.kept.update(kept)
 
     def __len__(self) -> int:
         return sum(r.head.files for r in self.records.values())
@@ -287,13 +289,6 @@ class StatCache(CacheView):
         if pos != size:
             self.rewrite = True
         self.end = pos
-
-    def merge(self, updates: Iterable[tuple[bytes, bytes]], kept: Iterable[bytes]) -> None:
-        """Take a worker's results."""
-        for head_bytes, payload in updates:
-            path = _HEAD_DECODER.decode(head_bytes).path
-            self.updates[path] = (head_bytes, payload)
-        self.kept.update(kept)
 
     def save(self) -> bool:
         """Write what changed: append the changed folders' records, or rewrite the file

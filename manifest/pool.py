@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from manifest.globs import PathFilter
-from manifest.index import _HEAD_DECODER, CacheView, Loaded
+from manifest.index import CacheView, Loaded
 from manifest.model import TreeEntry
 from manifest.scan import ScanProblem
 
@@ -209,11 +209,8 @@ def _merge(scanner: Scanner, parent: _Folder, part: Part) -> None:
     scanner.unstable.extend(part.unstable)
     scanner.problems.extend(part.problems)
     scanner.skipped.extend(part.skipped)
-    cache = scanner.cache
-    if cache is not None:
-        for head_bytes, payload in part.updates:
-            cache.updates[_HEAD_DECODER.decode(head_bytes).path] = (head_bytes, payload)
-        cache.kept.update(part.kept)
+    if scanner.cache is not None:
+        scanner.cache.merge(part.updates, part.kept)
 
 
 def worker_argv() -> list[str]:
