@@ -227,6 +227,15 @@ def measure(
 Job = tuple[Measurement, "Sequence[str] | str", dict[str, str], "Callable[[int], None] | None"]
 
 
+def _report(jobs: list[Job]) -> None:
+    for m, *_ in jobs:
+        print(
+            f"  {m.title}: median {m.median:.3f}s  min {m.min:.3f}s  max {m.max:.3f}s  "
+            f"max RSS {m.max_rss / MIB:.1f} MiB ({max(x.procs for x in m.samples)} processes)",
+            flush=True,
+        )
+
+
 def measure_interleaved(jobs: list[Job], runs: int) -> None:
     """Measure several commands round-robin (one warm-up each, then ``runs`` rounds), so
     that drift on a shared machine hits each of them alike."""
@@ -237,12 +246,7 @@ def measure_interleaved(jobs: list[Job], runs: int) -> None:
             sample = run_once(argv, env, shell=isinstance(argv, str))
             if i >= 0:
                 m.samples.append(sample)
-    for m, *_ in jobs:
-        print(
-            f"  {m.title}: median {m.median:.3f}s  min {m.min:.3f}s  max {m.max:.3f}s  "
-            f"max RSS {m.max_rss / MIB:.1f} MiB ({max(x.procs for x in m.samples)} processes)",
-            flush=True,
-        )
+    _report(jobs)
 
 
 def measure_interleaved_shell(jobs: list[Job], runs: int) -> None:
@@ -253,12 +257,7 @@ def measure_interleaved_shell(jobs: list[Job], runs: int) -> None:
             if prepare is not None:
                 prepare(i)
             m.samples.append(run_once(argv, env, shell=isinstance(argv, str)))
-    for m, *_ in jobs:
-        print(
-            f"  {m.title}: median {m.median:.3f}s  min {m.min:.3f}s  max {m.max:.3f}s  "
-            f"max RSS {m.max_rss / MIB:.1f} MiB ({max(x.procs for x in m.samples)} processes)",
-            flush=True,
-        )
+    _report(jobs)
 
 
 def cmd_text(argv: Sequence[str] | str) -> str:
