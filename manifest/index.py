@@ -28,7 +28,7 @@ import weakref
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 from blake3 import blake3
@@ -36,6 +36,8 @@ from blake3 import blake3
 from manifest.errors import FormatVersionError, ManifestError, StaleLockError
 from manifest.fsutil import LockFile, write_all
 from manifest.model import IndexEntry, TreeEntry
+
+T = TypeVar("T")
 
 INDEX_MAGIC: Final = b"MANIFEST-INDEX\x00\x02"
 INDEX_FORMAT: Final = 2
@@ -100,6 +102,16 @@ def scan_context(config: object) -> bytes:
     include = getattr(config, "include", ())
     exclude = getattr(config, "exclude", ())
     return blake3(_ENCODER.encode([mode, list(include), list(exclude)])).digest()[:16]
+
+
+def _checked(data: bytes, length: int, crc: int, decoder: msgspec.msgpack.Decoder[T]) -> T | None:
+    """``data`` decoded, if it has the length and CRC-32 its frame promised; else None."""
+    if len(data) != length or zlib.crc32(data) != crc:
+        return None
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
 
 
 def encode_payload(entries: list[IndexEntry]) -> bytes:
@@ -242,12 +254,8 @@ class StatCache(CacheView):
         length, crc = _HEADER_FRAME.unpack_from(head, len(INDEX_MAGIC))
         pos = len(head)
         data = os.pread(fd, length, pos)
-        if len(data) != length or zlib.crc32(data) != crc:
-            self.rewrite = True
-            return
-        try:
-            header = _HEADER_DECODER.decode(data)
-        except msgspec.DecodeError:
+        header = _checked(data, length, crc, _HEADER_DECODER)
+        if header is None:
             self.rewrite = True
             return
         if header.format > INDEX_FORMAT:
@@ -274,12 +282,8 @@ class StatCache(CacheView):
                 block = os.pread(fd, max(_READ_BLOCK, hlen), start)
                 block_at = start
             head_bytes = block[start - block_at : start - block_at + hlen]
-            if zlib.crc32(head_bytes) != hcrc:
-                self.rewrite = True
-                break
-            try:
-                folder = _HEAD_DECODER.decode(head_bytes)
-            except msgspec.DecodeError:
+            folder = _checked(head_bytes, hlen, hcrc, _HEAD_DECODER)
+            if folder is None:
                 self.rewrite = True
                 break
             self.records[folder.path] = Loaded(folder, start + hlen, plen, pcrc)

@@ -50,7 +50,7 @@ _PROGRESS_EVERY_NS: Final = 100_000_000
 class Setup(msgspec.Struct, tag="setup"):
     root: bytes
     mode: str
-    cooldown_ns: int
+    window_ns: int  # the scan's unstable window (cooldown, or the racy window)
     racy_ns: int
     now_ns: int
     include: list[str]
@@ -233,7 +233,7 @@ class _Workers:
         self.setup = Setup(
             root=scanner.root,
             mode=scanner.mode,
-            cooldown_ns=scanner.window_ns,
+            window_ns=scanner.window_ns,
             racy_ns=scanner.racy_ns,
             now_ns=scanner._unstable_after + scanner.window_ns,
             include=list(filt.patterns[0]),
@@ -505,7 +505,7 @@ def worker_main() -> int:
         scanner = Scanner(
             setup.root,
             mode=setup.mode,
-            cooldown_ns=setup.cooldown_ns,
+            cooldown_ns=setup.window_ns,
             path_filter=path_filter,
             cache=cache,
             base=base,
@@ -515,7 +515,7 @@ def worker_main() -> int:
             racy_ns=setup.racy_ns,
         )
         scanner.inline_fast_paths = setup.fast
-        scanner.window_ns = setup.cooldown_ns
+        scanner.window_ns = setup.window_ns
         scanner.set_window(setup.now_ns)
         scanner.skip_ids = {tuple(x) for x in setup.skip_ids}  # type: ignore[misc]
         try:
@@ -523,7 +523,7 @@ def worker_main() -> int:
         except OSError as exc:
             _send(stdout, Failed(str(exc)))
             return 1
-        parent = _Folder(parent_fd, task.parent, b"", 0)
+        parent = _Folder(parent_fd, task.parent, b"")
         try:
             child = scanner.enter(parent, task.name)
             if child is not None:

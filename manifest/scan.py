@@ -101,9 +101,6 @@ class TreeSource:
         yield from self.built
         yield from self.clean
 
-    def __len__(self) -> int:
-        return len(self.built) + len(self.clean)
-
 
 def file_entry(e: IndexEntry, content: bool) -> TreeEntry:
     """The tree entry of a file the stat cache knows (an unsmudged entry)."""
@@ -179,7 +176,6 @@ class _Folder:
         "entries",
         "fd",
         "files",
-        "files_before",
         "hi",
         "index",
         "lo",
@@ -193,11 +189,10 @@ class _Folder:
         "trees",
     )
 
-    def __init__(self, fd: int, rel: bytes, name: bytes, files_before: int) -> None:
+    def __init__(self, fd: int, rel: bytes, name: bytes) -> None:
         self.fd = fd
         self.rel = rel  # b"" or ends with b"/"
         self.name = name
-        self.files_before = files_before
         self.entries: list[TreeEntry] = []  # symlinks and carried entries
         # the regular files scanned, as the stat cache records them (their tree entries are
         # built only when the tree changed)
@@ -304,7 +299,7 @@ class Scanner:
             raise RootError(os.fsdecode(self.root), "is not a directory") from None
         except OSError as exc:
             raise RootError(os.fsdecode(self.root), f"cannot be read ({exc.strerror})") from exc
-        root = _Folder(root_fd, b"", b"", 0)
+        root = _Folder(root_fd, b"", b"")
         try:
             self._list_folder(root)
         except OSError as exc:
@@ -379,7 +374,7 @@ class Scanner:
             self._problem(rel, exc)
             self.carry(parent, name)
             return None
-        folder = _Folder(fd, rel + b"/", name, self.files)
+        folder = _Folder(fd, rel + b"/", name)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) in self.skip_ids:
