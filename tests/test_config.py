@@ -58,6 +58,8 @@ def test_explicit_arguments_win_over_environment(tmp_path: Path) -> None:
         ("RAW_SCAN_COOLDOWN_SEC", "-1", "seconds"),
         ("RAW_SCAN_COOLDOWN_SEC", "nan", "seconds"),
         ("RAW_SCAN_BOOTSTRAP", "everything", "baseline or all"),
+        ("MANIFEST_JOBS", "lots", "a number of processes >= 1, or auto"),
+        ("MANIFEST_JOBS", "0", "a number of processes >= 1, or auto"),
     ],
 )
 def test_invalid_values_name_the_variable_and_allowed_values(
@@ -67,3 +69,10 @@ def test_invalid_values_name_the_variable_and_allowed_values(
         load_config(env={variable: value}, cwd=tmp_path)
     message = str(info.value)
     assert variable in message and repr(value) in message and allowed in message
+
+
+@pytest.mark.parametrize(
+    ("value", "jobs"), [("", None), ("auto", None), (" AUTO ", None), ("3", 3)]
+)
+def test_manifest_jobs(tmp_path: Path, value: str, jobs: int | None) -> None:
+    assert load_config(env={"MANIFEST_JOBS": value}, cwd=tmp_path).jobs == jobs
