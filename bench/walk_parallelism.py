@@ -5,8 +5,8 @@ does (``scandir`` of the folder's descriptor, one ``lstat`` per file relative to
 row per entry, one BLAKE3 of the msgpack rows per folder) and prints the wall time. MODE is
 ``serial``, ``threadsN`` (a thread pool of N) or ``procsN`` (N spawned processes, the folders
 dealt out in 8N chunks). docs/benchmarks.md quotes its figures: on this 2-core machine two
-threads were slower than one thread (the GIL is handed over at every system call), two
-processes were ~2x faster. That is why ``manifest.pool`` uses processes.
+threads were no faster than one, usually slower (the GIL is handed over at every system
+call); two processes were ~2x faster. That is why ``manifest.pool`` uses processes.
 """
 
 from __future__ import annotations
