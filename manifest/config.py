@@ -16,11 +16,12 @@ from typing import Literal
 import msgspec
 
 from manifest.errors import ConfigError
+from manifest.location import BucketURL, parse_location
 
-HashMode = Literal["content_hash", "mtime_size"]
+HashMode = Literal["content_hash", "mtime_size", "etag"]
 Bootstrap = Literal["baseline", "all"]
 
-HASH_MODES: tuple[HashMode, ...] = ("content_hash", "mtime_size")
+HASH_MODES: tuple[HashMode, ...] = ("content_hash", "mtime_size", "etag")
 BOOTSTRAPS: tuple[Bootstrap, ...] = ("baseline", "all")
 
 DEFAULT_DATA_DIR = "data/1_raw"
@@ -41,10 +42,16 @@ ENV_LOCK_TIMEOUT = "RAW_LOCK_TIMEOUT_SEC"
 DEFAULT_LOCK_TIMEOUT_SEC = 5.0
 # Processes that walk a big tree: a number, or "auto" (one per core for big trees)
 ENV_JOBS = "MANIFEST_JOBS"
+# Where a bucket store keeps this machine's stat cache (default: $XDG_CACHE_HOME/manifest)
+ENV_CACHE_DIR = "MANIFEST_CACHE_DIR"
 
 
 class Config(msgspec.Struct, frozen=True):
-    """Resolved settings. Paths are absolute."""
+    """Resolved settings. Paths are absolute.
+
+    A root or store on a bucket is ``root_url``/``store_url``; then ``store`` is this
+    machine's cache folder for that store (its stat cache, never its truth) and ``root`` is
+    unused."""
 
     root: Path
     store: Path
@@ -58,6 +65,16 @@ class Config(msgspec.Struct, frozen=True):
     # how the store was chosen: --store, RAW_STATE_DIR, found (walking up), default
     store_source: str = "default"
     searched: tuple[Path, ...] = ()
+    root_url: BucketURL | None = None
+    store_url: BucketURL | None = None
+
+    @property
+    def root_text(self) -> str:
+        return str(self.root_url) if self.root_url is not None else str(self.root)
+
+    @property
+    def store_text(self) -> str:
+        return str(self.store_url) if self.store_url is not None else str(self.store)
 
 
 def _split_globs(text: str) -> tuple[str, ...]:
@@ -153,14 +170,24 @@ def find_store(start: Path) -> tuple[Path | None, tuple[Path, ...]]:
     return None, tuple(searched)
 
 
-def read_store_file(store: Path) -> StoreFile:
-    path = store / CONFIG_FILE
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return StoreFile()  # no config file (or no store folder: the verbs say so)
-    except OSError as exc:
-        raise ConfigError(str(path), exc.strerror, "a readable file") from exc
+def read_store_file(store: Path, url: BucketURL | None = None) -> StoreFile:
+    """The store's ``config.toml`` (on the bucket for a bucket store), or defaults."""
+    path: str | Path = store / CONFIG_FILE
+    if url is not None:
+        from manifest.bucket import Bucket  # only for a bucket store
+
+        path = f"{url}/{CONFIG_FILE}"
+        got = Bucket(url).get(CONFIG_FILE)
+        if got is None:
+            return StoreFile()
+        data = got[0]
+    else:
+        try:
+            data = store.joinpath(CONFIG_FILE).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return StoreFile()  # no config file (or no store folder: the verbs say so)
+        except OSError as exc:
+            raise ConfigError(str(path), exc.strerror, "a readable file") from exc
     import tomllib  # only when a store has a config file
 
     try:
@@ -171,8 +198,22 @@ def read_store_file(store: Path) -> StoreFile:
         ) from exc
 
 
-def write_store_file(store: Path, settings: StoreFile) -> Path:
-    """Write ``<store>/config.toml`` (strings JSON-quoted, which TOML reads alike)."""
+def bucket_cache_dir(url: BucketURL) -> Path:
+    """This machine's folder for a bucket store's stat cache: ``$MANIFEST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/manifest``, else ``~/.cache/manifest``; one subfolder per store URL."""
+    from blake3 import blake3
+
+    env = os.environ  # a property of this machine, like the credentials
+    base = env.get(ENV_CACHE_DIR, "").strip()
+    if not base:
+        xdg = env.get("XDG_CACHE_HOME", "").strip()
+        base = os.path.join(xdg, "manifest") if xdg else "~/.cache/manifest"
+    name = f"{url.bucket}-{blake3(str(url).encode()).hexdigest()[:16]}"
+    return Path(os.path.realpath(os.path.expanduser(base))) / name
+
+
+def store_file_text(settings: StoreFile) -> bytes:
+    """``config.toml``'s bytes (strings JSON-quoted, which TOML reads alike)."""
     lines = ["# written by `manifest init`; flags and RAW_* variables override these"]
     if settings.root is not None:
         lines.append(f"root = {json.dumps(settings.root)}  # relative to the folder of .manifest")
@@ -182,10 +223,15 @@ def write_store_file(store: Path, settings: StoreFile) -> Path:
         values = getattr(settings, key)
         if values:
             lines.append(f"{key} = [{', '.join(json.dumps(v) for v in values)}]")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def write_store_file(store: Path, settings: StoreFile) -> Path:
+    """Write ``<store>/config.toml``."""
     from manifest.fsutil import atomic_write
 
     path = store / CONFIG_FILE
-    atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write(path, store_file_text(settings))
     return path
 
 
@@ -216,47 +262,93 @@ def load_config(
     if store is not None and not str(store).strip():
         raise ConfigError("--store", "", "the state store folder (an empty path is refused)")
     store_text = str(store) if store is not None else env.get(ENV_STATE_DIR, "").strip()
+    store_what = "--store" if store is not None else ENV_STATE_DIR
     searched: tuple[Path, ...] = ()
     found = None
+    store_url: BucketURL | None = None
     if store_text:
-        store_path = Path(os.path.realpath(cwd / os.path.expanduser(store_text)))
-        store_source = "--store" if store is not None else ENV_STATE_DIR
+        where = parse_location(store_text, store_what)
+        if isinstance(where, BucketURL):
+            store_url = where
+            store_path = bucket_cache_dir(where)
+        else:
+            store_path = Path(os.path.realpath(cwd / os.path.expanduser(where)))
+        store_source = store_what
     else:
         if discover:
             found, searched = find_store(cwd.absolute())
         store_path = found if found is not None else default_store(env, cwd)
         store_source = "found" if found is not None else "default"
-    file = read_store_file(store_path)
+    # A bucket store's config.toml is a request: read only if a setting falls back to it.
+    files: list[StoreFile] = []
 
+    def store_file() -> StoreFile:
+        if not files:
+            files.append(read_store_file(store_path, store_url))
+        return files[0]
+
+    root_url: BucketURL | None = None
     if root is not None:
-        root_path = (cwd / os.path.expanduser(str(root))).absolute()
+        root_where = parse_location(str(root), "--root")
     elif env.get(ENV_DATA_DIR):
-        root_path = (cwd / os.path.expanduser(env[ENV_DATA_DIR])).absolute()
-    elif file.root is not None:
-        root_path = (store_path.parent / os.path.expanduser(file.root)).absolute()
+        root_where = parse_location(env[ENV_DATA_DIR], ENV_DATA_DIR)
+    elif store_file().root is not None:
+        file_root = store_file().root or ""
+        root_where = parse_location(file_root, f"root in {store_path / CONFIG_FILE}")
+        if isinstance(root_where, Path) and store_url is not None:
+            root_where = Path(os.path.expanduser(root_where))
+            if not root_where.is_absolute():
+                raise ConfigError(
+                    f"root in {store_url}/{CONFIG_FILE}", file_root, "an absolute path or a URL"
+                )
+        elif isinstance(root_where, Path):
+            root_where = store_path.parent / os.path.expanduser(root_where)
     else:
-        root_path = (cwd / DEFAULT_DATA_DIR).absolute()
-    # Resolve symlinks in the folders above the root, not the root's own entries.
-    root_path = Path(os.path.realpath(root_path))
-
-    if store_path == root_path or root_path.is_relative_to(store_path):
+        root_where = cwd / DEFAULT_DATA_DIR
+    if isinstance(root_where, BucketURL):
+        root_url = root_where
+        root_path = Path("/nonexistent-bucket-root")
+        if store_url is not None and store_url.contains(root_url):
+            raise ConfigError(
+                store_what,
+                str(store_url),
+                f"a location that neither is nor contains the data root {root_url} (the "
+                "store would scan itself); put it beside the root",
+            )
+    else:
+        root_path = (cwd / os.path.expanduser(root_where)).absolute()
+        # Resolve symlinks in the folders above the root, not the root's own entries.
+        root_path = Path(os.path.realpath(root_path))
+    if (
+        root_url is None
+        and store_url is None
+        and (store_path == root_path or root_path.is_relative_to(store_path))
+    ):
         raise ConfigError(
             "--store" if store is not None else ENV_STATE_DIR,
             str(store_path),
             f"a folder that neither is nor contains the data root {root_path} (the store "
             "would scan itself); put it beside the root, or inside it",
         )
-    if mode is None and not env.get(ENV_HASH_MODE) and file.mode is not None:
-        mode = file.mode
-    if include is None and not env.get(ENV_INCLUDE, "").strip() and file.include is not None:
-        include = file.include
-    if exclude is None and not env.get(ENV_EXCLUDE, "").strip() and file.exclude is not None:
-        exclude = file.exclude
+    if mode is None and not env.get(ENV_HASH_MODE) and store_file().mode is not None:
+        mode = store_file().mode
+    if include is None and not env.get(ENV_INCLUDE, "").strip():
+        include = store_file().include
+    if exclude is None and not env.get(ENV_EXCLUDE, "").strip():
+        exclude = store_file().exclude
 
     if mode is not None:
         hash_mode = parse_hash_mode(mode, "--mode")
     else:
         hash_mode = parse_hash_mode(env.get(ENV_HASH_MODE) or DEFAULT_HASH_MODE)
+
+    if hash_mode == "etag" and root_url is None:
+        raise ConfigError(
+            "--mode" if mode is not None else ENV_HASH_MODE,
+            "etag",
+            "content_hash or mtime_size for a local root (etag reads a bucket's ETags: it "
+            "needs an s3:// root)",
+        )
 
     if cooldown_sec is not None:
         cooldown = parse_seconds(cooldown_sec, "--cooldown")
@@ -286,4 +378,6 @@ def load_config(
         lock_timeout_sec=lock_timeout,
         store_source=store_source,
         searched=searched,
+        root_url=root_url,
+        store_url=store_url,
     )

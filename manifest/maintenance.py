@@ -106,7 +106,7 @@ def mark(
         except CorruptObjectError as exc:
             if missing is None:
                 raise StoreError(
-                    str(repo.objects.path),
+                    repo.objects.where,
                     f"gc stopped: object {oid} (wanted by {wanted_by}) is corrupt, so what it "
                     f"references is unknown ({exc.detail}); run `manifest fsck`, then "
                     "`manifest reset` the refs that use it",
@@ -134,8 +134,8 @@ def expire_reflogs(repo: Repository, expire_seconds: float, now_ns: int | None =
     dropped = 0
     for name in list(refs.iter_reflog_names(strict=True)):
         with refs.transaction(name) as txn:
-            current = txn.value if refs.ref_path(name).is_file() else None
-            entries = refs.read_reflog(name, strict=True)
+            current = txn.value if refs.has_ref(name) else None
+            entries = txn.read_reflog(strict=True)
             keep = [
                 e
                 for i, e in enumerate(entries)
@@ -144,7 +144,7 @@ def expire_reflogs(repo: Repository, expire_seconds: float, now_ns: int | None =
                 or (current is not None and e.new == current)
             ]
             if len(keep) < len(entries):
-                refs.rewrite_reflog(name, keep)
+                txn.rewrite_reflog(keep)
                 dropped += len(entries) - len(keep)
     return dropped
 
@@ -193,23 +193,13 @@ def gc(
             ) from exc
         cutoff = time.time() - grace
         kept = removed = removed_bytes = temps = 0
-        for oid in list(repo.objects.iter_ids(strict=True)):
-            if oid in reachable:
-                kept += 1
-                continue
-            path = repo.objects.path / oid[:2] / oid[2:]
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise StoreError(str(path), f"cannot stat: {exc.strerror or exc}") from exc
-            if st.st_mtime > cutoff:
+        for oid, mtime, size in list(repo.objects.iter_infos(strict=True)):
+            if oid in reachable or mtime > cutoff:
                 kept += 1
                 continue
             repo.objects.delete(oid)
             removed += 1
-            removed_bytes += st.st_size
+            removed_bytes += size
         for tmp in iter_temp_files(store):
             age = lock_age(tmp)
             if age is not None and age >= grace:

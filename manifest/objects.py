@@ -57,6 +57,7 @@ class ObjectStore:
 
     def __init__(self, path: Path, *, sync: bool = True) -> None:
         self.path = path
+        self.where = str(path)  # for messages (a bucket store names its URL)
         self.sync = sync
 
     def _object_path(self, oid: str) -> Path:
@@ -224,6 +225,18 @@ class ObjectStore:
                 oid = fan + name
                 if is_object_id(oid) and oid.startswith(prefix):
                     yield oid
+
+    def iter_infos(self, *, strict: bool = False) -> Iterator[tuple[str, float, int]]:
+        """``(id, modified time in seconds, size)`` of every stored object (gc's sweep)."""
+        for oid in self.iter_ids(strict=strict):
+            path = self.path / oid[:2] / oid[2:]
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(str(path), f"cannot stat: {exc.strerror or exc}") from exc
+            yield oid, st.st_mtime, st.st_size
 
     def delete(self, oid: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -73,6 +73,12 @@ class RefStore:
     def log_path(self, name: str) -> Path:
         return self.logs_dir / validate_ref_name(name)
 
+    def has_ref(self, name: str) -> bool:
+        return self.ref_path(name).is_file()
+
+    def has_log(self, name: str) -> bool:
+        return self.log_path(name).is_file()
+
     def find_ref(self, name: str) -> str | None:
         """The snapshot id ``name`` holds, or None when unset."""
         path = self.ref_path(name)
@@ -266,6 +272,13 @@ class RefTransaction:
     @property
     def value(self) -> str | None:
         return self.refs.find_ref(self.name)
+
+    def read_reflog(self, *, strict: bool = False) -> list[ReflogEntry]:
+        return self.refs.read_reflog(self.name, strict=strict)
+
+    def rewrite_reflog(self, entries: list[ReflogEntry]) -> None:
+        """Replace the reflog (expiry) while the lock is held."""
+        self.refs.rewrite_reflog(self.name, entries)
 
     def set(
         self,

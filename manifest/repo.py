@@ -9,7 +9,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Literal, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -52,6 +53,9 @@ from manifest.objects import ObjectStore, is_id_prefix, is_object_id
 from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 from manifest.text import escape_path
+
+if TYPE_CHECKING:
+    from manifest.bucket import Bucket, BucketFiles, BucketRefs
 
 GC_GRACE_SECONDS: Final = 3600.0
 STORE_LOCK: Final = "store.flock"
@@ -152,13 +156,23 @@ class Repository:
         self, config: Config, *, sync: bool = True, lock_timeout: float | None = None
     ) -> None:
         self.config = config
-        self.store = config.store
-        self.objects = ObjectStore(self.store / "objects", sync=sync)
-        self.refs = RefStore(
-            self.store,
-            sync=sync,
-            lock_timeout=config.lock_timeout_sec if lock_timeout is None else lock_timeout,
-        )
+        self.store = config.store  # a bucket store: this machine's cache folder for it
+        timeout = config.lock_timeout_sec if lock_timeout is None else lock_timeout
+        self.objects: ObjectStore
+        self.refs: RefStore | BucketRefs
+        self.files: LocalFiles | BucketFiles
+        self.bucket: Bucket | None = None
+        if config.store_url is not None:
+            from manifest.bucket import Bucket, BucketFiles, BucketObjects, BucketRefs
+
+            self.bucket = Bucket(config.store_url)
+            self.objects = BucketObjects(self.bucket)
+            self.refs = BucketRefs(self.bucket, lock_timeout=timeout)
+            self.files = BucketFiles(self.bucket)
+        else:
+            self.objects = ObjectStore(self.store / "objects", sync=sync)
+            self.refs = RefStore(self.store, sync=sync, lock_timeout=timeout)
+            self.files = LocalFiles(self.store, sync=sync)
         self.sync = sync
         self._renames = config.mode == "content_hash"  # renames are content-mode only
         self._checked_format = False
@@ -179,6 +193,9 @@ class Repository:
     def _check_format(self, *, create: bool) -> None:
         if self._checked_format:
             return
+        if self.bucket is not None:
+            self._check_bucket_format(create=create)
+            return
         store = self.store
         marker = store / "FORMAT"
         if store.exists() and not store.is_dir():
@@ -190,11 +207,7 @@ class Repository:
         except OSError as exc:
             raise StoreError(str(store), f"cannot be read ({exc.strerror})") from exc
         if text is not None:
-            if not text.isdigit():
-                raise StoreError(str(marker), f"holds {text[:40]!r}, not a format version")
-            if int(text) > FORMAT_VERSION:
-                raise FormatVersionError(f"store {store}", text, FORMAT_VERSION)
-            self._checked_format = True
+            self._accept_format(text, str(marker))
             return
         if not create:
             return
@@ -205,6 +218,34 @@ class Repository:
         except OSError as exc:
             raise StoreError(str(store), f"cannot be created ({exc.strerror})") from exc
         self._checked_format = True
+
+    def _check_bucket_format(self, *, create: bool) -> None:
+        assert self.bucket is not None
+        files = self.files
+        if create:
+            with contextlib.suppress(OSError):
+                self.store.mkdir(parents=True, exist_ok=True)  # this machine's cache folder
+        if not self.exists():
+            self.bucket.check()  # a missing bucket is named as such
+        data = files.read("FORMAT")
+        if data is None and create:
+            files.create("FORMAT", f"{FORMAT_VERSION}\n".encode())
+            data = files.read("FORMAT")
+        if data is not None:
+            self._accept_format(data.decode("utf-8", "replace").strip(), files.where("FORMAT"))
+
+    def _accept_format(self, text: str, marker: str) -> None:
+        if not text.isdigit():
+            raise StoreError(marker, f"holds {text[:40]!r}, not a format version")
+        if int(text) > FORMAT_VERSION:
+            raise FormatVersionError(f"store {self.config.store_text}", text, FORMAT_VERSION)
+        self._checked_format = True
+
+    def exists(self) -> bool:
+        """The store has been created (its FORMAT marker is there)."""
+        if self.bucket is not None:
+            return self.files.read("FORMAT") is not None
+        return (self.store / "FORMAT").is_file()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -278,7 +319,7 @@ class Repository:
         if name in (REF_LAST, REF_PENDING):
             return True
         try:
-            return self.refs.log_path(name).is_file()
+            return self.refs.has_log(name)
         except InvalidRefNameError:
             return False
 
@@ -331,6 +372,8 @@ class Repository:
 
         config = self.config
         base_snap = self.read_snapshot(base) if base else None
+        if config.root_url is not None:
+            return self._scan_bucket(base_snap, rehash_all, on_hash, on_walk, save_cache)
         cache = StatCache(self.store / "index", config.mode, scan_context(config))
         expected = base_snap.counts.files if base_snap is not None else None
         if cache.records:
@@ -347,13 +390,61 @@ class Repository:
             rehash_all=rehash_all,
             on_hash=on_hash,
             on_walk=on_walk,
-            jobs=choose_jobs(expected, config.jobs),
+            # scan workers read base trees from a local object store only
+            jobs=choose_jobs(expected, config.jobs) if self.bucket is None else 1,
             expected_files=expected,
             jobs_forced=config.jobs is not None,
         )
         result = scanner.scan()
+        if save_cache and self.bucket is not None:
+            with contextlib.suppress(OSError):
+                self.store.mkdir(parents=True, exist_ok=True)  # this machine's cache folder
         if save_cache and self.store.is_dir():
             cache.save()
+        return result
+
+    def _scan_bucket(
+        self,
+        base_snap: Snapshot | None,
+        rehash_all: bool,
+        on_hash: Callable[[int], None] | None,
+        on_walk: Callable[[int, int], None] | None,
+        save_cache: bool,
+    ) -> ScanResult:
+        """Scan a root on a bucket (``manifest.bucket_root``): one listing, then only the
+        objects whose size or ETag changed are read (content_hash)."""
+        from manifest.bucket import Bucket
+        from manifest.bucket_root import (
+            HASH_CACHE,
+            decode_hash_cache,
+            encode_hash_cache,
+            scan_bucket,
+        )
+
+        config = self.config
+        assert config.root_url is not None
+        root = Bucket(config.root_url)
+        root.check(as_root=True)
+        content = config.mode == "content_hash"
+        hashes = decode_hash_cache(self.files.read(HASH_CACHE)) if content else {}
+        before = dict(hashes)
+        skip = None
+        if config.store_url is not None and config.root_url.contains(config.store_url):
+            skip = config.store_url.prefix[len(config.root_url.prefix) :].strip("/")
+        result = scan_bucket(
+            root,
+            mode=config.mode,
+            cooldown_ns=int(config.cooldown_sec * 1e9),
+            path_filter=PathFilter(config.include, config.exclude),
+            base=BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
+            hashes=hashes,
+            rehash_all=rehash_all,
+            skip_prefix=skip,
+            on_hash=on_hash,
+            on_walk=on_walk,
+        )
+        if content and save_cache and hashes != before and self.exists():
+            self.files.write(HASH_CACHE, encode_hash_cache(hashes))
         return result
 
     def _diff_scan(
@@ -384,8 +475,8 @@ class Repository:
         pairs: dict[str, EntryPair] | None = {} if details else None
         changes = self._diff_scan(base, result, pairs)
         return Status(
-            root=str(self.config.root),
-            store=str(self.store),
+            root=self.config.root_text,
+            store=self.config.store_text,
             mode=self.config.mode,
             last=last,
             pending=pending,
@@ -425,7 +516,9 @@ class Repository:
             parent=parent,
             created_ns=time.time_ns(),
             mode=self.config.mode,
-            data_root=escape_path(os.fsdecode(os.fsencode(self.config.root))),
+            data_root=self.config.root_text
+            if self.config.root_url is not None
+            else escape_path(os.fsdecode(os.fsencode(self.config.root))),
             counts=Counts(
                 files=result.files,
                 bytes=result.bytes,
@@ -504,7 +597,7 @@ class Repository:
         ``last`` and ``pending`` always exist (perhaps unset)."""
         if ref in (REF_LAST, REF_PENDING):
             return
-        if self.refs.ref_path(ref).is_file() or self.refs.log_path(ref).is_file():
+        if self.refs.has_ref(ref) or self.refs.has_log(ref):
             return
         import difflib  # only on this error path
 
@@ -554,23 +647,18 @@ class Repository:
     def record_failure(self, snapshot_id: str, runs: tuple[str, ...], message: str) -> None:
         """The orchestrator stopped retrying ``snapshot_id`` (still ``pending``): keep why,
         for ``status``. Replaced by the next failure; ignored once pending moves on."""
-        from manifest.fsutil import atomic_write
-
         self._check_format(create=True)
         failure = Failure(snapshot_id, tuple(runs), message, time.time_ns())
-        try:
-            atomic_write(self.store / FAILURE_FILE, msgspec.json.encode(failure))
-        except OSError as exc:
-            raise StoreError(
-                str(self.store / FAILURE_FILE), f"cannot write: {exc.strerror}"
-            ) from exc
+        self.files.write(FAILURE_FILE, msgspec.json.encode(failure))
 
     def find_failure(self) -> Failure | None:
         """The recorded failure of the current ``pending``, if the orchestrator gave up."""
         try:
-            data = (self.store / FAILURE_FILE).read_bytes()
+            data = self.files.read(FAILURE_FILE)
+            if data is None:
+                return None
             failure = msgspec.json.decode(data, type=Failure)
-        except (OSError, msgspec.DecodeError):
+        except (ManifestError, msgspec.DecodeError):
             return None
         try:
             pending = self.find_ref(REF_PENDING)
@@ -845,3 +933,37 @@ __all__ = [
     "Repository",
     "Status",
 ]
+
+
+class LocalFiles:
+    """The store's small files (``FORMAT``, ``config.toml``, ``pending.failed``, a bucket
+    root's hash cache), each replaced atomically."""
+
+    def __init__(self, store: Path, *, sync: bool = True) -> None:
+        self.store = store
+        self.sync = sync
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return (self.store / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StoreError(str(self.store / name), f"cannot read: {exc.strerror}") from exc
+
+    def write(self, name: str, data: bytes) -> None:
+        from manifest.fsutil import atomic_write
+
+        try:
+            atomic_write(self.store / name, data, sync=self.sync)
+        except OSError as exc:
+            raise StoreError(str(self.store / name), f"cannot write: {exc.strerror}") from exc
+
+    def create(self, name: str, data: bytes) -> bool:
+        if (self.store / name).exists():
+            return False
+        self.write(name, data)
+        return True
+
+    def where(self, name: str) -> str:
+        return str(self.store / name)

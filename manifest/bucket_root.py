@@ -1,0 +1,270 @@
+"""Scanning a data root on a bucket: one listing is the "stat" of every file.
+
+The listing gives each key's size, last-modified time and ETag; no request is made per object
+on an unchanged tree. Folder trees are built from the keys' prefixes, so an unchanged prefix
+keeps its tree id and a diff skips it whole, as on disk.
+
+Fingerprints by mode:
+
+* ``mtime_size``: size and last-modified (whole seconds on S3).
+* ``etag``: the provider's ETag stands for the content (``digest`` is the BLAKE3 of it, so
+  trees keep their 32-byte digests). For an object uploaded in parts, the ETag depends on the
+  part size, so the same bytes uploaded another way count as a change.
+* ``content_hash``: the BLAKE3 of the bytes, read only for keys whose size or ETag differs
+  from the hash cache (kept in the state store, shared by every machine).
+
+The cooldown applies to last-modified: a key written less than ``cooldown`` ago keeps its
+previous entry (or is not there yet), and is listed as unstable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import msgspec
+from blake3 import blake3
+
+from manifest.bucket import Bucket, describe
+from manifest.errors import RootError, StoreError
+from manifest.globs import PathFilter
+from manifest.model import KIND_FILE, KIND_TREE, Tree, TreeEntry, encode_object
+from manifest.scan import BaseTrees, ScanProblem, ScanResult, TreeSource
+
+HASH_CACHE: Final = "root-hashes"
+LIST_THREADS: Final = 8
+HASH_THREADS: Final = 8
+
+
+class HashRecord(msgspec.Struct, frozen=True, array_like=True):
+    size: int
+    etag: str
+    digest: bytes
+
+
+_CACHE_ENCODER = msgspec.msgpack.Encoder()
+_CACHE_DECODER = msgspec.msgpack.Decoder(dict[str, HashRecord])
+
+
+def decode_hash_cache(data: bytes | None) -> dict[str, HashRecord]:
+    if not data:
+        return {}
+    try:
+        return _CACHE_DECODER.decode(data)
+    except msgspec.DecodeError:
+        return {}  # only a cache: a damaged one costs re-reading
+
+
+def encode_hash_cache(records: dict[str, HashRecord]) -> bytes:
+    return _CACHE_ENCODER.encode(records)
+
+
+def list_root(bucket: Bucket) -> list[dict[str, Any]]:
+    """Every key of the root, the top-level prefixes listed in parallel."""
+    try:
+        prefixes, top = bucket.list_dirs(None)
+        if len(prefixes) <= 1:
+            return top + [m for p in prefixes for m in bucket.iter_keys(p.rstrip("/"))]
+        with ThreadPoolExecutor(min(LIST_THREADS, len(prefixes))) as pool:
+            parts = list(pool.map(lambda p: list(bucket.iter_keys(p.rstrip("/"))), prefixes))
+    except StoreError as exc:
+        raise RootError(str(bucket.url), exc.problem) from exc
+    return top + [m for part in parts for m in part]
+
+
+def _etag(meta: dict[str, Any]) -> str:
+    return str(meta.get("e_tag") or "").strip('"')
+
+
+def scan_bucket(
+    bucket: Bucket,
+    *,
+    mode: str,
+    cooldown_ns: int,
+    path_filter: PathFilter,
+    base: BaseTrees,
+    hashes: dict[str, HashRecord],
+    rehash_all: bool = False,
+    skip_prefix: str | None = None,
+    on_hash: Callable[[int], None] | None = None,
+    on_walk: Callable[[int, int], None] | None = None,
+    now_ns: int | None = None,
+) -> ScanResult:
+    """Scan the bucket root. ``hashes`` (content_hash) is updated in place."""
+    started = time.time_ns()
+    now = started if now_ns is None else now_ns
+    metas = list_root(bucket)
+    problems: list[ScanProblem] = []
+    unstable: list[str] = []
+    # folder path ("" or "a/b/") -> name -> entry; folders -> subfolder names
+    files: dict[str, dict[bytes, TreeEntry]] = {"": {}}
+    subdirs: dict[str, set[str]] = {"": set()}
+    to_hash: list[tuple[str, dict[str, Any]]] = []
+    total_files = total_bytes = 0
+
+    def folder_of(rel: str) -> tuple[str, bytes]:
+        head, _, name = rel.rpartition("/")
+        folder = head + "/" if head else ""
+        parent = ""
+        for part in head.split("/") if head else ():
+            child = parent + part + "/"
+            if child not in files:
+                files[child] = {}
+                subdirs[child] = set()
+            subdirs[parent].add(child)
+            parent = child
+        return folder, name.encode("utf-8", "surrogateescape")
+
+    for meta in metas:
+        rel = meta["path"]
+        if rel.endswith("/"):
+            continue  # a "folder marker" some tools create
+        if skip_prefix and (rel + "/").startswith(skip_prefix + "/"):
+            continue
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+            problems.append(ScanProblem(rel, "a key that is not a file path; it is left out"))
+            continue
+        if not path_filter.everything and not path_filter.wants_file(rel):
+            continue
+        if not path_filter.everything and any(
+            path_filter.skips_dir("/".join(parts[:i])) for i in range(1, len(parts))
+        ):
+            continue
+        mtime_ns = int(meta["last_modified"].timestamp()) * 1_000_000_000
+        folder, name = folder_of(rel)
+        if now - mtime_ns < cooldown_ns:
+            unstable.append(rel)
+            old = base.entry(folder.encode("utf-8", "surrogateescape"), name)
+            if old is not None and old.kind == KIND_FILE:
+                files[folder][name] = old
+                total_files += 1
+                total_bytes += old.size
+            continue
+        size = int(meta["size"])
+        total_files += 1
+        total_bytes += size
+        if mode == "mtime_size":
+            files[folder][name] = TreeEntry(name, KIND_FILE, size, mtime_ns, b"")
+        elif mode == "etag":
+            digest = blake3(b"etag:" + _etag(meta).encode()).digest()
+            files[folder][name] = TreeEntry(name, KIND_FILE, size, 0, digest)
+        else:
+            known = hashes.get(rel)
+            if (
+                known is not None
+                and not rehash_all
+                and (known.size, known.etag)
+                == (
+                    size,
+                    _etag(meta),
+                )
+            ):
+                files[folder][name] = TreeEntry(name, KIND_FILE, size, 0, known.digest)
+            else:
+                to_hash.append((rel, meta))
+    if on_walk is not None:
+        on_walk(total_files, total_bytes)
+
+    hashed = 0
+    if to_hash:
+
+        def read(item: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any], Any]:
+            rel, meta = item
+            try:
+                return rel, meta, _hash_object(bucket, rel, _etag(meta))
+            except (StoreError, OSError) as exc:
+                return rel, meta, exc
+
+        with ThreadPoolExecutor(min(HASH_THREADS, len(to_hash))) as pool:
+            for rel, meta, outcome in pool.map(read, to_hash):
+                folder, name = folder_of(rel)
+                size = int(meta["size"])
+                if isinstance(outcome, bytes):
+                    hashed += 1
+                    hashes[rel] = HashRecord(size, _etag(meta), outcome)
+                    files[folder][name] = TreeEntry(name, KIND_FILE, size, 0, outcome)
+                    if on_hash is not None:
+                        on_hash(size)
+                    continue
+                # replaced or deleted while read, or unreadable: keep the base entry
+                total_files -= 1
+                total_bytes -= size
+                if outcome is None:
+                    unstable.append(rel)
+                else:
+                    problems.append(ScanProblem(rel, f"cannot be read: {describe(outcome)}"))
+                old = base.entry(folder.encode("utf-8", "surrogateescape"), name)
+                if old is not None and old.kind == KIND_FILE:
+                    files[folder][name] = old
+                    total_files += 1
+                    total_bytes += old.size
+    if mode == "content_hash":
+        listed = {m["path"] for m in metas}
+        for rel in [r for r in hashes if r not in listed]:
+            del hashes[rel]
+
+    # Trees, deepest folders first.
+    built: dict[str, bytes] = {}
+    counts: dict[str, int] = {}
+    ids: dict[str, str] = {}
+    for folder in sorted(files, key=lambda f: f.count("/"), reverse=True):
+        entries = dict(files[folder])
+        count = len(entries)
+        for child in subdirs[folder]:
+            if child not in ids:
+                continue
+            name = child[len(folder) : -1].encode("utf-8", "surrogateescape")
+            if name in entries:
+                problems.append(
+                    ScanProblem(
+                        folder + child[len(folder) : -1],
+                        "is both a key and a prefix of other keys; the key is left out",
+                    )
+                )
+                total_files -= 1
+                total_bytes -= entries[name].size
+                count -= 1
+            entries[name] = TreeEntry(name, KIND_TREE, counts[child], 0, bytes.fromhex(ids[child]))
+            count += counts[child]
+        if not entries and folder:
+            continue  # empty folders are not recorded
+        data = encode_object(Tree(entries=tuple(sorted(entries.values(), key=_by_name))))
+        oid = blake3(data).hexdigest()
+        built[oid] = data
+        ids[folder] = oid
+        counts[folder] = count
+    unstable.sort()
+    return ScanResult(
+        root_id=ids[""],
+        trees=TreeSource(built, {}, None, mode == "content_hash"),
+        files=total_files,
+        bytes=total_bytes,
+        unstable=unstable,
+        problems=problems,
+        skipped=[],
+        hashed=hashed,
+        started_ns=started,
+    )
+
+
+def _by_name(entry: TreeEntry) -> bytes:
+    return entry.name
+
+
+def _hash_object(bucket: Bucket, key: str, etag: str) -> bytes | None:
+    """BLAKE3 of the object's bytes, streamed; None if it changed since it was listed."""
+    try:
+        result = bucket.obs.get(bucket.store, key)
+        if _etag(result.meta) != etag:
+            return None
+        hasher = blake3()
+        for chunk in result.stream(min_chunk_size=1 << 20):
+            hasher.update(chunk)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        raise StoreError(bucket.name(key), describe(exc)) from exc
+    return hasher.digest()
