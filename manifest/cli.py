@@ -31,6 +31,7 @@ from manifest.config import (
     load_config,
     parse_duration,
     parse_seconds,
+    store_file_text,
     write_store_file,
 )
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
@@ -50,6 +51,7 @@ from manifest.format import (
     status_json,
 )
 from manifest.globs import PathFilter
+from manifest.location import BucketURL, parse_location
 from manifest.maintenance import DEFAULT_EXPIRE
 from manifest.repo import GC_GRACE_SECONDS, LogEntry, Repository
 from manifest.text import escape_text
@@ -102,11 +104,12 @@ class Options:
         config = self.config()
         if must_exist is None:
             must_exist = config.store_source in ("found", "default")
-        if must_exist and not (config.store / "FORMAT").is_file():
+        repo = Repository(config)
+        if must_exist and not repo.exists():
             raise NoStoreError(
-                str(config.store), (str(p) for p in config.searched), config.store_source
+                config.store_text, (str(p) for p in config.searched), config.store_source
             )
-        return Repository(config)
+        return repo
 
 
 def _version(value: bool) -> None:
@@ -357,42 +360,58 @@ def init(
     options: Options = ctx.obj
     cwd = Path.cwd()
     named = options.store or os.environ.get(ENV_STATE_DIR, "").strip()
-    store = Path(named) if named else cwd / FALLBACK_STATE_DIR
-    store = store if store.is_absolute() else cwd / store
-    if (store / CONFIG_FILE).exists():
-        raise ConfigError(
-            "init", str(store), f"a folder not yet initialised; edit {store / CONFIG_FILE}"
-        )
+    where = parse_location(named, "--store") if named else cwd / FALLBACK_STATE_DIR
+    store_arg: str | Path
+    if isinstance(where, BucketURL):
+        store_arg = str(where)
+    else:
+        store_arg = where if where.is_absolute() else cwd / where
+        if (store_arg / CONFIG_FILE).exists():
+            raise ConfigError(
+                "init",
+                str(store_arg),
+                f"a folder not yet initialised; edit {store_arg / CONFIG_FILE}",
+            )
     root_text = root or options.root or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
     config = load_config(
         root=root_text,
-        store=store,
+        store=store_arg,
         mode=mode or options.mode,
         include=tuple(include) if include else None,
         exclude=tuple(exclude) if exclude else None,
     )
     PathFilter(config.include, config.exclude)  # refuse bad globs before writing anything
-    if not config.root.is_dir():
-        raise RootError(str(config.root), "is not an existing folder; create it or pass --root")
     repo = Repository(config)
+    if config.root_url is not None:
+        from manifest.bucket import Bucket
+
+        Bucket(config.root_url).check(as_root=True)
+    elif not config.root.is_dir():
+        raise RootError(str(config.root), "is not an existing folder; create it or pass --root")
+    if config.store_url is not None and repo.files.read(CONFIG_FILE) is not None:
+        raise ConfigError(
+            "init", config.store_text, f"a store not yet initialised; it has a {CONFIG_FILE}"
+        )
     repo._check_format(create=True)
-    relative = (
-        os.path.relpath(config.root, store.parent)
-        if config.root.is_relative_to(store.parent)
-        else str(config.root)
+    if config.root_url is not None or config.store_url is not None:
+        root_setting = config.root_text  # absolute: a bucket has no folder to be relative to
+    elif config.root.is_relative_to(config.store.parent):
+        root_setting = os.path.relpath(config.root, config.store.parent)
+    else:
+        root_setting = str(config.root)
+    settings = StoreFile(
+        root=root_setting,
+        mode=config.mode,
+        include=config.include or None,
+        exclude=config.exclude or None,
     )
-    write_store_file(
-        config.store,
-        StoreFile(
-            root=relative,
-            mode=config.mode,
-            include=config.include or None,
-            exclude=config.exclude or None,
-        ),
-    )
+    if config.store_url is not None:
+        repo.files.write(CONFIG_FILE, store_file_text(settings))
+    else:
+        write_store_file(config.store, settings)
     typer.echo(
-        f"Initialized a manifest store in {quote_path(str(config.store))} "
-        f"(root {quote_path(str(config.root))}, {config.mode})"
+        f"Initialized a manifest store in {quote_path(config.store_text)} "
+        f"(root {quote_path(config.root_text)}, {config.mode})"
     )
 
 
@@ -516,7 +535,7 @@ def _move_summary(repo: Repository, e: LogEntry) -> str:
 
 def _where(repo: Repository) -> dict[str, str]:
     """The store and root a command used, for its JSON."""
-    return {"store": str(repo.store), "root": str(repo.config.root)}
+    return {"store": repo.config.store_text, "root": repo.config.root_text}
 
 
 def _parent(repo: Repository, sid: str) -> str | None:

@@ -78,6 +78,7 @@ def repo(make_repo: MakeRepo) -> Repository:
 
 
 from tests.glue.harness import make_harness  # noqa: E402, F401  (the Dagster fixture)
+from tests.s3server import s3, s3_server  # noqa: E402, F401  (a real S3 API on 127.0.0.1)
 
 
 @pytest.fixture

@@ -1,0 +1,301 @@
+"""Roots and stores on a bucket, against a real S3 API server (moto, on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import obstore
+import pytest
+
+from manifest import Repository, load_config
+from manifest.bucket import Bucket, BucketRefs
+from manifest.errors import (
+    ConfigError,
+    CorruptObjectError,
+    RefConflictError,
+    RootError,
+    StoreError,
+)
+from manifest.location import BucketURL, open_bucket, parse_location
+from manifest.model import ChangeSet
+from tests.s3server import S3Server
+
+SAMPLE = {
+    "concepts/concepts_metadata.csv": b"concept_id,name\nc1,tide\nc2,ember\n",
+    "concepts/descriptions/c1.txt": b"The tide.\n",
+    "concepts/descriptions/c2.txt": b"An ember.\n",
+    "link_templates.csv": b"template_id,template_file\nanalogy,links/analogy.txt\n",
+    "links/analogy.txt": b"{concept_a} is like {concept_b}\n",
+}
+
+
+def upload(url: str, files: dict[str, bytes]) -> None:
+    where = parse_location(url, "test")
+    assert isinstance(where, BucketURL)
+    store = open_bucket(where)
+    for key, data in files.items():
+        obstore.put(store, key, data)
+
+
+def delete(url: str, key: str) -> None:
+    where = parse_location(url, "test")
+    assert isinstance(where, BucketURL)
+    obstore.delete(open_bucket(where), key)
+
+
+def bucket_repo(root: str, store: str, **overrides: object) -> Repository:
+    kwargs: dict[str, object] = {"root": root, "store": store, "cooldown_sec": 0, "env": {}}
+    kwargs.update(overrides)
+    return Repository(load_config(**kwargs))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def urls(s3: S3Server) -> tuple[str, str]:
+    raw = f"s3://{s3.make_bucket('raw')}/data/1_raw"
+    state = f"s3://{s3.make_bucket('state')}/manifest"
+    upload(raw, SAMPLE)
+    return raw, state
+
+
+# -- locations ---------------------------------------------------------------------------
+
+
+def test_locations_parse_and_unknown_schemes_are_refused(tmp_path: Path) -> None:
+    assert parse_location("s3://bkt/a/b/", "--root") == BucketURL("s3", "bkt", "a/b")
+    assert str(parse_location("s3://bkt", "--root")) == "s3://bkt"
+    assert parse_location("gs://bkt/x", "--root") == BucketURL("gs", "bkt", "x")
+    assert parse_location("file:///srv/raw", "--root") == Path("/srv/raw")
+    assert parse_location("data/1_raw", "--root") == Path("data/1_raw")
+    with pytest.raises(ConfigError, match=r"--root='ftp://h/x'.*'ftp' is not supported"):
+        parse_location("ftp://h/x", "--root")
+    with pytest.raises(ConfigError, match="bucket name is missing"):
+        parse_location("s3:///x", "RAW_DATA_DIR")
+    with pytest.raises(ConfigError, match=r"'\.\.'"):
+        parse_location("s3://b/a/../c", "RAW_STATE_DIR")
+    # the old behaviour took s3://... as a local folder named "s3:"; now the scheme is read
+    config = load_config(root="s3://raw/x", store=tmp_path / "state", env={})
+    assert config.root_url == BucketURL("s3", "raw", "x")
+    assert config.root_text == "s3://raw/x"
+    with pytest.raises(ConfigError, match="RAW_DATA_DIR"):
+        load_config(store=tmp_path / "state", env={"RAW_DATA_DIR": "hdfs://n/x"})
+    with pytest.raises(ConfigError, match="etag"):
+        load_config(root=tmp_path, store=tmp_path / "s", mode="etag", env={})
+
+
+def test_plain_http_endpoint_only_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.example.com:9000")
+    with pytest.raises(ConfigError, match="https:// endpoint"):
+        open_bucket(BucketURL("s3", "b", ""))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://[::1]:9000")
+    open_bucket(BucketURL("s3", "b", ""))  # loopback: allowed
+
+
+def test_missing_bucket_is_a_clear_error(s3: S3Server, tmp_path: Path) -> None:
+    repo = bucket_repo(str(tmp_path), "s3://no-such-bucket-here/state")
+    with pytest.raises(StoreError, match="does not exist") as info:
+        repo.begin()
+    assert "s3://no-such-bucket-here/state" in str(info.value)
+    state = f"s3://{s3.make_bucket('state')}/m"
+    repo = bucket_repo("s3://no-such-raw-bucket/x", state)
+    with pytest.raises(RootError, match="s3://no-such-raw-bucket/x.*does not exist"):
+        repo.status()
+
+
+def test_a_root_inside_its_store_is_refused_a_store_inside_its_root_is_skipped(
+    s3: S3Server,
+) -> None:
+    with pytest.raises(ConfigError, match="would scan itself"):
+        load_config(root="s3://b/state/raw", store="s3://b/state", env={})
+    with pytest.raises(ConfigError, match="would scan itself"):
+        load_config(root="s3://b/same", store="s3://b/same", env={})
+    bucket = s3.make_bucket("both")
+    upload(f"s3://{bucket}/raw", SAMPLE)
+    repo = bucket_repo(f"s3://{bucket}/raw", f"s3://{bucket}/raw/.manifest")
+    assert repo.begin().outcome == "baseline"  # wrote objects and refs below the root
+    status = repo.status()
+    assert (status.files, status.changes) == (len(SAMPLE), ChangeSet())
+
+
+# -- the cycle on a bucket ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["content_hash", "etag", "mtime_size"])
+def test_cycle_on_a_bucket_root_and_store(urls: tuple[str, str], mode: str) -> None:
+    raw, state = urls
+    repo = bucket_repo(raw, state, mode=mode)
+    first = repo.begin()
+    assert first.outcome == "baseline"
+    assert repo.status().changes == ChangeSet()
+    assert repo.begin().outcome == "unchanged"
+
+    if mode == "mtime_size":
+        time.sleep(1.1)  # S3's last-modified has whole seconds
+    upload(raw, {"links/analogy.txt": b"{concept_a} is LIKE {concept_b}\n"})  # same size
+    upload(raw, {"concepts/descriptions/c3.txt": b"A stone.\n"})
+    delete(raw, "concepts/descriptions/c1.txt")
+    started = repo.begin()
+    assert started.outcome == "started"
+    assert started.changes == ChangeSet(
+        added=("concepts/descriptions/c3.txt",),
+        modified=("links/analogy.txt",),
+        removed=("concepts/descriptions/c1.txt",),
+    )
+    assert repo.begin().outcome == "in_flight"  # one run at a time
+    promoted = repo.promote(started.snapshot or "")
+    assert promoted.outcome == "promoted"
+    assert repo.find_ref("last") == started.snapshot
+    assert repo.find_ref("pending") is None
+    assert repo.begin().outcome == "unchanged"
+    assert [e.reason.split(":")[0] for e in repo.log()] == ["promoted", "baseline"]
+    assert repo.fsck().ok
+
+
+def test_content_hash_reads_only_objects_whose_etag_changed(urls: tuple[str, str]) -> None:
+    raw, state = urls
+    repo = bucket_repo(raw, state)
+    repo.begin()
+    again = bucket_repo(raw, state)  # another process: the hash cache is in the store
+    status = again.status()
+    assert (status.files, status.hashed) == (5, 0)
+    upload(raw, {"concepts/descriptions/c2.txt": b"Two embers\n"})
+    status = again.status()
+    assert status.hashed == 1
+    assert status.changes == ChangeSet(modified=("concepts/descriptions/c2.txt",))
+
+
+def test_cooldown_applies_to_last_modified(urls: tuple[str, str]) -> None:
+    raw, state = urls
+    bucket_repo(raw, state).begin()
+    time.sleep(3.2)  # the sample is now older than the cooldown below
+    upload(raw, {"links/new.txt": b"fresh\n"})
+    status = bucket_repo(raw, state, cooldown_sec=2.5).status()
+    assert status.unstable == ("links/new.txt",)
+    assert status.changes == ChangeSet()  # not there yet: it may still be being written
+    assert bucket_repo(raw, state).status().changes == ChangeSet(added=("links/new.txt",))
+
+
+def test_local_root_with_a_bucket_store(s3: S3Server, raw: Path) -> None:
+    state = f"s3://{s3.make_bucket('state')}/m"
+    repo = bucket_repo(str(raw), state)
+    assert repo.begin().outcome == "baseline"
+    (raw / "links" / "analogy.txt").write_text("changed\n")
+    started = repo.begin()
+    assert started.changes == ChangeSet(modified=("links/analogy.txt",))
+    assert repo.promote(started.snapshot or "").outcome == "promoted"
+    assert repo.fsck().ok
+    assert (repo.store / "index").is_file()  # the stat cache stays on this machine
+
+
+# -- objects and refs on the bucket ------------------------------------------------------
+
+
+def test_objects_are_verified_on_read(urls: tuple[str, str]) -> None:
+    raw, state = urls
+    repo = bucket_repo(raw, state)
+    snap = repo.begin().snapshot or ""
+    key = f"objects/{snap[:2]}/{snap[2:]}"
+    bucket = Bucket(parse_location(state, "t"))  # type: ignore[arg-type]
+    assert not bucket.create(key, b"other bytes")  # written once: a second create is refused
+    bucket.put(key, b"garbage")  # damage behind the store's back
+    with pytest.raises(CorruptObjectError, match=snap):
+        bucket_repo(raw, state).read_snapshot(snap)
+    report = bucket_repo(raw, state).fsck()
+    assert not report.ok
+    assert any(p.subject == f"object {snap}" and "corrupt" in p.message for p in report.problems)
+
+
+def test_a_lost_race_is_a_retryable_conflict_and_the_log_is_the_ref(
+    urls: tuple[str, str],
+) -> None:
+    raw, state = urls
+    one, two = bucket_repo(raw, state), bucket_repo(raw, state)
+    base = one.begin().snapshot
+    upload(raw, {"links/x.txt": b"x\n"})
+    snap, _ = one.snapshot(message="a")
+    other, _ = one.snapshot(message="b")
+    with one.refs.transaction("last") as mine:
+        assert mine.value == base
+        two.refs.update_ref("last", snap, expected=base, reason="the other process")
+        with pytest.raises(RefConflictError) as info:
+            mine.set(other, reason="too late")
+    assert info.value.retryable
+    assert (info.value.expected, info.value.actual) == (base, snap)
+    moves = [(e.old, e.new) for e in one.refs.read_reflog("last")]
+    assert moves == [(None, base), (base, snap)]  # every move has its line, nothing else
+    assert isinstance(one.refs, BucketRefs)
+
+
+def test_gc_and_expiry_on_a_bucket(urls: tuple[str, str]) -> None:
+    raw, state = urls
+    repo = bucket_repo(raw, state)
+    base = repo.begin().snapshot or ""
+    upload(raw, {"links/x.txt": b"x\n"})
+    dropped, _ = repo.snapshot(message="never referenced")
+    assert repo.gc(grace_seconds=3600).removed == 0  # young objects are kept
+    result = repo.gc(grace_seconds=0)
+    assert result.removed >= 1
+    assert repo.objects.find_snapshot(dropped) is None
+    assert repo.objects.find_snapshot(base) is not None
+    upload(raw, {"links/y.txt": b"y\n"})
+    started = repo.begin()
+    repo.promote(started.snapshot or "")
+    assert len(repo.refs.read_reflog("last")) == 2
+    assert repo.gc(grace_seconds=0, expire_seconds=0).reflog_lines_expired == 2  # last, pending
+    assert [(e.old, e.new) for e in repo.refs.read_reflog("last")] == [(base, started.snapshot)]
+    assert repo.fsck().ok
+
+
+RACER = """
+import sys
+from manifest import Repository, load_config
+from manifest.errors import RefConflictError
+from manifest.model import Counts, Snapshot
+raw, state, me, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+repo = Repository(load_config(root=raw, store=state, cooldown_sec=0, env={}))
+wins = 0
+root = repo.read_snapshot(repo.find_ref("last")).root
+for i in range(rounds):
+    current = repo.find_ref("last")
+    snap = repo.objects.write_object(
+        Snapshot(root, current, i, "content_hash", raw, Counts(), message=f"{me}-{i}")
+    )
+    try:
+        repo.refs.update_ref("last", snap, expected=current, reason=f"{me} round {i}")
+        wins += 1
+    except RefConflictError:
+        pass
+print(wins)
+"""
+
+
+def test_processes_racing_ref_moves_lose_no_history(urls: tuple[str, str], s3: S3Server) -> None:
+    raw, state = urls
+    bucket_repo(raw, state).begin()
+    rounds, racers = 15, 4
+    import os
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, raw, state, f"p{n}", str(rounds)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
+        for n in range(racers)
+    ]
+    wins = [int(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    log = bucket_repo(raw, state).refs.read_reflog("last")
+    # one line per successful move, and they chain: each move started from the one before,
+    # so exactly one process won each round (no two moves from the same value)
+    assert len(log) == 1 + sum(wins)
+    assert sum(wins) >= rounds  # someone wins every round
+    for before, after in zip(log, log[1:], strict=False):
+        assert after.old == before.new
+    olds = [e.old for e in log]
+    assert len(olds) == len(set(olds))
+    assert bucket_repo(raw, state).find_ref("last") == log[-1].new
+    assert bucket_repo(raw, state).fsck().ok
