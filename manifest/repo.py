@@ -225,8 +225,7 @@ class Repository:
         if create:
             with contextlib.suppress(OSError):
                 self.store.mkdir(parents=True, exist_ok=True)  # this machine's cache folder
-        if not self.exists():
-            self.bucket.check()  # a missing bucket is named as such
+        self.exists()  # names a missing bucket as such
         data = files.read("FORMAT")
         if data is None and create:
             files.create("FORMAT", f"{FORMAT_VERSION}\n".encode())
@@ -244,7 +243,10 @@ class Repository:
     def exists(self) -> bool:
         """The store has been created (its FORMAT marker is there)."""
         if self.bucket is not None:
-            return self.files.read("FORMAT") is not None
+            if self.files.read("FORMAT") is not None:
+                return True
+            self.bucket.check()  # a missing bucket reads as a missing key: name it
+            return False
         return (self.store / "FORMAT").is_file()
 
     # -- reading ------------------------------------------------------------------------
