@@ -26,8 +26,8 @@ def build(
     return dg.Definitions.merge(
         dg.Definitions(assets=sample_assets(settings.asset_mode)),
         change_detection(
-            root=str(config.root),
-            state_dir=str(config.store),
+            root=config.root_text,
+            state_dir=config.store_text,
             name="raw",
             asset_mode=settings.asset_mode,
             cron=settings.cron,

@@ -17,6 +17,7 @@ from manifest import Repository, TreeEntry, load_config
 from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC
 from manifest.errors import ConfigError
 from manifest.globs import compile_globs
+from manifest.location import BucketURL, parse_location
 from manifest.text import escape_path, unescape_path
 
 SOURCE_PATH = "source_path"
@@ -65,21 +66,28 @@ class ManifestResource(dg.ConfigurableResource):
 
     # -- the engine ----------------------------------------------------------------------
 
-    def store_path(self) -> Path:
+    def store_location(self) -> str:
+        """The state store: ``state_dir`` (a folder or a bucket URL), else
+        ``$DAGSTER_HOME/state/<name>``."""
         if self.state_dir:
-            return Path(self.state_dir)
+            return self.state_dir
         home = os.environ.get("DAGSTER_HOME", "").strip()
         if not home:
             raise ConfigError(
                 "state_dir", None, "a folder (DAGSTER_HOME is unset, so there is no default)"
             )
-        return Path(home) / "state" / self.name
+        return str(Path(home) / "state" / self.name)
+
+    def store_path(self) -> Path:
+        """The state store's local folder (for a bucket store: this machine's cache)."""
+        return self.repository().config.store
 
     def repository(self) -> Repository:
-        """The engine for this root. Settings come from these fields only."""
+        """The engine for this root. Settings come from these fields only (credentials and
+        a custom endpoint for a bucket come from the process environment)."""
         config = load_config(
             root=self.root,
-            store=self.store_path(),
+            store=self.store_location(),
             mode=self.hash_mode,
             cooldown_sec=self.cooldown_sec,
             include=tuple(self.include),
@@ -89,12 +97,62 @@ class ManifestResource(dg.ConfigurableResource):
         )
         return Repository(config, lock_timeout=self.lock_timeout_sec)
 
+    def _bucket_root(self) -> BucketURL | None:
+        where = parse_location(self.root, "root")
+        return where if isinstance(where, BucketURL) else None
+
+    def root_location(self) -> str:
+        """The root as text: a local folder's absolute path, or its bucket URL."""
+        url = self._bucket_root()
+        return str(url) if url is not None else str(self.root_path())
+
+    def location(self, rel_path: str) -> str:
+        """Where a file under the root is (``rel_path`` as in ``source_path``), as text."""
+        return f"{self.root_location()}/{rel_path}"
+
     def root_path(self) -> Path:
-        return Path(os.path.realpath(os.path.expanduser(self.root)))
+        """The root folder. A root on a bucket has none: use ``read_bytes``/``location``."""
+        where = parse_location(self.root, "root")
+        if isinstance(where, BucketURL):
+            raise ConfigError(
+                "root",
+                str(where),
+                "a local folder for root_path()/path(); this root is on a bucket, so read "
+                "its files with read_bytes(rel_path) or read_text(rel_path)",
+            )
+        return Path(os.path.realpath(os.path.expanduser(where)))
 
     def path(self, rel_path: str) -> Path:
-        """The absolute path of a file under the root (``rel_path`` as in ``source_path``)."""
+        """The absolute path of a file under a local root (``rel_path`` as in
+        ``source_path``)."""
         return self.root_path() / rel_path
+
+    def read_bytes(self, rel_path: str) -> bytes:
+        """A file's bytes under the root, local or on a bucket."""
+        url = self._bucket_root()
+        if url is None:
+            return self.path(rel_path).read_bytes()
+        from manifest.bucket import Bucket
+
+        got = Bucket(url).get(rel_path)
+        if got is None:
+            raise FileNotFoundError(f"{url}/{rel_path}")
+        return got[0]
+
+    def read_text(self, rel_path: str, encoding: str = "utf-8") -> str:
+        return self.read_bytes(rel_path).decode(encoding)
+
+    def list_files(self, prefix: str = "") -> list[str]:
+        """Relative paths of the files under ``prefix`` (a folder under the root), sorted."""
+        url = self._bucket_root()
+        if url is None:
+            base = self.root_path()
+            top = base / prefix if prefix else base
+            return sorted(p.relative_to(base).as_posix() for p in top.rglob("*") if p.is_file())
+        from manifest.bucket import Bucket
+
+        keys = Bucket(url).iter_keys(prefix.strip("/") or None)
+        return sorted(m["path"] for m in keys if not m["path"].endswith("/"))
 
     # -- helpers for the user's raw assets -----------------------------------------------
 
@@ -115,7 +173,7 @@ class ManifestResource(dg.ConfigurableResource):
         meta: dict[str, Any] = {
             SOURCE_PATH: dg.MetadataValue.text(escape_path(rel if single else declared)),
             "source_file": dg.MetadataValue.path(
-                str(self.path(rel)) if single else str(self.root_path())
+                self.location(rel) if single else self.root_location()
             ),
         }
         pending = context.run.tags.get(T.pending(self.name))
@@ -159,7 +217,7 @@ class ManifestResource(dg.ConfigurableResource):
                 data_version=dg.DataVersion(version),
                 metadata={
                     SOURCE_PATH: dg.MetadataValue.text(escape_path(rel)),
-                    "source_file": dg.MetadataValue.path(str(self.path(rel))),
+                    "source_file": dg.MetadataValue.path(self.location(rel)),
                     "change": dg.MetadataValue.text(
                         changes.kind(rel) if changes is not None else "observed by hand"
                     ),

@@ -323,7 +323,7 @@ class Glue:
             reason_prefix=tick,
         )
         log.info(
-            f"scanned {res.root_path()} in {(time.monotonic_ns() - started_ns) / 1e9:.2f}s: "
+            f"scanned {res.root_location()} in {(time.monotonic_ns() - started_ns) / 1e9:.2f}s: "
             f"{result.message}"
         )
         for problem in result.problems:
@@ -361,7 +361,7 @@ class Glue:
         changes = result.changes
         planned = self.plan(res, repository_def, changes)
         log.info(
-            f"changed under {res.root_path()}: {len(changes.paths)} path(s): "
+            f"changed under {res.root_location()}: {len(changes.paths)} path(s): "
             + T.describe_paths(changes.paths, 20)
         )
         for path, keys in planned.by_path.items():
