@@ -178,7 +178,9 @@ def gc(
     expire = _seconds(expire_seconds, "--expire") if expire_seconds is not None else None
     repo._check_format(create=False)
     store = repo.store
-    if not store.is_dir():
+    if repo.bucket is not None:
+        repo._make_cache_dir()  # the same-host lock lives there; the bucket has none
+    elif not store.is_dir():
         return GcResult(0, 0, 0, 0)
     lock = StoreLock(store / STORE_LOCK, exclusive=True, timeout=repo.refs.lock_timeout)
     with lock:

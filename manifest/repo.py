@@ -185,8 +185,21 @@ class Repository:
         """Hold the store shared while writing objects and moving refs: gc (exclusive)
         then never deletes an object between its write and the ref that protects it."""
         self._check_format(create=True)
+        if self.bucket is not None:
+            self._make_cache_dir()
         with self._write_lock:
             yield
+
+    def _make_cache_dir(self) -> None:
+        """A bucket store's local folder on this machine (stat cache, a same-host lock)."""
+        try:
+            self.store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                str(self.store),
+                f"this machine's cache folder for {self.config.store_text} cannot be created "
+                f"({exc.strerror}); set MANIFEST_CACHE_DIR to a writable folder",
+            ) from exc
 
     # -- store --------------------------------------------------------------------------
 
@@ -222,9 +235,6 @@ class Repository:
     def _check_bucket_format(self, *, create: bool) -> None:
         assert self.bucket is not None
         files = self.files
-        if create:
-            with contextlib.suppress(OSError):
-                self.store.mkdir(parents=True, exist_ok=True)  # this machine's cache folder
         self.exists()  # names a missing bucket as such
         data = files.read("FORMAT")
         if data is None and create:
@@ -399,8 +409,7 @@ class Repository:
         )
         result = scanner.scan()
         if save_cache and self.bucket is not None:
-            with contextlib.suppress(OSError):
-                self.store.mkdir(parents=True, exist_ok=True)  # this machine's cache folder
+            self._make_cache_dir()
         if save_cache and self.store.is_dir():
             cache.save()
         return result

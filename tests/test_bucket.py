@@ -299,3 +299,38 @@ def test_processes_racing_ref_moves_lose_no_history(urls: tuple[str, str], s3: S
     assert len(olds) == len(set(olds))
     assert bucket_repo(raw, state).find_ref("last") == log[-1].new
     assert bucket_repo(raw, state).fsck().ok
+
+
+def test_a_fresh_machine_needs_nothing_local(urls: tuple[str, str]) -> None:
+    """Another pod: no cache folder yet, and its first call only reads (format checked)."""
+    import shutil
+
+    raw, state = urls
+    first = bucket_repo(raw, state)
+    first.begin()
+    shutil.rmtree(first.store)
+    other = bucket_repo(raw, state)
+    assert other.find_ref("last") == first.find_ref("last")  # a read first
+    upload(raw, {"links/pod.txt": b"from another pod\n"})
+    started = other.begin()
+    assert started.changes == ChangeSet(added=("links/pod.txt",))
+    shutil.rmtree(other.store)
+    assert bucket_repo(raw, state).gc(grace_seconds=0).kept > 0
+
+
+def test_gc_on_a_bucket_fails_closed(urls: tuple[str, str]) -> None:
+    raw, state = urls
+    repo = bucket_repo(raw, state)
+    repo.begin()
+    upload(raw, {"links/x.txt": b"x\n"})
+    orphan, _ = repo.snapshot(message="unreferenced")
+    bucket = Bucket(parse_location(state, "t"))  # type: ignore[arg-type]
+    bucket.put("refs/keep/damaged", b"not a ref document")
+    with pytest.raises(StoreError, match=r"refs/keep/damaged.*deleted nothing"):
+        repo.gc(grace_seconds=0)
+    assert repo.objects.find_snapshot(orphan) is not None  # nothing was deleted
+    problems = [p.subject for p in repo.fsck().problems]
+    assert any("refs/keep/damaged" in p or "keep/damaged" in p for p in problems)
+    bucket.delete("refs/keep/damaged")
+    assert repo.gc(grace_seconds=0).removed >= 1
+    assert repo.objects.find_snapshot(orphan) is None
