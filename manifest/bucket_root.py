@@ -75,7 +75,10 @@ def list_root(bucket: Bucket) -> list[dict[str, Any]]:
 
 
 def _etag(meta: dict[str, Any]) -> str:
-    return str(meta.get("e_tag") or "").strip('"')
+    """The object's ETag; a server that gives none falls back to its last-modified time,
+    so a rewrite is never taken for the same version."""
+    etag = str(meta.get("e_tag") or "").strip('"')
+    return etag or f"last-modified:{meta['last_modified'].timestamp()!r}"
 
 
 def scan_bucket(
