@@ -163,9 +163,12 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
             measures.setdefault(name, []).append(timed(fn, name))
             print(f"  {name}: {measures[name][-1]:.2f} s", flush=True)
     print(f"\n{len(keys)} keys, {args.runs} interleaved runs, median (min-max), seconds:")
+    print(f"  {'':45s} {'wall':>7s} {'(min-max)':>15s} {'client CPU':>10s}")
     for name, values in measures.items():
+        spread = f"({min(values):.2f}-{max(values):.2f})"
         print(
-            f"  {name:45s} {statistics.median(values):7.2f} ({min(values):.2f}-{max(values):.2f})"
+            f"  {name:45s} {statistics.median(values):7.2f} {spread:>15s} "
+            f"{statistics.median(CPU[name]):10.2f}"
         )
     ob, fs_ = (statistics.median(measures[k]) for k in ("list: obstore", jobs[1][0]))
     print(f"  listing: s3fs / obstore = {fs_ / ob:.2f}x (wall)")
