@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from manifest import Repository, load_config
+from tests.s3server import S3Server
 
 from .conftest import write
 
@@ -86,6 +87,43 @@ def test_killed_writers_leave_a_sound_store(tmp_path: Path) -> None:
         assert snap.counts.files >= 1
     # And the cycle still works.
     assert repo.status().stale_locks == ()
+    pending = repo.find_ref("pending")
+    if pending:
+        repo.abandon(pending)
+    assert repo.begin().outcome in ("started", "unchanged")
+
+
+def test_killed_writers_leave_a_sound_bucket_store(tmp_path: Path, s3: S3Server) -> None:
+    """The same, with the store on a bucket (a real S3 API): a ref move is one conditional
+    write carrying its reflog, so a kill leaves at worst unreferenced objects."""
+    root = tmp_path / "raw"
+    store = f"s3://{s3.make_bucket('crash')}/state"
+    write(root / "seed.csv", "seed\n")
+    rng = random.Random(4321)
+    for attempt in range(12):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root), store, str(attempt)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"ready", (
+            child.stderr.read() if child.stderr else ""
+        )
+        time.sleep(rng.uniform(0.05, 1.0))
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
+    repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}))
+    report = repo.fsck()
+    assert report.ok, report.problems  # no locks to leave behind on a bucket
+    assert report.snapshots > 0
+    for name, value in repo.refs.iter_refs():
+        assert value is not None, name
+        list(repo.iter_files(value))
+        moves = repo.refs.read_reflog(name)
+        assert moves[-1].new == value  # the ref and its history never disagree
     pending = repo.find_ref("pending")
     if pending:
         repo.abandon(pending)
