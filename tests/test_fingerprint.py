@@ -73,7 +73,7 @@ def test_a_big_file_truncated_while_hashed_never_kills_the_process(tmp_path: Pat
     path = tmp_path / "big.bin"
     block = os.urandom(1 << 20)
     path.write_bytes(block * 32)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     child = ctx.Process(target=_hash_forever, args=(str(path), 4.0))
     child.start()
     while child.is_alive():

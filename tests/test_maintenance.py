@@ -51,7 +51,7 @@ def _collector(raw: str, store: str, stop_after: float) -> None:
 def test_gc_racing_snapshots_never_leaves_a_dangling_ref(repo: Repository, raw: Path) -> None:
     repo.snapshot(ref="last", message="start")
     store = str(repo.store)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(raw), store, f"w{n}", 40)) for n in range(2)] + [
         ctx.Process(target=_collector, args=(str(raw), store, 8.0))
     ]

@@ -4,7 +4,6 @@ import contextlib
 import multiprocessing
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -117,7 +116,7 @@ def _begin_in_process(args: tuple[str, str]) -> tuple[str, str | None]:
 def test_two_processes_begin_at_once_one_wins(repo: Repository, raw: Path, tmp_path: Path) -> None:
     repo.begin()
     edit(raw)
-    ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         results = pool.map(_begin_in_process, [(str(raw), str(tmp_path / "state"))] * 4)
     outcomes = sorted(o for o, _ in results)
@@ -137,7 +136,7 @@ def test_two_processes_promote_at_once(repo: Repository, raw: Path, tmp_path: Pa
     edit(raw)
     sid = repo.begin().snapshot
     assert sid is not None
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         outcomes = pool.map(_promote_in_process, [(str(raw), str(tmp_path / "state"), sid)] * 4)
     assert sorted(outcomes) == ["already_done"] * 3 + ["promoted"]
     assert repo.log("last")[0].reason == "promoted"
@@ -374,7 +373,7 @@ def _snapshot_loop(raw: str, store: str, n: int) -> None:
 
 def test_concurrent_snapshots_record_the_value_they_replaced(repo: Repository, raw: Path) -> None:
     repo.snapshot(ref="last", message="start")
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_snapshot_loop, args=(str(raw), str(repo.store), 15)) for _ in range(3)
     ]
