@@ -102,13 +102,7 @@ class Bucket:
 
     def create(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist; False if it did."""
-        try:
-            self.obs.put(self.store, key, data, mode="create")
-        except _errors().AlreadyExistsError:
-            return False
-        except Exception as exc:
-            raise StoreError(self.name(key), f"cannot write: {describe(exc)}") from exc
-        return True
+        return self.replace(key, data, None)
 
     def replace(self, key: str, data: bytes, etag: str | None) -> bool:
         """Compare-and-swap: write ``key`` if it still has ``etag`` (None: if it does not

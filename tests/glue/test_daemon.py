@@ -30,7 +30,8 @@ def _schedule_ticks(instance: dg.DagsterInstance) -> list[dg.TickStatus]:
     return ticks
 
 
-def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
+def _sample_deployment(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A copy of the sample root, a DAGSTER_HOME and a workspace loading the sample."""
     root, home = tmp_path / "raw", tmp_path / "dagster_home"
     shutil.copytree(SAMPLE, root)
     age_tree(root)
@@ -41,6 +42,11 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         "load_from:\n  - python_module:\n      module_name: dagster_glue.definitions\n"
         f"      working_directory: {REPO_ROOT}\n"
     )
+    return root, home, workspace
+
+
+def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
+    root, home, workspace = _sample_deployment(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_"))}
     env.update(
         DAGSTER_HOME=str(home),
@@ -94,16 +100,7 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
 def test_daemon_with_the_store_on_a_bucket(tmp_path: Path, s3_server: S3Server) -> None:
     """The daemon, its code server and each run's own process share one store on a bucket
     (a real S3 API on 127.0.0.1), as pods of one deployment would."""
-    root, home = tmp_path / "raw", tmp_path / "dagster_home"
-    shutil.copytree(SAMPLE, root)
-    age_tree(root)
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: dagster_glue.definitions\n"
-        f"      working_directory: {REPO_ROOT}\n"
-    )
+    root, home, workspace = _sample_deployment(tmp_path)
     state = f"s3://{s3_server.make_bucket('state')}/dagster/raw"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_", "AWS_"))}
     env.update(
