@@ -1,6 +1,7 @@
 """manifest: content-addressed snapshots of a raw data tree, with git-style refs.
 
-The engine imports only the standard library, ``msgspec`` and ``blake3``. The names below
+The engine imports only the standard library, ``msgspec`` and ``blake3`` (and ``obstore``
+when a root or store is a bucket URL, only then). The names below
 are imported on first use (PEP 562), so a scan worker process (``manifest.pool``) starts
 without loading the verbs it does not need.
 """
