@@ -328,7 +328,8 @@ class BucketRefs:
                     raise StoreError(self.bucket.name(meta["path"]), str(exc)) from exc
         return sorted(names)
 
-    def iter_refs(self, *, strict: bool = False) -> Iterator[tuple[str, str | None]]:
+    def _iter_docs(self, strict: bool) -> Iterator[tuple[str, RefDoc | None]]:
+        """Every ref's document; None for one that cannot be read (``strict``: raise)."""
         for name in self._names(strict):
             try:
                 doc, _ = self.read_doc(name)
@@ -337,7 +338,15 @@ class BucketRefs:
                     raise
                 yield name, None
                 continue
-            if doc is None or doc.value is None:
+            if doc is not None:
+                yield name, doc
+
+    def iter_refs(self, *, strict: bool = False) -> Iterator[tuple[str, str | None]]:
+        for name, doc in self._iter_docs(strict):
+            if doc is None:
+                yield name, None
+                continue
+            if doc.value is None:
                 continue
             if not is_object_id(doc.value):
                 if strict:
@@ -382,15 +391,8 @@ class BucketRefs:
             yield exc.problem
 
     def iter_reflog_names(self, *, strict: bool = False) -> Iterator[str]:
-        for name in self._names(strict):
-            try:
-                doc, _ = self.read_doc(name)
-            except StoreError:
-                if strict:
-                    raise
-                yield name
-                continue
-            if doc is not None and doc.log:
+        for name, doc in self._iter_docs(strict):
+            if doc is None or doc.log:
                 yield name
 
     def read_moves(self, name: str) -> list[ReflogEntry]:
