@@ -214,7 +214,11 @@ class CacheView:
 class StatCache(CacheView):
     """``<store>/index``, loaded head by head; ``save`` appends or rewrites."""
 
-    def __init__(self, path: Path, mode: str, context: bytes = b"") -> None:
+    def __init__(
+        self, path: Path, mode: str, context: bytes = b"", *, fd: int | None = None
+    ) -> None:
+        """``fd``: the file already opened by ``open_index`` (-1: it was absent or
+        unreadable); the cache owns it from here on."""
         super().__init__(-1, {}, trusted=False)
         self.path = path
         self.mode = mode
@@ -224,16 +228,12 @@ class StatCache(CacheView):
         self.ino: int | None = None
         self.sizes: dict[bytes, int] = {}  # framed size of each folder's last record
         self.total = 0  # framed size of every record in the file, overridden ones too
-        self._load()
+        self._load(open_index(path) if fd is None else fd)
 
-    def _load(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.rewrite = True
-            return
-        except OSError:
-            # unreadable, or a folder in its place: scan without it; the save fails too
+    def _load(self, fd: int) -> None:
+        if fd < 0:
+            # absent, unreadable, or a folder in its place: scan without it (a save of an
+            # unreadable one fails too)
             self.rewrite = True
             return
         self.fd = fd
@@ -370,6 +370,14 @@ class StatCache(CacheView):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def open_index(path: Path) -> int:
+    """A read descriptor on the stat cache file, or -1 when it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _write_frames(fd: int, records: Iterable[tuple[bytes, bytes]]) -> None:

@@ -43,6 +43,10 @@ EAGER_TASKS: Final = 64
 # A scan of unknown size starts workers only once it has run this long.
 LAZY_SPAWN_NS: Final = 200_000_000
 MAX_JOBS: Final = 8
+# Tasks a worker holds at once: it starts the next the moment it sends a result, instead of
+# waiting for this process to come back from a subtree of its own to answer (one in hand
+# left the worker idle ~35% of a 1M-file status, docs/benchmarks.md).
+PREFETCH: Final = 2
 _LENGTH: Final = struct.Struct("<I")
 _PROGRESS_EVERY_NS: Final = 100_000_000
 
@@ -218,6 +222,61 @@ def worker_argv() -> list[str]:
     return [sys.executable, "-m", "manifest.pool"]
 
 
+def start_worker(index_fd: int) -> subprocess.Popen[bytes] | None:
+    """A worker process, started: it imports, then waits for its ``Setup``. ``index_fd``
+    (the stat cache's descriptor, or -1) is inherited under the same number. None if it
+    cannot be started (the scan then goes on without it)."""
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    try:
+        return subprocess.Popen(
+            worker_argv(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(index_fd,) if index_fd >= 0 else (),
+            env=env,
+            close_fds=True,
+        )
+    except OSError:
+        return None
+
+
+def start_spares(count: int, index_fd: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` workers started before the scan knows its setup, so that their start-up
+    (~0.15 s of imports) overlaps this process loading the stat cache. A scan takes them
+    (``Scanner.spares``); ``stop_spares`` ends those it did not use."""
+    spares = []
+    for _ in range(count):
+        proc = start_worker(index_fd)
+        if proc is None:
+            break
+        spares.append(proc)
+    return spares
+
+
+def stop_spares(spares: list[subprocess.Popen[bytes]]) -> None:
+    """End unused spare workers: with their input closed before any ``Setup``, they exit."""
+    _close(spares)
+    spares.clear()
+
+
+def _close(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 class _Workers:
     def __init__(self, scanner: Scanner, count: int) -> None:
         self.scanner = scanner
@@ -248,22 +307,9 @@ class _Workers:
         )
 
     def _spawn(self) -> subprocess.Popen[bytes] | None:
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
-        )
-        try:
-            proc = subprocess.Popen(
-                worker_argv(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(self.index_fd,) if self.index_fd >= 0 else (),
-                env=env,
-                close_fds=True,
-            )
-        except OSError:
+        spares = self.scanner.spares
+        proc = spares.pop() if spares else start_worker(self.index_fd)
+        if proc is None:
             return None
         assert proc.stdin is not None
         try:
@@ -293,7 +339,7 @@ class _Workers:
         scanner = self.scanner
         queue = deque(range(len(tasks)))
         selector = selectors.DefaultSelector()
-        busy: dict[int, int] = {}  # pid -> task number
+        busy: dict[int, deque[int]] = {}  # pid -> the task numbers it holds, oldest first
         readers: dict[int, _Reader] = {}
         inflight: dict[int, Progress] = {}
         hashed: dict[int, int] = {}
@@ -318,13 +364,11 @@ class _Workers:
             except OSError:
                 queue.appendleft(number)
                 return False
-            busy[proc.pid] = number
+            busy.setdefault(proc.pid, deque()).append(number)
             return True
 
         def retire(proc: subprocess.Popen[bytes]) -> None:
-            number = busy.pop(proc.pid, None)
-            if number is not None:
-                queue.append(number)  # scanned here instead
+            queue.extend(busy.pop(proc.pid, ()))  # scanned here instead
             inflight.pop(proc.pid, None)
             if proc.stdout is not None:
                 with contextlib.suppress(KeyError, ValueError):
@@ -343,6 +387,9 @@ class _Workers:
                 selector.register(proc.stdout, selectors.EVENT_READ, proc)
                 if not assign(proc):
                     retire(proc)
+                    continue
+                for _ in range(PREFETCH - 1):
+                    assign(proc)
 
         def handle(timeout: float) -> None:
             for key, _ in selector.select(timeout=timeout):
@@ -357,14 +404,16 @@ class _Workers:
                             on_hash(delta)
                         walked(scanner.files, scanner.bytes)
                     elif isinstance(message, Part):
-                        number = busy.pop(proc.pid)
+                        held = busy[proc.pid]
+                        number = held.popleft()
                         inflight.pop(proc.pid, None)
                         delta = message.hashed_bytes - hashed.get(proc.pid, 0)
                         hashed[proc.pid] = message.hashed_bytes
                         if on_hash is not None and delta > 0:
                             on_hash(delta)
                         _merge(scanner, tasks[number][0], message)
-                        if not assign(proc):
+                        if not assign(proc) and not held:
+                            del busy[proc.pid]
                             with contextlib.suppress(KeyError, ValueError):
                                 selector.unregister(proc.stdout)
                             with contextlib.suppress(OSError):
@@ -395,17 +444,7 @@ class _Workers:
             selector.close()
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.stdin is not None and not proc.stdin.closed:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        _close(self.procs)
 
 
 class _Reader:

@@ -32,7 +32,7 @@ from manifest.errors import (
 )
 from manifest.fsutil import StoreLock
 from manifest.globs import PathFilter
-from manifest.index import StatCache, scan_context
+from manifest.index import StatCache, open_index, scan_context
 from manifest.maintenance import FsckProblem, FsckReport, GcResult
 from manifest.model import (
     FORMAT_VERSION,
@@ -55,6 +55,8 @@ from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
 from manifest.text import escape_path
 
 if TYPE_CHECKING:
+    import subprocess
+
     from manifest.bucket import Bucket, BucketFiles, BucketRefs
 
 GC_GRACE_SECONDS: Final = 3600.0
@@ -380,34 +382,47 @@ class Repository:
         on_walk: Callable[[int, int], None] | None = None,
     ) -> ScanResult:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
-        from manifest.pool import choose_jobs  # here: a CLI command that never scans skips it
+        from manifest.pool import choose_jobs, start_spares, stop_spares
 
         config = self.config
         base_snap = self.read_snapshot(base) if base else None
         if config.root_url is not None:
             return self._scan_bucket(base_snap, rehash_all, on_hash, on_walk, save_cache)
-        cache = StatCache(self.store / "index", config.mode, scan_context(config))
         expected = base_snap.counts.files if base_snap is not None else None
-        if cache.records:
-            expected = len(cache)
-        skip = frozenset({os.fsencode(self.store)})
-        scanner = Scanner(
-            os.fsencode(config.root),
-            mode=config.mode,
-            cooldown_ns=int(config.cooldown_sec * 1e9),
-            path_filter=PathFilter(config.include, config.exclude),
-            skip_dirs=skip,
-            cache=cache,
-            base=BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
-            rehash_all=rehash_all,
-            on_hash=on_hash,
-            on_walk=on_walk,
-            # scan workers read base trees from a local object store only
-            jobs=choose_jobs(expected, config.jobs) if self.bucket is None else 1,
-            expected_files=expected,
-            jobs_forced=config.jobs is not None,
-        )
-        result = scanner.scan()
+        # scan workers read base trees from a local object store only
+        jobs = choose_jobs(expected, config.jobs) if self.bucket is None else 1
+        index_path = self.store / "index"
+        index_fd = open_index(index_path)
+        spares: list[subprocess.Popen[bytes]] = []
+        if jobs > 1 and (expected is not None or config.jobs is not None):
+            # A big tree, known from its last snapshot: start the workers now, so their
+            # start-up overlaps loading the stat cache.
+            spares = start_spares(jobs - 1, index_fd)
+        try:
+            cache = StatCache(index_path, config.mode, scan_context(config), fd=index_fd)
+            if cache.records:
+                expected = len(cache)
+                jobs = choose_jobs(expected, config.jobs) if self.bucket is None else 1
+            skip = frozenset({os.fsencode(self.store)})
+            scanner = Scanner(
+                os.fsencode(config.root),
+                mode=config.mode,
+                cooldown_ns=int(config.cooldown_sec * 1e9),
+                path_filter=PathFilter(config.include, config.exclude),
+                skip_dirs=skip,
+                cache=cache,
+                base=BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
+                rehash_all=rehash_all,
+                on_hash=on_hash,
+                on_walk=on_walk,
+                jobs=jobs,
+                expected_files=expected,
+                jobs_forced=config.jobs is not None,
+            )
+            scanner.spares = spares
+            result = scanner.scan()
+        finally:
+            stop_spares(spares)
         if save_cache and self.bucket is not None:
             self._make_cache_dir()
         if save_cache and self.store.is_dir():

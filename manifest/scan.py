@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -276,6 +277,8 @@ class Scanner:
         self.bytes = 0
         self.hashed = 0
         self.skip_ids: set[tuple[int, int]] = set()
+        # workers already started (``manifest.pool.start_spares``), taken before new ones
+        self.spares: list[subprocess.Popen[bytes]] = []
         self._unstable_after = 0
         self._unstable_before = 0
 

@@ -159,3 +159,56 @@ def test_progress_counts_every_file_once(tmp_path: Path) -> None:
     repo.scan(base=None, on_walk=lambda files, _b: seen.append(files), on_hash=hashed.append)
     assert seen and max(seen) <= 24 * 5 + 1  # never more than there are
     assert sum(hashed) == sum(p.stat().st_size for p in raw.rglob("*.csv"))
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_workers_started_early_are_used_or_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan that knows from its last snapshot that the tree is big starts its workers
+    before loading the stat cache; every worker it starts is used, and none outlives it."""
+    raw = tmp_path / "raw"
+    _tree(raw)
+    repo = _repo(tmp_path, "state", 2)
+    repo.snapshot(ref="last")
+    started: list[object] = []
+    real_start = manifest.pool.start_worker
+
+    def recording(index_fd: int) -> object:
+        proc = real_start(index_fd)
+        started.append(proc)
+        return proc
+
+    spares_seen: list[int] = []
+    real_spares = manifest.pool.start_spares
+
+    def spares(count: int, index_fd: int) -> object:
+        spares_seen.append(count)
+        return real_spares(count, index_fd)
+
+    monkeypatch.setattr(manifest.pool, "start_worker", recording)
+    monkeypatch.setattr(manifest.pool, "start_spares", spares)
+    write(raw / "d02" / "s2" / "f1.csv", "edited\n")
+    status = repo.status()
+    assert status.changes == ChangeSet(modified=("d02/s2/f1.csv",))
+    assert spares_seen == [1] and len(started) == 1  # the spare was the worker
+    assert all(p.returncode is not None for p in started)  # type: ignore[attr-defined]
+
+    # A root that cannot be split (no subfolder) never hands the spare a task: it is
+    # stopped, not left behind.
+    flat = tmp_path / "flat"
+    write(flat / "a.csv", "a\n")
+    config = load_config(
+        root=flat,
+        store=tmp_path / "flat_state",
+        mode="content_hash",
+        cooldown_sec=0,
+        env={"MANIFEST_JOBS": "2"},
+    )
+    flat_repo = Repository(config, lock_timeout=2.0)
+    flat_repo.snapshot(ref="last")
+    started.clear()
+    spares_seen.clear()
+    assert flat_repo.status().changes == ChangeSet()
+    assert spares_seen == [1] and len(started) == 1
+    assert all(p.returncode is not None for p in started)  # type: ignore[attr-defined]
