@@ -494,24 +494,30 @@ class Scanner:
     def _list_folder(self, folder: _Folder) -> None:
         stamp = self.clock()  # before any stat: the racy rule's reference
         listing = self._list_dir(folder.fd, folder.rel)
-        stats = self._matches_cache(folder, listing)
-        if stats is True:
+        taken = self._matches_cache(folder, listing)
+        if taken is True:
             return
-        self._scan_listing(folder, listing, stamp, stats or None)
+        if taken is False:
+            self._scan_listing(folder, listing, stamp)
+        else:
+            self._scan_listing(folder, listing, stamp, *taken)
 
     def _matches_cache(
         self, folder: _Folder, listing: list[os.DirEntry[str]]
-    ) -> bool | list[os.stat_result | None]:
+    ) -> bool | tuple[list[os.stat_result | None], list[tuple[object, ...]]]:
         """The fast path: the listing and every stat hash to the recorded signature, and
         no mtime is inside the unstable window. Then the folder's files are the recorded
         ones (same names, same stats, so the same digests) and nothing is built: True.
-        Else False, or the stats taken (one per listing entry, None for a folder), which the
-        general path then uses instead of taking them again."""
+        Else False, or the stats taken (one per listing entry, None for a folder) and the
+        signature rows built from them, which the general path then uses instead of
+        taking them again. A folder the cache knows but recorded no signature for (it had
+        a racy file) is stat'ed here too: the general path then only looks at the files
+        whose stat is not the recorded one."""
         cache = self.cache
         if cache is None or self.rehash_all or not self.inline_fast_paths:
             return False
         head = cache.head(folder.rel)
-        if head is None or not head.signature:
+        if head is None:
             return False
         dir_fd = folder.fd
         lstat = os.stat
@@ -535,10 +541,10 @@ class Scanner:
                     )
         except OSError:
             return False
-        if _signature(rows) != head.signature:
-            return stats
+        if not head.signature or _signature(rows) != head.signature:
+            return stats, rows
         if not (head.hi <= self._unstable_after or head.lo >= self._unstable_before):
-            return stats
+            return stats, rows
         folder.clean = head
         filt = self.filter
         for name in dirs:
@@ -556,7 +562,13 @@ class Scanner:
         listing: list[os.DirEntry[str]],
         stamp: int,
         stats: list[os.stat_result | None] | None = None,
+        taken_rows: list[tuple[object, ...]] | None = None,
     ) -> None:
+        """List one folder the general way. ``stats`` and ``taken_rows`` are what
+        ``_matches_cache`` took (then no entry is stat'ed twice, and the files whose stat
+        is the recorded one are settled first, in a lean loop, without the general path's
+        per-file work: a folder with one edited file in a hundred costs little more than
+        a clean one)."""
         rel_dir = folder.rel
         dir_fd = folder.fd
         entries = folder.entries
@@ -567,8 +579,12 @@ class Scanner:
         everything = filt.everything
         lstat = os.stat
         isreg = stat.S_ISREG
-        rows: list[tuple[object, ...]] = []
-        row = rows.append
+        rows: list[tuple[object, ...]] = [] if taken_rows is None else taken_rows
+        # the rows are complete already when taken: those the general loop builds are not
+        # kept
+        this: tuple[object, ...]
+        discarded: list[tuple[object, ...]] = []
+        row = rows.append if taken_rows is None else discarded.append
         fast = self.inline_fast_paths
         cache = self.cache
         known_here = cache.entries(rel_dir) if cache is not None and not self.rehash_all else {}
@@ -587,7 +603,40 @@ class Scanner:
         small_hashed = small_bytes = 0
         hash_inline = fast and (content or self.rehash_all)
         lo = hi = None
-        for position, entry in enumerate(listing):
+        positions: range | list[int] = range(len(listing))
+        if taken_rows is not None and stats is not None and known_here and everything:
+            # The lean loop: every folder and every file whose stat is the recorded one
+            # (outside the unstable window: recorded when it was not racy, so it still is
+            # not). The rest go to the general loop below.
+            rest: list[int] = []
+            mtimes: list[int] = []
+            hit = files.append
+            for position, taken_row in enumerate(taken_rows):
+                if len(taken_row) == 1:  # a folder
+                    subdirs.append(taken_row[0].encode(encoding, errors))  # type: ignore[attr-defined]
+                    continue
+                text, mode, mtime, size, ino, ctime = taken_row
+                known = known_here.get(text.encode(encoding, errors))  # type: ignore[attr-defined]
+                if (
+                    known is not None
+                    and known.mtime_ns == mtime
+                    and known.size == size
+                    and known.ctime_ns == ctime
+                    and known.ino == ino
+                    and isreg(mode)  # type: ignore[arg-type]
+                    and not after < mtime < before
+                ):
+                    hit(known)
+                    nbytes += size
+                    mtimes.append(mtime)
+                else:
+                    rest.append(position)
+            nfiles = len(mtimes)
+            if mtimes:
+                lo, hi = min(mtimes), max(mtimes)
+            positions = rest
+        for position in positions:
+            entry = listing[position]
             text = entry.name
             name = text.encode(encoding, errors)
             taken = None
@@ -617,7 +666,8 @@ class Scanner:
                 folder.eligible = False
                 continue
             mtime = st.st_mtime_ns
-            row((text, st.st_mode, mtime, st.st_size, st.st_ino, st.st_ctime_ns))
+            this = (text, st.st_mode, mtime, st.st_size, st.st_ino, st.st_ctime_ns)
+            row(this)
             if not everything and not filt.wants_file(path_to_text(rel_dir + name)):
                 continue
             if isreg(st.st_mode):
@@ -661,7 +711,7 @@ class Scanner:
                         size = st.st_size
                         mtime = st.st_mtime_ns
                         new = IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, digest)
-                        if rows[-1][2:] != (mtime, size, st.st_ino, st.st_ctime_ns):
+                        if this[2:] != (mtime, size, st.st_ino, st.st_ctime_ns):
                             folder.eligible = False  # hashed bytes are not what the stat saw
                     if mtime >= racy_after or st.st_ctime_ns >= racy_after:
                         # git's racy rule: a same-size edit within the timestamp granularity

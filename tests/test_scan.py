@@ -389,3 +389,58 @@ def test_inlined_fast_paths_agree_with_the_general_path(
     assert warm == scan(_SlowScanner, "slow")
     if mode == "content_hash":
         assert warm[2] == 0  # every file a stat-cache hit, inlined on one side only
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_folder_without_a_signature_settles_its_unchanged_files_in_the_lean_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose record has no signature (a racy file in it last time) is stat'ed by
+    the signature check, and its unchanged files are taken from the cache by the lean loop:
+    only the racy, edited and new files are read, and the trees are the general path's."""
+    root = tmp_path / "raw"
+    for name in "abcde":
+        write(root / "f" / f"{name}.csv", f"{name},1\n")
+    racy = root / "f" / "z.csv"
+    write(racy, "z,1\n")
+    future = time.time_ns() + 3600 * 10**9  # racy at every scan of this test
+    os.utime(racy, ns=(future, future))
+    lean_calls: list[int] = []
+    original = Scanner._scan_listing
+
+    def spying(
+        self: Scanner, folder: object, listing: list[os.DirEntry[str]], *args: object
+    ) -> None:
+        if len(args) == 3 and args[2] is not None:
+            lean_calls.append(len(listing))
+        original(self, folder, listing, *args)  # type: ignore[arg-type]
+
+    def scan(scanner: type[Scanner], store: str) -> tuple[str, int, int]:
+        (tmp_path / store).mkdir(exist_ok=True)
+        repo = Repository(
+            load_config(
+                root=root, store=tmp_path / store, mode="content_hash", cooldown_sec=0, env={}
+            )
+        )
+        monkeypatch.setattr(manifest.repo, "Scanner", scanner)
+        result = repo.scan(base=None)
+        return result.root_id, result.files, result.hashed
+
+    monkeypatch.setattr(Scanner, "_scan_listing", spying)
+    assert scan(Scanner, "fast") == scan(_SlowScanner, "slow")
+    lean_calls.clear()
+    again = scan(Scanner, "fast")
+    assert again[2] == 1  # the racy file alone is read again
+    assert lean_calls == [6]  # the folder went through the lean loop
+    assert again == (scan(_SlowScanner, "slow")[0], 6, 1)
+
+    write(root / "f" / "b.csv", "B,2\n")  # same size, new bytes
+    write(root / "f" / "g.csv", "g,1\n")
+    os.unlink(root / "f" / "c.csv")
+    os.symlink("a.csv", root / "f" / "l.csv")
+    lean_calls.clear()
+    fast = scan(Scanner, "fast")
+    assert lean_calls == [7]
+    assert fast[1:] == (7, 3)  # b, g and the racy z read; a, d, e from the cache
+    assert fast[0] == scan(_SlowScanner, "slow")[0]
+    assert fast[0] != again[0]
