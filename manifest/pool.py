@@ -35,9 +35,11 @@ from manifest.scan import ScanProblem
 if TYPE_CHECKING:
     from manifest.scan import Scanner, _Folder
 
-# A scan of fewer files than this stays in one process: a worker costs ~0.15 s of CPU to
-# start and ~20 MiB; at 100,000 files it saved 10-20% of a status (docs/benchmarks.md).
-PARALLEL_MIN_FILES: Final = 200_000
+# A scan of fewer files than this stays in one process: a worker costs ~0.1 s of CPU to
+# start and ~25 MiB. Measured (clean mtime_size status, 1 vs 2 processes): 30,000 files
+# 0.31-0.38 s vs 0.37-0.40 s, 50,000 files 0.48 vs 0.46 s (even), 100,000 files 0.81-0.91 s
+# vs 0.60-0.65 s (docs/benchmarks.md).
+PARALLEL_MIN_FILES: Final = 75_000
 # A first scan (size unknown) that finds this many folders to share starts workers at once.
 EAGER_TASKS: Final = 64
 # A scan of unknown size starts workers only once it has run this long.
