@@ -36,10 +36,11 @@ if TYPE_CHECKING:
     from manifest.scan import Scanner, _Folder
 
 # A scan of fewer files than this stays in one process: a worker costs ~0.1 s of CPU to
-# start and ~25 MiB. Measured (clean mtime_size status, 1 vs 2 processes): 30,000 files
-# 0.31-0.38 s vs 0.37-0.40 s, 50,000 files 0.48 vs 0.46 s (even), 100,000 files 0.81-0.91 s
-# vs 0.60-0.65 s (docs/benchmarks.md).
-PARALLEL_MIN_FILES: Final = 75_000
+# start and ~20 MiB. Measured (clean mtime_size status, 1 vs 2 processes): 50,000 files
+# 0.48 vs 0.46 s (even); 100,000 files 0.85 vs 0.63 s, but 28 vs 48 MiB, 1.1x against 1.9x
+# git's memory (docs/benchmarks.md): below 200,000 memory wins; ``MANIFEST_JOBS=2`` takes
+# the time.
+PARALLEL_MIN_FILES: Final = 200_000
 # A first scan (size unknown) that finds this many folders to share starts workers at once.
 EAGER_TASKS: Final = 64
 # A scan of unknown size starts workers only once it has run this long.
