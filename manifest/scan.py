@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from operator import attrgetter
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from blake3 import blake3
@@ -47,6 +46,9 @@ from manifest.model import (
     path_to_text,
 )
 from manifest.objects import ObjectStore
+
+if TYPE_CHECKING:
+    import subprocess
 
 EMPTY_TREE: Final = Tree(entries=())
 EMPTY_TREE_BYTES: Final = encode_object(EMPTY_TREE)
