@@ -388,9 +388,13 @@ class Repository:
         base_snap = self.read_snapshot(base) if base else None
         if config.root_url is not None:
             return self._scan_bucket(base_snap, rehash_all, on_hash, on_walk, save_cache)
+
+        def jobs_for(expected: int | None) -> int:
+            # scan workers read base trees from a local object store only
+            return choose_jobs(expected, config.jobs) if self.bucket is None else 1
+
         expected = base_snap.counts.files if base_snap is not None else None
-        # scan workers read base trees from a local object store only
-        jobs = choose_jobs(expected, config.jobs) if self.bucket is None else 1
+        jobs = jobs_for(expected)
         index_path = self.store / "index"
         index_fd = open_index(index_path)
         spares: list[subprocess.Popen[bytes]] = []
@@ -402,7 +406,7 @@ class Repository:
             cache = StatCache(index_path, config.mode, scan_context(config), fd=index_fd)
             if cache.records:
                 expected = len(cache)
-                jobs = choose_jobs(expected, config.jobs) if self.bucket is None else 1
+                jobs = jobs_for(expected)
             skip = frozenset({os.fsencode(self.store)})
             scanner = Scanner(
                 os.fsencode(config.root),
