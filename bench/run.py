@@ -88,7 +88,7 @@ TARGET_NO_REGRESSION = 1.05
 @dataclass
 class Sample:
     seconds: float
-    maxrss: int  # bytes: the sum of the peaks of every process in the tree
+    maxrss: int  # bytes: the sum of the peaks of every process in the tree (0: not sampled)
     procs: int = 1
 
 
@@ -117,9 +117,16 @@ class Measurement:
     def max(self) -> float:
         return max(self.series())
 
+    # runs sampled for memory only (their time is not counted, see ``run_once``)
+    memory: list[Sample] = field(default_factory=list)
+
     @property
     def max_rss(self) -> int:
-        return max((s.maxrss for s in self.samples), default=0)
+        return max((s.maxrss for s in [*self.samples, *self.memory]), default=0)
+
+    @property
+    def procs(self) -> int:
+        return max((s.procs for s in [*self.samples, *self.memory]), default=1)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -150,14 +157,23 @@ def _hwm(pid: int) -> int:
 
 
 def run_once(
-    argv: Sequence[str] | str, env: dict[str, str], *, shell: bool = False, check: bool = True
+    argv: Sequence[str] | str,
+    env: dict[str, str],
+    *,
+    shell: bool = False,
+    check: bool = True,
+    memory: bool = False,
 ) -> Sample:
-    """One whole process: the wall time around it, and the peak RSS of its process tree.
+    """One whole process: the wall time around it, or (``memory``) the peak RSS of its
+    process tree.
 
-    Every 5 ms the process tree is listed and each live process's own peak (``VmHWM``) read;
-    the result is the largest sum over processes alive at the same moment (the command and
-    its workers; for a shell pipeline, the shell's children), and at least the command's own
-    ``rusage`` peak from ``os.wait4``."""
+    For memory, every 5 ms the process tree is listed and each live process's own peak
+    (``VmHWM``) read; the result is the largest sum over processes alive at the same moment
+    (the command and its workers; for a shell pipeline, the shell's children), and at least
+    the command's own ``rusage`` peak from ``os.wait4``. That polling takes CPU from what it
+    measures (a 1M-file status on both cores: 3.65 s polled against 3.26 s not; git status,
+    which leaves part of a core idle, 2.57 against 2.50 s), so a run is timed or sampled
+    for memory, never both: the callers time ``runs`` runs and sample one more."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         argv,
@@ -188,17 +204,21 @@ def run_once(
             stop.wait(0.005)
 
     poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    if memory:
+        poller.start()
     stderr = b""
     if proc.stderr is not None:
         stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
     stop.set()
-    poller.join()
+    if memory:
+        poller.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{argv!r} exited {proc.returncode}: {stderr.decode()[-2000:]}")
+    if not memory:
+        return Sample(elapsed, 0, 0)
     if shell:
         peaks.pop(proc.pid, None)
         floor = 0
@@ -221,14 +241,18 @@ def measure(
     prepare: Callable[[int], None] | None = None,
     warmup: bool = True,
 ) -> Measurement:
-    if warmup:
+    if warmup:  # the warm-up run is the one sampled for memory
         if prepare is not None:
             prepare(-1)
-        run_once(argv, env, shell=shell)
+        m.memory.append(run_once(argv, env, shell=shell, memory=True))
     for i in range(runs):
         if prepare is not None:
             prepare(i)
         m.samples.append(run_once(argv, env, shell=shell))
+    if not warmup:
+        if prepare is not None:
+            prepare(runs)
+        m.memory.append(run_once(argv, env, shell=shell, memory=True))
     print(
         f"  {m.title}: median {m.median:.3f}s  min {m.min:.3f}s  max {m.max:.3f}s  "
         f"maxrss {m.max_rss / MIB:.1f} MiB",
@@ -244,32 +268,33 @@ def _report(jobs: list[Job]) -> None:
     for m, *_ in jobs:
         print(
             f"  {m.title}: median {m.median:.3f}s  min {m.min:.3f}s  max {m.max:.3f}s  "
-            f"max RSS {m.max_rss / MIB:.1f} MiB ({max(x.procs for x in m.samples)} processes)",
+            f"max RSS {m.max_rss / MIB:.1f} MiB ({m.procs} processes)",
             flush=True,
         )
 
 
 def measure_interleaved(jobs: list[Job], runs: int) -> None:
-    """Measure several commands round-robin (one warm-up each, then ``runs`` rounds), so
-    that drift on a shared machine hits each of them alike."""
+    """Measure several commands round-robin (one warm-up each, sampled for memory, then
+    ``runs`` timed rounds), so that drift on a shared machine hits each of them alike."""
     for i in range(-1, runs):
         for m, argv, env, prepare in jobs:
             if prepare is not None:
                 prepare(i)
-            sample = run_once(argv, env, shell=isinstance(argv, str))
-            if i >= 0:
-                m.samples.append(sample)
+            sample = run_once(argv, env, shell=isinstance(argv, str), memory=i < 0)
+            (m.samples if i >= 0 else m.memory).append(sample)
     _report(jobs)
 
 
 def measure_interleaved_shell(jobs: list[Job], runs: int) -> None:
     """``measure_interleaved`` for a group mixing shell pipelines (strings) and argv lists;
-    no warm-up round (a first snapshot's warm-up is the page cache, already warm)."""
-    for i in range(runs):
+    no warm-up round (a first snapshot's warm-up is the page cache, already warm): the
+    round sampled for memory comes after the timed ones."""
+    for i in range(runs + 1):
         for m, argv, env, prepare in jobs:
             if prepare is not None:
                 prepare(i)
-            m.samples.append(run_once(argv, env, shell=isinstance(argv, str)))
+            sample = run_once(argv, env, shell=isinstance(argv, str), memory=i == runs)
+            (m.samples if i < runs else m.memory).append(sample)
     _report(jobs)
 
 
@@ -951,7 +976,7 @@ def section(res: dict[str, object], mach: dict[str, str], vers: dict[str, str]) 
     tree = str(res["tree"])
     work = f"/tmp/bench_trees/work{n}"
     for m in ms.values():
-        rss = f"{m.max_rss / MIB:.0f} MiB" if m.samples else ""
+        rss = f"{m.max_rss / MIB:.0f} MiB" if m.max_rss else ""
         command = m.command.replace(work + "/", "$W/").replace(tree, "$T")
         lines.append(
             f"| {cell(m.title)} | {fmt(m, m.median)} | {fmt(m, m.min)} | {fmt(m, m.max)} | "
