@@ -221,8 +221,10 @@ def _merge(scanner: Scanner, parent: _Folder, part: Part) -> None:
 
 
 def worker_argv() -> list[str]:
-    """The command that starts a worker (the interpreter running this one)."""
-    return [sys.executable, "-m", "manifest.pool"]
+    """The command that starts a worker: the interpreter running this one, with ``-P`` (the
+    current folder is not put on ``sys.path``: a ``manifest`` folder or module where the
+    command was run from is never imported as this package)."""
+    return [sys.executable, "-P", "-m", "manifest.pool"]
 
 
 def start_worker(index_fd: int) -> subprocess.Popen[bytes] | None:

@@ -101,6 +101,28 @@ def test_a_worker_that_dies_leaves_its_subtrees_to_the_parent(
     )
 
 
+@pytest.mark.usefixtures("fine_timestamps")
+def test_workers_never_import_a_manifest_folder_from_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project folder may hold its own ``manifest`` package (or ``manifest.py``). A worker
+    started from there runs this package, not that one."""
+    raw = tmp_path / "raw"
+    _tree(raw)
+    marker = tmp_path / "decoy-imported"
+    decoy = tmp_path / "project" / "manifest"
+    write(decoy / "__init__.py", f"open({str(marker)!r}, 'w').close()\n")
+    write(decoy / "pool.py", "raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path / "project")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    expected = _repo(tmp_path, "one", 1).scan(base=None)
+    got = _repo(tmp_path, "two", 2).scan(base=None)
+    assert got.jobs == 2
+    assert (got.root_id, got.files) == (expected.root_id, expected.files)
+    assert not marker.exists()
+
+
 def test_a_folder_swapped_for_a_symlink_in_a_worker_is_never_followed(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     _tree(raw)
