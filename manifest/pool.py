@@ -50,6 +50,12 @@ MAX_JOBS: Final = 8
 # waiting for this process to come back from a subtree of its own to answer (one in hand
 # left the worker idle ~35% of a 1M-file status, docs/benchmarks.md).
 PREFETCH: Final = 2
+# The capacity asked for each worker's result pipe (Linux's default is 64 KiB). A subtree
+# whose folders all changed sends ~36 KiB of stat cache records, up to ~75 KiB: through 64
+# KiB the worker blocked until this process came back from a subtree of its own to read
+# (1.0-1.8 s of a 1M-file status with 1% re-touched, docs/benchmarks.md). 1 MiB is what
+# /proc/sys/fs/pipe-max-size lets any user ask for by default.
+PIPE_BYTES: Final = 1 << 20
 _LENGTH: Final = struct.Struct("<I")
 _PROGRESS_EVERY_NS: Final = 100_000_000
 
@@ -235,7 +241,7 @@ def start_worker(index_fd: int) -> subprocess.Popen[bytes] | None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             worker_argv(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -246,6 +252,20 @@ def start_worker(index_fd: int) -> subprocess.Popen[bytes] | None:
         )
     except OSError:
         return None
+    assert proc.stdout is not None
+    widen_pipe(proc.stdout.fileno())
+    return proc
+
+
+def widen_pipe(fd: int) -> None:
+    """Ask for ``PIPE_BYTES`` of capacity (best effort: Linux only, and a user over the
+    system's pipe quota keeps the default)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def start_spares(count: int, index_fd: int) -> list[subprocess.Popen[bytes]]:

@@ -138,6 +138,21 @@ def test_a_folder_swapped_for_a_symlink_in_a_worker_is_never_followed(tmp_path: 
     assert not any("secret" in p for p in status.changes.paths)
 
 
+def test_a_worker_can_send_a_big_result_without_waiting_to_be_read() -> None:
+    """A subtree whose folders all changed sends tens of KiB of cache records: the result
+    pipe holds it, so the worker goes on to its next subtree while this process is busy."""
+    import fcntl
+
+    proc = manifest.pool.start_worker(-1)
+    assert proc is not None and proc.stdout is not None
+    try:
+        size = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+        max_size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        assert size == min(manifest.pool.PIPE_BYTES, max_size) > 64 * 1024
+    finally:
+        manifest.pool.stop_spares([proc])
+
+
 def test_choose_jobs() -> None:
     assert choose_jobs(10, None) == 1  # small: one process
     assert choose_jobs(10, 3) == 3  # MANIFEST_JOBS wins
