@@ -339,6 +339,30 @@ def object_files(store: Path) -> dict[str, int]:
     return out
 
 
+def appended_folders(index: Path, start: int) -> list[bytes] | None:
+    """The folders of the stat cache records appended after byte ``start`` (each record: a
+    ``<IIII`` frame, then its head, whose first field is the folder's path); None if the
+    tail does not parse."""
+    import struct
+
+    import msgspec
+
+    data = index.read_bytes()[start:]
+    frame = struct.Struct("<IIII")
+    out: list[bytes] = []
+    pos = 0
+    while pos + frame.size <= len(data):
+        hlen, plen, _, _ = frame.unpack_from(data, pos)
+        head = data[pos + frame.size : pos + frame.size + hlen]
+        try:
+            folder = msgspec.msgpack.decode(head)[0]
+        except (msgspec.DecodeError, IndexError, TypeError):
+            return None
+        out.append(folder)
+        pos += frame.size + hlen + plen
+    return out if pos == len(data) else None
+
+
 def retouch_set(n: int) -> list[str]:
     """1% of the files, spread over every folder (every 100th file)."""
     return [gen_tree.rel_path(i) for i in range(0, n, 100)]
@@ -706,8 +730,16 @@ def run_all(n: int, runs: int, big: bool, before: Path | None = None) -> dict[st
             cmd_text(argv_edit),
         )
         index_sizes: list[int] = []
+        changed_only = Measurement(
+            "index_changed_only" + sfx,
+            f"stat cache records written by that snapshot are changed folders'{label[sfx]}",
+            "1 if every record appended is a changed folder's (see `appended_folders`), else 0",
+            unit="",
+        )
+        edited: list[str] = []
         for r in range(runs):
             rel = gen_tree.rel_path((r * 7919 + 123) % n)
+            edited.append(rel)
             path = tree / rel
             original = path.read_bytes()
             path.write_bytes(original + f"edit {r}\n".encode())
@@ -728,6 +760,19 @@ def run_all(n: int, runs: int, big: bool, before: Path | None = None) -> dict[st
                 )
             )
             index_sizes.append(index_after.st_size)
+            # The folders that changed: this edit's, and those of earlier runs (each file is
+            # restored after its run, and a restore recorded smudged because it was racy is
+            # recorded again once it has settled, up to a few snapshots later when they are
+            # quick), with their parents and the root, whose records name their subfolders'
+            # new tree ids.
+            changed = {b""}
+            for earlier in edited:
+                parts = earlier.encode().split(b"/")[:-1]
+                changed.update(b"/".join(parts[: i + 1]) + b"/" for i in range(len(parts)))
+            folders = (
+                appended_folders(s_edit / "index", index_before.st_size) if same_file else None
+            )
+            changed_only.values.append(float(folders is not None and set(folders) <= changed))
             path.write_bytes(original)
             os.utime(path, ns=(gen_tree.MTIME_NS, gen_tree.MTIME_NS))
         added.note = f"{statistics.median(added_count):.0f} new object files (median)"
@@ -738,6 +783,7 @@ def run_all(n: int, runs: int, big: bool, before: Path | None = None) -> dict[st
         )
         ms["edit_bytes" + sfx] = added
         ms["index_bytes" + sfx] = index_written
+        ms["index_changed_only" + sfx] = changed_only
         ms["edit_snapshot" + sfx] = edit_time
 
     # raw_schedule tick in process (the current code, and the code before)
@@ -861,21 +907,33 @@ def verdicts(ms: dict[str, Measurement]) -> list[Verdict]:
         TARGET_TICK_VS_STATUS,
         (SCALE_N,),
     )
-    for key, title in (
-        ("edit_bytes", "objects added by a one-file-edit snapshot (max of runs)"),
-        ("index_bytes", "stat cache bytes written by a one-file-edit snapshot (max of runs)"),
-    ):
-        if key in ms:
-            e = ms[key].max
-            rows.append(
-                (
-                    title,
-                    f"{e / KIB:.1f} KiB",
-                    f"<= {TARGET_EDIT_BYTES // KIB} KiB",
-                    e <= TARGET_EDIT_BYTES,
-                    both,
-                )
+    if "edit_bytes" in ms:
+        e = ms["edit_bytes"].max
+        rows.append(
+            (
+                "objects added by a one-file-edit snapshot (max of runs)",
+                f"{e / KIB:.1f} KiB",
+                f"<= {TARGET_EDIT_BYTES // KIB} KiB",
+                e <= TARGET_EDIT_BYTES,
+                both,
             )
+        )
+    if "index_bytes" in ms and "index_changed_only" in ms:
+        # issue 11: O(changed folders), not the whole cache. The bench restores each edited
+        # file after its run, so a snapshot sees two or three changed folders (see run_all).
+        e = ms["index_bytes"].max
+        whole = ms["index_bytes"].note
+        ok = ms["index_changed_only"].min == 1.0
+        rows.append(
+            (
+                "stat cache written by a one-file-edit snapshot: only changed folders' records "
+                "(max of runs)",
+                f"{e / KIB:.1f} KiB ({whole})",
+                "changed folders only",
+                ok,
+                both,
+            )
+        )
     t = ms["tick"].median
     rows.append(
         (
