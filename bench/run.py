@@ -169,8 +169,8 @@ def run_once(
 
     For memory, every 5 ms the process tree is listed and each live process's own peak
     (``VmHWM``) read; the result is the largest sum over processes alive at the same moment
-    (the command and its workers; for a shell pipeline, the shell's children), and at least
-    the command's own ``rusage`` peak from ``os.wait4``. That polling takes CPU from what it
+    (the command and its workers; for a shell pipeline, the shell's children); the command's
+    ``rusage`` peak from ``os.wait4`` only if no poll saw it. That polling takes CPU from what it
     measures (a 1M-file status on both cores: 3.65 s polled against 3.26 s not; git status,
     which leaves part of a core idle, 2.57 against 2.50 s), so a run is timed or sampled
     for memory, never both: the callers time ``runs`` runs and sample one more."""
@@ -222,8 +222,14 @@ def run_once(
     if shell:
         peaks.pop(proc.pid, None)
         floor = 0
+    elif proc.pid in peaks:
+        # ``ru_maxrss`` is not used when the polls saw the command: Linux carries the peak
+        # of the image a process had before ``exec`` into it, and before ``exec`` the child
+        # is this process (the bench grows to ~330 MiB after its in-process 1M check, which
+        # every later 1M command then reported as its own peak)
+        floor = 0
     else:
-        floor = usage.ru_maxrss * 1024  # the command's own peak, if the polls missed it
+        floor = usage.ru_maxrss * 1024  # a command too short for any poll to see
     return Sample(elapsed, max(concurrent[0], floor), len(peaks))
 
 
