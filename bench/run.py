@@ -349,12 +349,11 @@ def appended_folders(index: Path, start: int) -> list[bytes] | None:
     """The folders of the stat cache records appended after byte ``start`` (each record: a
     ``<IIII`` frame, then its head, whose first field is the folder's path); None if the
     tail does not parse."""
-    import struct
-
     import msgspec
 
+    from manifest.index import RECORD_FRAME as frame
+
     data = index.read_bytes()[start:]
-    frame = struct.Struct("<IIII")
     out: list[bytes] = []
     pos = 0
     while pos + frame.size <= len(data):
@@ -926,7 +925,7 @@ def verdicts(ms: dict[str, Measurement]) -> list[Verdict]:
         )
     if "index_bytes" in ms and "index_changed_only" in ms:
         # issue 11: O(changed folders), not the whole cache. The bench restores each edited
-        # file after its run, so a snapshot sees two or three changed folders (see run_all).
+        # file after its run, so a snapshot sees several changed folders (see run_all).
         e = ms["index_bytes"].max
         whole = ms["index_bytes"].note
         ok = ms["index_changed_only"].min == 1.0

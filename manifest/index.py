@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 INDEX_MAGIC: Final = b"MANIFEST-INDEX\x00\x02"
 INDEX_FORMAT: Final = 2
-_FRAME: Final = struct.Struct("<IIII")  # head length, payload length, head crc, payload crc
+RECORD_FRAME: Final = struct.Struct("<IIII")  # head length, payload length, head crc, payload crc
 _HEADER_FRAME: Final = struct.Struct("<II")  # header length, header crc
 _READ_BLOCK: Final = 1 << 20
 
@@ -124,7 +124,9 @@ def encode_head(head: FolderHead) -> bytes:
 
 def frame(head: bytes, payload: bytes) -> bytes:
     return (
-        _FRAME.pack(len(head), len(payload), zlib.crc32(head), zlib.crc32(payload)) + head + payload
+        RECORD_FRAME.pack(len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
+        + head
+        + payload
     )
 
 
@@ -269,12 +271,12 @@ class StatCache(CacheView):
         # Read the records in big blocks; a record that does not fit is read on its own.
         block = b""
         block_at = pos
-        while pos + _FRAME.size <= size:
-            if pos + _FRAME.size > block_at + len(block):
+        while pos + RECORD_FRAME.size <= size:
+            if pos + RECORD_FRAME.size > block_at + len(block):
                 block = os.pread(fd, _READ_BLOCK, pos)
                 block_at = pos
-            hlen, plen, hcrc, pcrc = _FRAME.unpack_from(block, pos - block_at)
-            start = pos + _FRAME.size
+            hlen, plen, hcrc, pcrc = RECORD_FRAME.unpack_from(block, pos - block_at)
+            start = pos + RECORD_FRAME.size
             if start + hlen + plen > size:
                 self.rewrite = True  # a torn append
                 break
@@ -287,8 +289,8 @@ class StatCache(CacheView):
                 self.rewrite = True
                 break
             self.records[folder.path] = Loaded(folder, start + hlen, plen, pcrc)
-            self.sizes[folder.path] = _FRAME.size + hlen + plen
-            self.total += _FRAME.size + hlen + plen
+            self.sizes[folder.path] = RECORD_FRAME.size + hlen + plen
+            self.total += RECORD_FRAME.size + hlen + plen
             pos = start + hlen + plen
         if pos != size:
             self.rewrite = True
@@ -301,7 +303,7 @@ class StatCache(CacheView):
         live = {p: n for p, n in self.sizes.items() if p in self.kept and p not in self.updates}
         live_bytes = sum(live.values())
         dead_bytes = self.total - live_bytes
-        new_bytes = sum(_FRAME.size + len(h) + len(p) for h, p in self.updates.values())
+        new_bytes = sum(RECORD_FRAME.size + len(h) + len(p) for h, p in self.updates.values())
         rewrite = self.rewrite or dead_bytes > live_bytes + new_bytes
         if not rewrite and not self.updates:
             return False
