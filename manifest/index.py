@@ -5,9 +5,15 @@ inode, ctime) is unchanged. It is kept folder by folder, so that a million files
 more than the folders that changed:
 
 * A **record** per folder: a small ``FolderHead`` (the folder's stat *signature*, the tree
-  id it had, its subfolders' entries, its file and byte counts) and a payload, the folder's
-  ``IndexEntry`` lines. A scan loads only the heads; a folder whose listing and stats hash
-  to the recorded signature reuses the recorded tree id without reading its payload at all.
+  id it had, its subfolders' entries, its file and byte counts) and a payload. A scan loads
+  only the heads; a folder whose listing and stats hash to the recorded signature reuses the
+  recorded tree id without reading its payload at all.
+* The payload is **positional**: the folder's listing *rows* (each entry's name and stat)
+  encoded exactly as the signature encodes them, where each row starts, and per row a
+  digest and a flag (a file whose digest holds while its row is unchanged, a racy file, or
+  anything else). A folder whose signature misses finds the rows that changed by comparing
+  the bytes it just encoded with the recorded ones, and looks at those rows only: nothing is
+  built or decoded for the files that did not change (``Recorded.changed``).
 * Records are framed (lengths and CRC-32s) and **appended**: an edit to one file writes its
   folder's record, not the whole cache. The last record of a folder wins. When more than
   half the file is dead (overridden, or folders that are gone) it is rewritten whole.
@@ -16,7 +22,7 @@ more than the folders that changed:
   keeps the digests but never reuses a tree id.
 
 Racy entries (an mtime or ctime not safely older than the moment their folder was listed)
-are stored smudged (inode -1) and their folder gets no signature, so they are re-hashed.
+are recorded ``F_SMUDGED`` and their folder gets no signature, so they are re-hashed.
 """
 
 from __future__ import annotations
@@ -24,23 +30,31 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import sys
 import weakref
 import zlib
-from collections.abc import Iterable
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, compress, count
+from operator import itemgetter, ne
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 from blake3 import blake3
 
 from manifest.errors import FormatVersionError, ManifestError, StaleLockError
 from manifest.fsutil import LockFile, write_all
-from manifest.model import IndexEntry, TreeEntry
+from manifest.model import KIND_FILE, IndexEntry, TreeEntry
 
 T = TypeVar("T")
 
 INDEX_MAGIC: Final = b"MANIFEST-INDEX\x00\x02"
-INDEX_FORMAT: Final = 2
+# 3: positional payloads. 2 (``LEGACY_FORMAT``): lists of ``IndexEntry``, whose digests are
+# used by name (no recorded tree id is trusted) until the file is rewritten in layout 3.
+INDEX_FORMAT: Final = 3
+LEGACY_FORMAT: Final = 2
 RECORD_FRAME: Final = struct.Struct("<IIII")  # head length, payload length, head crc, payload crc
 _HEADER_FRAME: Final = struct.Struct("<II")  # header length, header crc
 _READ_BLOCK: Final = 1 << 20
@@ -83,17 +97,254 @@ class Loaded(msgspec.Struct, frozen=True, array_like=True):
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(FolderHead)
 _HEADER_DECODER: Final = msgspec.msgpack.Decoder(IndexHeader)
-_PAYLOAD_DECODER: Final = msgspec.msgpack.Decoder(list[IndexEntry])
 
 
-SMUDGED_INO: Final = -1  # never a real inode number: a smudged entry never matches a stat
+SMUDGED_INO: Final = -1  # ``entries()`` gives a smudged file this inode: it never matches
+
+# A row's flag: what the cache knows of that listing entry.
+F_OTHER: Final = 0  # nothing: a folder, symlink, special or filtered-out entry, looked at again
+F_FILE: Final = 1  # a regular file whose digest holds while its row is unchanged
+F_SMUDGED: Final = 2  # a regular file recorded racy: its digest is kept, but it is re-hashed
+FILEISH: Final = bytes((F_FILE, F_SMUDGED))  # the rows that are files of the folder's tree
+# ``flags.translate`` to 1 for a file row, else 0 (a mask for ``itertools.compress``)
+FILEISH_MASK: Final = bytes(int(flag in FILEISH) for flag in range(256))
+# ... and to 1 for any row that is not an F_FILE row
+NOT_FILE_MASK: Final = bytes(int(flag != F_FILE) for flag in range(256))
+
+Row = tuple[Any, ...]
+"""A listing entry as a scan takes it: ``(name,)`` for a folder, else ``(name, mode,
+mtime_ns, size, ino, ctime_ns)``; the name as listed (``str``), or ``bytes`` when it is
+not UTF-8 (such rows never equal a listed one)."""
+
+_ROW_DECODER: Final = msgspec.msgpack.Decoder(Row)
+_ROWS_DECODER: Final = msgspec.msgpack.Decoder(list[Row])
+_FS_ENCODING: Final = sys.getfilesystemencoding()
+_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
+_NAME = itemgetter(0)
+_MTIME = itemgetter(2)
+_SIZE = itemgetter(3)
+_U32: Final = next(code for code in "IL" if array(code).itemsize == 4)
+# Changed rows found byte by byte, up to this many; beyond, all rows are compared decoded.
+_BYTEWISE_ROWS: Final = 8
 
 
-def smudged(entry: IndexEntry) -> IndexEntry:
-    """The entry, marked racy: its digest is kept, but no stat will match it again."""
-    return IndexEntry(
-        entry.name, entry.size, entry.mtime_ns, SMUDGED_INO, entry.ctime_ns, entry.digest
-    )
+class Payload(msgspec.Struct, frozen=True, array_like=True):
+    """A folder's record payload (see the module's docstring)."""
+
+    rows: bytes  # the rows, msgpack-encoded exactly as the signature hashes them
+    offsets: bytes  # native uint32s: where each row starts in ``rows``, then where the last ends
+    digests: list[bytes]  # per row (b"" where there is none)
+    flags: bytes  # per row: F_OTHER, F_FILE or F_SMUDGED
+
+
+_PAYLOAD_DECODER: Final = msgspec.msgpack.Decoder(Payload)
+_LEGACY_DECODER: Final = msgspec.msgpack.Decoder(list[IndexEntry])
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` items (the shortest form, as msgspec writes)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_rows(rows: Sequence[Row]) -> tuple[bytes, bytes, bool]:
+    """The rows encoded as one msgpack array, where each row starts in it (native uint32s,
+    one more than rows), and whether every name is UTF-8 (then the encoding is what the
+    signature hashes; else names are recorded as bytes)."""
+    encode = _ENCODER.encode
+    textual = True
+    try:
+        parts = list(map(encode, rows))
+    except UnicodeEncodeError:
+        textual = False
+        # a name that is not UTF-8: recorded as bytes (never equal to a listed row)
+        parts = [
+            encode((r[0].encode(_FS_ENCODING, _FS_ERRORS), *r[1:]) if isinstance(r[0], str) else r)
+            for r in rows
+        ]
+    header = _array_header(len(parts))
+    offsets = array(_U32, accumulate(map(len, parts), initial=len(header)))
+    return header + b"".join(parts), offsets.tobytes(), textual
+
+
+def encode_payload(
+    rows: Sequence[Row],
+    digests: list[bytes],
+    flags: bytes | bytearray,
+    encoded: tuple[bytes, bytes] | None = None,
+) -> bytes:
+    """A folder's payload. ``encoded``: ``encode_rows(rows)``, when it is known already."""
+    data, offsets = encoded if encoded is not None else encode_rows(rows)[:2]
+    return _ENCODER.encode(Payload(data, offsets, digests, bytes(flags)))
+
+
+def payload_of(entries: Iterable[IndexEntry]) -> bytes:
+    """The payload recording these files (what a scan of a folder holding only them would
+    write, modes aside): for tests and tools."""
+    rows: list[Row] = []
+    digests: list[bytes] = []
+    flags = bytearray()
+    for e in entries:
+        name = os.fsdecode(e.name)
+        smudge = e.ino == SMUDGED_INO
+        rows.append((name, 0o100644, e.mtime_ns, e.size, 0 if smudge else e.ino, e.ctime_ns))
+        digests.append(e.digest)
+        flags.append(F_SMUDGED if smudge else F_FILE)
+    return encode_payload(rows, digests, flags)
+
+
+def name_bytes(name: str | bytes) -> bytes:
+    return name if isinstance(name, bytes) else name.encode(_FS_ENCODING, _FS_ERRORS)
+
+
+class Recorded:
+    """A folder's payload, decoded only as far as asked."""
+
+    __slots__ = ("_by_name", "_rows", "data", "digests", "flags", "n", "offsets", "offsets_bytes")
+
+    def __init__(self, payload: Payload) -> None:
+        self.data = payload.rows
+        self.offsets_bytes = payload.offsets
+        self.offsets = array(_U32)
+        self.offsets.frombytes(payload.offsets)
+        self.digests = payload.digests
+        self.flags = payload.flags
+        self.n = len(self.flags)
+        offsets = self.offsets
+        if (
+            len(self.digests) != self.n
+            or len(offsets) != self.n + 1
+            or offsets[0] != len(_array_header(self.n))
+            or offsets[-1] != len(self.data)
+        ):
+            raise ValueError("inconsistent payload")
+        self._rows: list[Row] | None = None
+        self._by_name: dict[bytes, int] | None = None
+
+    def rows(self) -> list[Row]:
+        """Every recorded row (raises ``msgspec.DecodeError`` if they do not decode)."""
+        if self._rows is None:
+            rows = _ROWS_DECODER.decode(self.data)
+            if len(rows) != self.n:
+                raise msgspec.DecodeError("inconsistent payload")
+            self._rows = rows
+        return self._rows
+
+    def row(self, i: int) -> Row:
+        if self._rows is not None:
+            return self._rows[i]
+        return _ROW_DECODER.decode(self.data[self.offsets[i] : self.offsets[i + 1]])
+
+    def by_name(self) -> dict[bytes, int]:
+        """Each recorded file's row number, by name (as bytes)."""
+        if self._by_name is None:
+            try:
+                rows = self.rows()
+            except msgspec.DecodeError:
+                rows = []
+            if len(rows) != self.n:
+                self._by_name = {}
+                return self._by_name
+            self._by_name = {
+                name_bytes(rows[i][0]): i
+                for i in compress(count(), self.flags.translate(FILEISH_MASK))
+            }
+        return self._by_name
+
+    def entry(self, i: int) -> IndexEntry | None:
+        """Row ``i`` as an ``IndexEntry`` (a smudged one never matches a stat), if a file."""
+        flag = self.flags[i]
+        if flag not in FILEISH:
+            return None
+        try:
+            row = self.row(i)
+        except msgspec.DecodeError:
+            return None
+        if len(row) != 6:
+            return None
+        name, _mode, mtime, size, ino, ctime = row
+        ino = SMUDGED_INO if flag == F_SMUDGED else ino
+        return IndexEntry(name_bytes(name), size, mtime, ino, ctime, self.digests[i])
+
+    def entries(self) -> dict[bytes, IndexEntry]:
+        out = {}
+        for i in compress(count(), self.flags.translate(FILEISH_MASK)):
+            e = self.entry(i)
+            if e is not None:
+                out[e.name] = e
+        return out
+
+    def tree_files(self, content: bool) -> list[TreeEntry]:
+        """The tree entries of the recorded files."""
+        return tree_files(self.rows(), self.digests, self.flags, content)
+
+    def changed(self, encoded: bytes | None, rows: list[Row]) -> tuple[list[int], bool] | None:
+        """The numbers of the rows of a new listing (``rows``, ``encoded`` as
+        ``encode_rows`` would) that differ from the recorded ones at the same place, and
+        whether each new row lies where the recorded one did in the encoding (then the
+        recorded offsets hold for ``encoded``); None if the listing does not have as many
+        rows.
+
+        Few changed rows (a touch, an edit) are found byte by byte, without decoding a
+        recorded row: where the two encodings first differ, the new row there must decode
+        to exactly the new listing's row over the recorded row's bytes (so both encodings
+        are still aligned after it), and the search goes on past it. Otherwise (more rows,
+        or an encoding of another length) the rows are compared decoded."""
+        if len(rows) != self.n:
+            return None
+        old = self.data
+        if encoded is not None and len(encoded) == len(old):
+            if encoded == old:
+                return [], True
+            size = len(old)
+            diff = int.from_bytes(encoded, "big") ^ int.from_bytes(old, "big")
+            offsets = self.offsets
+            found: list[int] = []
+            while diff:
+                at = size - 1 - ((diff.bit_length() - 1) >> 3)  # the first differing byte
+                i = bisect_right(offsets, at) - 1
+                if i < 0 or i >= self.n or len(found) >= _BYTEWISE_ROWS:
+                    break
+                end = offsets[i + 1]
+                try:
+                    if _ROW_DECODER.decode(encoded[offsets[i] : end]) != rows[i]:
+                        break
+                except msgspec.DecodeError:
+                    break
+                found.append(i)
+                diff &= (1 << ((size - end) << 3)) - 1
+            else:
+                return found, True
+        try:
+            recorded = self.rows()
+        except msgspec.DecodeError:
+            return None
+        return list(compress(count(), map(ne, rows, recorded))), False
+
+
+def tree_files(
+    rows: Sequence[Row], digests: list[bytes], flags: bytes | bytearray, content: bool
+) -> list[TreeEntry]:
+    """The tree entries of the file rows."""
+    out = []
+    for i in compress(count(), flags.translate(FILEISH_MASK)):
+        row = rows[i]
+        out.append(
+            TreeEntry(name_bytes(row[0]), KIND_FILE, row[3], 0 if content else row[2], digests[i])
+        )
+    return out
+
+
+def file_stats(rows: Sequence[Row], flags: bytes | bytearray) -> tuple[int, int, int, int]:
+    """How many file rows, their bytes, and their lowest and highest mtime (0, 0 if none)."""
+    files = list(compress(rows, flags.translate(FILEISH_MASK)))
+    if not files:
+        return 0, 0, 0, 0
+    mtimes = list(map(_MTIME, files))
+    return len(files), sum(map(_SIZE, files)), min(mtimes), max(mtimes)
 
 
 def scan_context(config: object) -> bytes:
@@ -114,8 +365,11 @@ def _checked(data: bytes, length: int, crc: int, decoder: msgspec.msgpack.Decode
         return None
 
 
-def encode_payload(entries: list[IndexEntry]) -> bytes:
-    return _ENCODER.encode(entries)
+def decode_payload(data: bytes) -> Recorded | None:
+    try:
+        return Recorded(_PAYLOAD_DECODER.decode(data))
+    except (msgspec.DecodeError, ValueError):
+        return None
 
 
 def encode_head(head: FolderHead) -> bytes:
@@ -140,11 +394,14 @@ class CacheView:
     demand (the descriptor pins the file that was loaded, even if it is replaced later). A
     scan worker gets a view of its subtree's heads and the inherited descriptor."""
 
-    def __init__(self, fd: int, records: dict[bytes, Loaded], trusted: bool) -> None:
+    def __init__(
+        self, fd: int, records: dict[bytes, Loaded], trusted: bool, legacy: bool = False
+    ) -> None:
         self.fd = fd
         self.records = records
         # the recorded tree ids and signatures are valid for this scan's mode and filters
         self.trusted = trusted
+        self.legacy = legacy  # payloads of LEGACY_FORMAT (never trusted)
         self.updates: dict[bytes, tuple[bytes, bytes]] = {}
         self.kept: set[bytes] = set()
 
@@ -167,17 +424,27 @@ class CacheView:
             return None
         return data
 
-    def entries(self, path: bytes) -> dict[bytes, IndexEntry]:
+    def recorded(self, path: bytes) -> Recorded | None:
+        """The folder's payload, or None if absent or damaged."""
         data = self.payload(path)
         if data is None:
+            return None
+        if self.legacy:
+            try:
+                return decode_payload(payload_of(_LEGACY_DECODER.decode(data)))
+            except msgspec.DecodeError:
+                return None
+        return decode_payload(data)
+
+    def entries(self, path: bytes) -> dict[bytes, IndexEntry]:
+        """The folder's recorded files by name (for tools and tests)."""
+        recorded = self.recorded(path)
+        if recorded is None:
             return {}
         try:
-            return {e.name: e for e in _PAYLOAD_DECODER.decode(data)}
+            return recorded.entries()
         except msgspec.DecodeError:
             return {}
-
-    def decode_payload(self, data: bytes) -> list[IndexEntry]:
-        return _PAYLOAD_DECODER.decode(data)
 
     def keep(self, path: bytes) -> None:
         """The folder's loaded record is still true."""
@@ -262,7 +529,15 @@ class StatCache(CacheView):
             return
         if header.format > INDEX_FORMAT:
             raise FormatVersionError(str(self.path), header.format, INDEX_FORMAT)
-        if header.mode != self.mode or header.context != self.context:
+        if header.format < LEGACY_FORMAT:
+            self.rewrite = True  # an older layout: rebuilt by re-hashing, once
+            return
+        if header.format == LEGACY_FORMAT:
+            # the layout before positional payloads: its files' digests are still used (by
+            # name, like a cache of another context), then the file is rewritten
+            self.legacy = True
+            self.rewrite = True
+        if header.mode != self.mode or header.context != self.context or self.legacy:
             self.rewrite = True
         else:
             self.trusted = True

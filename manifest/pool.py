@@ -75,6 +75,7 @@ class Setup(msgspec.Struct, tag="setup"):
     index_fd: int
     trusted: bool
     fast: bool
+    legacy: bool = False  # the stat cache's payloads are of ``index.LEGACY_FORMAT``
 
 
 class Task(msgspec.Struct, tag="task"):
@@ -329,6 +330,7 @@ class _Workers:
             index_fd=self.index_fd,
             trusted=cache.trusted if cache is not None else False,
             fast=scanner.inline_fast_paths,
+            legacy=cache.legacy if cache is not None else False,
         )
 
     def _spawn(self) -> subprocess.Popen[bytes] | None:
@@ -564,7 +566,9 @@ def worker_main() -> int:
         task = _read_message(stdin, decoder)
         if not isinstance(task, Task):
             return 0
-        cache = CacheView(setup.index_fd, {r.head.path: r for r in task.records}, setup.trusted)
+        cache = CacheView(
+            setup.index_fd, {r.head.path: r for r in task.records}, setup.trusted, setup.legacy
+        )
         progress = _WorkerProgress(stdout, hashed_bytes)
         scanner = Scanner(
             setup.root,

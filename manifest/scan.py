@@ -23,7 +23,8 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import compress, count
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
@@ -34,7 +35,21 @@ from manifest import fingerprint
 from manifest.errors import RootError
 from manifest.fingerprint import FileChangedError, NotRegularFile, hash_file
 from manifest.globs import PathFilter
-from manifest.index import CacheView, FolderHead, encode_payload, smudged
+from manifest.index import (
+    F_FILE,
+    F_OTHER,
+    F_SMUDGED,
+    NOT_FILE_MASK,
+    CacheView,
+    FolderHead,
+    Recorded,
+    Row,
+    decode_payload,
+    encode_payload,
+    encode_rows,
+    file_stats,
+    tree_files,
+)
 from manifest.model import (
     KIND_FILE,
     KIND_SYMLINK,
@@ -90,12 +105,10 @@ class TreeSource:
         if folder is None or self.cache is None:
             return None
         head = self.cache.head(folder)
-        payload = self.cache.payload(folder)
-        if head is None or payload is None:
+        files = _recorded_files(self.cache.recorded(folder), self.content)
+        if head is None or files is None:
             return None
-        entries = [file_entry(e, self.content) for e in self.cache.decode_payload(payload)] + list(
-            head.subdirs
-        )
+        entries = files + list(head.subdirs)
         entries.sort(key=_by_name)
         data = encode_object(Tree(entries=tuple(entries)))
         return data if blake3(data).hexdigest() == oid else None
@@ -105,9 +118,15 @@ class TreeSource:
         yield from self.clean
 
 
-def file_entry(e: IndexEntry, content: bool) -> TreeEntry:
-    """The tree entry of a file the stat cache knows (an unsmudged entry)."""
-    return TreeEntry(e.name, KIND_FILE, e.size, 0 if content else e.mtime_ns, e.digest)
+def _recorded_files(recorded: Recorded | None, content: bool) -> list[TreeEntry] | None:
+    """The tree entries of the files a stat cache payload records; None if it is absent
+    or damaged."""
+    if recorded is None:
+        return None
+    try:
+        return recorded.tree_files(content)
+    except msgspec.DecodeError:
+        return None
 
 
 class ScanResult(msgspec.Struct):
@@ -175,17 +194,20 @@ class _Folder:
 
     __slots__ = (
         "clean",
+        "digests",
         "eligible",
+        "encoded",
         "entries",
         "fd",
-        "files",
+        "flags",
         "hi",
-        "index",
+        "keep_record",
         "lo",
         "name",
         "nbytes",
         "nfiles",
         "rel",
+        "rows",
         "same",
         "signature",
         "subdirs",
@@ -197,9 +219,15 @@ class _Folder:
         self.rel = rel  # b"" or ends with b"/"
         self.name = name
         self.entries: list[TreeEntry] = []  # symlinks and carried entries
-        # the regular files scanned, as the stat cache records them (their tree entries are
-        # built only when the tree changed)
-        self.files: list[IndexEntry] = []
+        # the listing's rows, as the stat cache records them, with each row's digest and
+        # flag (the tree entries of the files are built only when the tree changed), and
+        # the rows' encoding with their offsets while it is known
+        self.rows: list[Row] = []
+        self.digests: list[bytes] = []
+        self.flags = bytearray()
+        self.encoded: tuple[bytes, bytes] | None = None
+        # the recorded record is as good as a new one would be (see ``_only_racy``)
+        self.keep_record = False
         self.same: FolderHead | None = None  # the files are exactly as in this head's tree
         self.trees: list[TreeEntry] = []  # subfolders scanned
         self.subdirs: list[bytes] = []
@@ -207,7 +235,6 @@ class _Folder:
         self.clean: FolderHead | None = None
         self.signature = b""
         self.eligible = True  # a signature can be trusted (nothing racy, special, carried)
-        self.index: list[IndexEntry] = []  # the stat cache entries of carried files
         self.nfiles = 0
         self.nbytes = 0
         self.lo = 0
@@ -217,13 +244,14 @@ class _Folder:
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def _signature(rows: list[tuple[object, ...]]) -> bytes:
-    """BLAKE3 of a folder's listing with each file's stat; b"" if it cannot be encoded
-    (a name that is not UTF-8: such a folder is always scanned the general way)."""
+def _encoded(rows: list[Row]) -> bytes | None:
+    """A folder's listing with each file's stat, encoded (its BLAKE3 is the folder's
+    signature); None if it cannot be (a name that is not UTF-8: such a folder is always
+    scanned the general way)."""
     try:
-        return blake3(_SIG_ENCODER.encode(rows)).digest()
+        return _SIG_ENCODER.encode(rows)
     except (UnicodeEncodeError, msgspec.EncodeError):
-        return b""
+        return None
 
 
 class Scanner:
@@ -410,8 +438,9 @@ class Scanner:
                 cache.keep(folder.rel)
             else:
                 payload = cache.payload(folder.rel)
-                if payload is not None:
-                    files = [file_entry(e, content) for e in cache.decode_payload(payload)]
+                recorded = decode_payload(payload) if payload is not None else None
+                files = _recorded_files(recorded, content)
+                if payload is not None and files is not None:
                     oid = self._store_tree(files + list(subdirs))
                     cache.put(
                         msgspec.structs.replace(head, tree=bytes.fromhex(oid), subdirs=subdirs),
@@ -430,9 +459,11 @@ class Scanner:
                 oid = same.tree.hex()
                 self.clean_trees[oid] = folder.rel
             else:
-                files = [file_entry(e, content) for e in folder.files]
+                files = tree_files(folder.rows, folder.digests, folder.flags, content)
                 oid = self._store_tree(folder.entries + files + list(subdirs))
-            if cache is not None:
+            if cache is not None and folder.keep_record:
+                cache.keep(folder.rel)
+            elif cache is not None:
                 eligible = folder.eligible and bool(folder.signature)
                 cache.put(
                     FolderHead(
@@ -446,7 +477,7 @@ class Scanner:
                         subdirs,
                         not folder.entries,
                     ),
-                    encode_payload(folder.files + folder.index),
+                    encode_payload(folder.rows, folder.digests, folder.flags, folder.encoded),
                 )
         direct = len(folder.entries) + folder.nfiles if folder.clean is None else folder.clean.files
         if parent is not None and (direct or subdirs):
@@ -477,10 +508,6 @@ class Scanner:
             folder.entries.append(old)
             self.files += 1
             self.bytes += old.size if old.kind == KIND_FILE else 0
-            if old.kind == KIND_FILE and self.cache is not None:
-                known = self.cache.entries(folder.rel).get(name)
-                if known is not None:
-                    folder.index.append(known)
 
     def _problem(self, rel: bytes, exc: OSError | str) -> None:
         message = exc if isinstance(exc, str) else (exc.strerror or str(exc))
@@ -506,15 +533,15 @@ class Scanner:
 
     def _matches_cache(
         self, folder: _Folder, listing: list[os.DirEntry[str]]
-    ) -> bool | tuple[list[os.stat_result | None], list[tuple[object, ...]]]:
+    ) -> bool | tuple[list[os.stat_result | None], list[Row], bytes | None]:
         """The fast path: the listing and every stat hash to the recorded signature, and
         no mtime is inside the unstable window. Then the folder's files are the recorded
         ones (same names, same stats, so the same digests) and nothing is built: True.
-        Else False, or the stats taken (one per listing entry, None for a folder) and the
-        signature rows built from them, which the general path then uses instead of
-        taking them again. A folder the cache knows but recorded no signature for (it had
-        a racy file) is stat'ed here too: the general path then only looks at the files
-        whose stat is not the recorded one."""
+        Else False, or the stats taken (one per listing entry, None for a folder), the
+        signature rows built from them and their encoding, which the general path then
+        uses instead of taking them again. A folder the cache knows but recorded no
+        signature for (it had a racy file) is stat'ed here too: the general path then only
+        looks at the files whose stat is not the recorded one."""
         cache = self.cache
         if cache is None or self.rehash_all or not self.inline_fast_paths:
             return False
@@ -523,7 +550,7 @@ class Scanner:
             return False
         dir_fd = folder.fd
         lstat = os.stat
-        rows: list[tuple[object, ...]] = []
+        rows: list[Row] = []
         append = rows.append
         dirs: list[str] = []
         stats: list[os.stat_result | None] = []
@@ -543,10 +570,14 @@ class Scanner:
                     )
         except OSError:
             return False
-        if not head.signature or _signature(rows) != head.signature:
-            return stats, rows
-        if not (head.hi <= self._unstable_after or head.lo >= self._unstable_before):
-            return stats, rows
+        encoded = _encoded(rows)
+        if (
+            not head.signature
+            or encoded is None
+            or blake3(encoded).digest() != head.signature
+            or not (head.hi <= self._unstable_after or head.lo >= self._unstable_before)
+        ):
+            return stats, rows, encoded
         folder.clean = head
         filt = self.filter
         for name in dirs:
@@ -564,36 +595,35 @@ class Scanner:
         listing: list[os.DirEntry[str]],
         stamp: int,
         stats: list[os.stat_result | None] | None = None,
-        taken_rows: list[tuple[object, ...]] | None = None,
+        taken_rows: list[Row] | None = None,
+        encoded: bytes | None = None,
     ) -> None:
-        """List one folder the general way. ``stats`` and ``taken_rows`` are what
-        ``_matches_cache`` took (then no entry is stat'ed twice, and the files whose stat
-        is the recorded one are settled first, in a lean loop, without the general path's
-        per-file work: a folder with one edited file in a hundred costs little more than
-        a clean one)."""
+        """List one folder the general way. ``stats``, ``taken_rows`` and ``encoded`` are
+        what ``_matches_cache`` took (then no entry is stat'ed twice) and the rows encoded
+        as the signature encodes them (None: a name is not UTF-8).
+
+        With them, the rows are first compared with the recorded ones: when the folder has
+        as many rows as recorded, only the rows that changed (found by comparing the
+        encodings, ``Recorded.changed``) and those the cache holds no digest for are looked
+        at; the others keep their recorded digests, nothing being built for them. Else the
+        files whose row is a recorded file's are settled by name, in a lean loop. A folder
+        with one edited file in a hundred costs little more than a clean one."""
         rel_dir = folder.rel
         dir_fd = folder.fd
         entries = folder.entries
         subdirs = folder.subdirs
-        files = folder.files
         append = entries.append
         filt = self.filter
         everything = filt.everything
         lstat = os.stat
         isreg = stat.S_ISREG
-        rows: list[tuple[object, ...]] = [] if taken_rows is None else taken_rows
-        # the rows are complete already when taken: those the general loop builds are not
-        # kept
-        this: tuple[object, ...]
-        discarded: list[tuple[object, ...]] = []
-        row = rows.append if taken_rows is None else discarded.append
         fast = self.inline_fast_paths
         cache = self.cache
-        known_here = cache.entries(rel_dir) if cache is not None and not self.rehash_all else {}
+        recorded = cache.recorded(rel_dir) if cache is not None and not self.rehash_all else None
+        recorded_files = recorded.n - recorded.flags.count(F_OTHER) if recorded is not None else 0
+        head = cache.head(rel_dir) if cache is not None and recorded is not None else None
         # the files may turn out exactly as in the recorded tree (then it is not rebuilt)
-        same = cache.head(rel_dir) if cache is not None and known_here else None
-        if same is not None and not same.pure:
-            same = None
+        same = head if head is not None and head.pure and recorded_files else None
         # The common cases, inlined: a plain mtime_size entry the cache has no digest for,
         # and a stat-cache hit.
         plain_mtime = fast and not self.content and not self.rehash_all
@@ -601,63 +631,98 @@ class Scanner:
         after, before = self._unstable_after, self._unstable_before
         encoding, errors = _FS_ENCODING, _FS_ERRORS  # os.fsencode, without its call cost
         content = self.content
-        nfiles = nbytes = 0
         small_hashed = small_bytes = 0
         hash_inline = fast and (content or self.rehash_all)
-        lo = hi = None
-        positions: range | list[int] = range(len(listing))
-        if taken_rows is not None and stats is not None and known_here and everything:
-            # The lean loop: every folder and every file whose stat is the recorded one
-            # (outside the unstable window: recorded when it was not racy, so it still is
-            # not). The rest go to the general loop below.
-            rest: list[int] = []
-            mtimes: list[int] = []
-            hit = files.append
-            for position, taken_row in enumerate(taken_rows):
-                if len(taken_row) == 1:  # a folder
-                    subdirs.append(taken_row[0].encode(encoding, errors))  # type: ignore[attr-defined]
-                    continue
-                text, mode, mtime, size, ino, ctime = taken_row
-                known = known_here.get(text.encode(encoding, errors))  # type: ignore[attr-defined]
-                if (
-                    known is not None
-                    and known.mtime_ns == mtime
-                    and known.size == size
-                    and known.ctime_ns == ctime
-                    and known.ino == ino
-                    and isreg(mode)  # type: ignore[arg-type]
-                    and not after < mtime < before
-                ):
-                    hit(known)
-                    nbytes += size
-                    mtimes.append(mtime)
-                else:
-                    rest.append(position)
-            nfiles = len(mtimes)
-            if mtimes:
-                lo, hi = min(mtimes), max(mtimes)
-            positions = rest
+        taken = taken_rows is not None and stats is not None
+        rows: list[Row] = taken_rows if taken_rows is not None and taken else []
+        # per row: the digest the cache records, and its flag (F_OTHER until settled)
+        digests: list[bytes] = [b""] * len(rows)
+        flags = bytearray(len(rows))
+        # the rows' encoding with their offsets, while it is valid for ``rows``
+        folder.encoded = None
+        positions: Iterable[int] = range(len(listing))
+        redo: list[int] = []
+        found: list[int] = []
+        aligned = False  # each row's recorded entry is the recorded row at the same place
+        by_name: dict[bytes, int] = {}
+        if recorded is not None and taken and fast:
+            changed = recorded.changed(encoded, rows)
+            if changed is not None:
+                aligned = True
+                found, offsets_hold = changed
+                if offsets_hold and encoded is not None:
+                    folder.encoded = (encoded, recorded.offsets_bytes)
+                digests = list(recorded.digests)
+                flags = bytearray(recorded.flags)
+                redo = found
+                # rows the cache has no digest for (folders, symlinks, racy files...), or
+                # whose mtime may be in the unstable window: looked at again
+                if flags.count(F_FILE) != len(flags):
+                    again = set(found)
+                    again.update(compress(count(), flags.translate(NOT_FILE_MASK)))
+                    redo = sorted(again)
+                if head is None or not (head.hi <= after or head.lo >= before):
+                    unsettled = [
+                        i for i, row in enumerate(rows) if len(row) > 1 and after < row[2] < before
+                    ]
+                    if unsettled:
+                        redo = sorted({*redo, *unsettled})
+                for i in redo:
+                    flags[i] = F_OTHER
+                    digests[i] = b""
+                positions = redo
+            else:
+                by_name = recorded.by_name()
+                if by_name:
+                    # The lean loop: every file whose row is a recorded file's (outside the
+                    # unstable window: recorded when it was not racy, so it still is not).
+                    # The rest (folders too) go to the general loop below.
+                    recorded_rows = recorded.rows()
+                    recorded_flags = recorded.flags
+                    recorded_digests = recorded.digests
+                    rest: list[int] = []
+                    for position, taken_row in enumerate(rows):
+                        if len(taken_row) != 1:
+                            slot = by_name.get(taken_row[0].encode(encoding, errors))
+                            if (
+                                slot is not None
+                                and recorded_flags[slot] == F_FILE
+                                and recorded_rows[slot] == taken_row
+                                and not after < taken_row[2] < before
+                            ):
+                                flags[position] = F_FILE
+                                digests[position] = recorded_digests[slot]
+                                continue
+                        rest.append(position)
+                    positions = rest
+        elif recorded is not None:
+            by_name = recorded.by_name()
+        replaced = False  # a row was replaced by the stat its file was hashed at
         for position in positions:
             entry = listing[position]
             text = entry.name
             name = text.encode(encoding, errors)
-            taken = None
-            if stats is not None:
-                taken = stats[position]
-                is_dir = taken is None
+            if taken:
+                st_taken = stats[position]  # type: ignore[index]
+                is_dir = st_taken is None
+                ri = position
             else:
+                st_taken = None
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError:
                     is_dir = False
             if is_dir:
-                row((text,))
+                if not taken:
+                    rows.append((text,))
+                    digests.append(b"")
+                    flags.append(F_OTHER)
                 if not everything and filt.skips_dir(path_to_text(rel_dir + name)):
                     continue
                 subdirs.append(name)
                 continue
             try:
-                st = taken or lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+                st = st_taken or lstat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 folder.eligible = False
                 continue  # vanished between listing and stat: simply absent
@@ -668,8 +733,11 @@ class Scanner:
                 folder.eligible = False
                 continue
             mtime = st.st_mtime_ns
-            this = (text, st.st_mode, mtime, st.st_size, st.st_ino, st.st_ctime_ns)
-            row(this)
+            if not taken:
+                ri = len(rows)
+                rows.append((text, st.st_mode, mtime, st.st_size, st.st_ino, st.st_ctime_ns))
+                digests.append(b"")
+                flags.append(F_OTHER)
             if not everything and not filt.wants_file(path_to_text(rel_dir + name)):
                 continue
             if isreg(st.st_mode):
@@ -679,7 +747,17 @@ class Scanner:
                     same = None
                     continue
                 size = st.st_size
-                known = known_here.get(name)
+                known: IndexEntry | None = None
+                if aligned:
+                    known = recorded.entry(position)  # type: ignore[union-attr]
+                    if known is None or known.name != name:
+                        # another entry was in its place (the listing's order changed)
+                        slot = recorded.by_name().get(name)  # type: ignore[union-attr]
+                        known = recorded.entry(slot) if slot is not None else None  # type: ignore[union-attr]
+                elif by_name:
+                    slot = by_name.get(name)
+                    if slot is not None:
+                        known = recorded.entry(slot)  # type: ignore[union-attr]
                 if (
                     known is not None
                     and known.mtime_ns == mtime
@@ -688,55 +766,57 @@ class Scanner:
                     and known.ino == st.st_ino
                 ):
                     # a stat-cache hit: recorded when it was not racy, so it still is not
-                    files.append(known)
+                    digests[ri] = known.digest
+                    flags[ri] = F_FILE
+                    continue
+                if plain_mtime:
+                    digest = b""
+                elif (
+                    hash_inline
+                    and 0 < size < SMALL_FILE
+                    and (data := _read_small(name, dir_fd, size)) is not None
+                ):
+                    # hash_file's common case, inlined: one read of a small file that
+                    # returned exactly the bytes the stat promised
+                    digest = blake3(data).digest()
+                    small_hashed += 1
+                    small_bytes += size
                 else:
-                    if plain_mtime:
-                        new = IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, b"")
-                    elif (
-                        hash_inline
-                        and 0 < size < SMALL_FILE
-                        and (data := _read_small(name, dir_fd, size)) is not None
+                    hashed = self._hash(folder, name, st)
+                    if hashed is None:
+                        same = None
+                        continue
+                    digest, hashed_st = hashed
+                    if (mtime, size, st.st_ino, st.st_ctime_ns) != (
+                        hashed_st.st_mtime_ns,
+                        hashed_st.st_size,
+                        hashed_st.st_ino,
+                        hashed_st.st_ctime_ns,
                     ):
-                        # hash_file's common case, inlined: one read of a small file that
-                        # returned exactly the bytes the stat promised
-                        new = IndexEntry(
-                            name, size, mtime, st.st_ino, st.st_ctime_ns, blake3(data).digest()
-                        )
-                        small_hashed += 1
-                        small_bytes += size
-                    else:
-                        hashed = self._hash(folder, name, st)
-                        if hashed is None:
-                            same = None
-                            continue
-                        digest, st = hashed
+                        # the hashed bytes are not what the listing's stat saw: record the
+                        # stat they were hashed at
+                        st = hashed_st
                         size = st.st_size
                         mtime = st.st_mtime_ns
-                        new = IndexEntry(name, size, mtime, st.st_ino, st.st_ctime_ns, digest)
-                        if this[2:] != (mtime, size, st.st_ino, st.st_ctime_ns):
-                            folder.eligible = False  # hashed bytes are not what the stat saw
-                    if mtime >= racy_after or st.st_ctime_ns >= racy_after:
-                        # git's racy rule: a same-size edit within the timestamp granularity
-                        # of this listing would leave the stat unchanged: smudge, so it is
-                        # re-hashed next time
-                        new = smudged(new)
+                        rows[ri] = (text, st.st_mode, mtime, size, st.st_ino, st.st_ctime_ns)
+                        replaced = True
                         folder.eligible = False
-                    files.append(new)
-                    if same is not None and (
-                        known is None
-                        or known.size != size
-                        or known.digest != new.digest
-                        or (not content and known.mtime_ns != mtime)
-                    ):
-                        same = None  # its tree entry differs
-                nfiles += 1
-                nbytes += size
-                if lo is None:
-                    lo = hi = mtime
-                elif mtime < lo:
-                    lo = mtime
-                elif mtime > hi:  # type: ignore[operator]
-                    hi = mtime
+                digests[ri] = digest
+                if mtime >= racy_after or st.st_ctime_ns >= racy_after:
+                    # git's racy rule: a same-size edit within the timestamp granularity
+                    # of this listing would leave the stat unchanged: smudge, so it is
+                    # re-hashed next time
+                    flags[ri] = F_SMUDGED
+                    folder.eligible = False
+                else:
+                    flags[ri] = F_FILE
+                if same is not None and (
+                    known is None
+                    or known.size != size
+                    or known.digest != digest
+                    or (not content and known.mtime_ns != mtime)
+                ):
+                    same = None  # its tree entry differs
             elif stat.S_ISLNK(st.st_mode):
                 folder.eligible = False
                 same = None
@@ -755,9 +835,17 @@ class Scanner:
                 folder.eligible = False
                 self.skipped.append(path_to_text(rel_dir + name))
         subdirs.reverse()  # popped from the end: enter them in listing order
-        if same is not None and (nfiles != len(known_here) or folder.entries):
+        folder.keep_record = (
+            recorded is not None
+            and aligned
+            and not replaced
+            and _only_racy(redo, found, flags, digests, recorded)
+        )
+        nfiles, nbytes, lo, hi = file_stats(rows, flags)
+        if same is not None and (nfiles != recorded_files or folder.entries):
             same = None  # a file gone, or a symlink or carried entry: build the tree
         folder.same = same
+        folder.rows, folder.digests, folder.flags = rows, digests, flags
         if small_hashed:
             self.hashed += small_hashed
             if self.on_hash is not None:
@@ -765,9 +853,16 @@ class Scanner:
         self.files += nfiles
         self.bytes += nbytes
         folder.nfiles, folder.nbytes = nfiles, nbytes
-        folder.lo, folder.hi = lo or 0, hi or 0
+        folder.lo, folder.hi = lo, hi
+        if replaced:
+            folder.encoded = None
         if folder.eligible:
-            folder.signature = _signature(rows)
+            if taken and encoded is not None and not replaced:
+                folder.signature = blake3(encoded).digest()
+            else:
+                data, offsets, textual = encode_rows(rows)
+                folder.encoded = (data, offsets)
+                folder.signature = blake3(data).digest() if textual else b""
 
     def _hash(
         self, folder: _Folder, name: bytes, st: os.stat_result
@@ -799,6 +894,33 @@ class Scanner:
         if self.on_hash is not None:
             self.on_hash(st.st_size)
         return digest, st
+
+
+def _only_racy(
+    redo: list[int],
+    changed: list[int],
+    flags: bytearray,
+    digests: list[bytes],
+    recorded: Recorded,
+) -> bool:
+    """Whether a folder's recorded record serves the next scan as well as a new one would:
+    every row that changed is now recorded racy (so it would be hashed again next time
+    anyway, as its changed row makes it be under the recorded record), and every other row
+    looked at again is recorded as it was. Then the record is kept, not rewritten: a touch
+    of many files just before a scan (a sync, a checkout) writes nothing to the cache, and
+    the next scan, once they have settled, records them."""
+    if not changed:
+        return all(
+            flags[i] == recorded.flags[i] and digests[i] == recorded.digests[i] for i in redo
+        )
+    racy = set(changed)
+    for i in redo:
+        if i in racy:
+            if flags[i] != F_SMUDGED:
+                return False
+        elif flags[i] != recorded.flags[i] or digests[i] != recorded.digests[i]:
+            return False
+    return True
 
 
 SMALL_FILE: Final = 1 << 20

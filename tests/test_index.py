@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import os
+import time
+from array import array
 from pathlib import Path
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from manifest import ChangeSet, Repository, load_config
-from manifest.index import INDEX_MAGIC, FolderHead, StatCache, encode_payload
+from manifest.index import (
+    INDEX_MAGIC,
+    FolderHead,
+    Row,
+    StatCache,
+    decode_payload,
+    encode_head,
+    encode_payload,
+    encode_rows,
+    frame,
+    payload_of,
+    scan_context,
+)
 from manifest.model import IndexEntry
 
 from .conftest import write
@@ -24,11 +41,11 @@ def _tree(root: Path) -> None:
 
 
 def _repo(tmp_path: Path, **kw: object) -> Repository:
+    kw.setdefault("env", {"MANIFEST_JOBS": "1"})
     config = load_config(
         root=tmp_path / "raw",
         store=tmp_path / "state",
         cooldown_sec=0,
-        env={"MANIFEST_JOBS": "1"},
         **kw,  # type: ignore[arg-type]
     )
     return Repository(config, lock_timeout=2.0)
@@ -116,7 +133,7 @@ def test_a_concurrent_writer_makes_the_append_a_rewrite(tmp_path: Path) -> None:
         return FolderHead(name, b"s" * 32, b"t" * 32, 1, 1, 0, 0, ())
 
     def entry(name: bytes) -> bytes:
-        return encode_payload([IndexEntry(name, 1, 1, 1, 1, b"d" * 32)])
+        return payload_of([IndexEntry(name, 1, 1, 1, 1, b"d" * 32)])
 
     first = StatCache(path, "content_hash")
     first.put(head(b"a/"), entry(b"x"))
@@ -196,3 +213,219 @@ def test_a_touch_in_mtime_mode_is_a_change(tmp_path: Path) -> None:
     touch(tmp_path / "raw" / "d05" / "f0.csv")
     assert repo.status().changes == ChangeSet(modified=("d05/f0.csv",))
     assert repo.status().changes == ChangeSet(modified=("d05/f0.csv",))  # cache warm
+
+
+# -- positional payloads ---------------------------------------------------------------------
+
+
+def _rows(names: list[str], stamp: int = 1_600_000_000 * 10**9) -> list[Row]:
+    return [
+        (name,) if name.endswith("/") else (name, 0o100644, stamp + i, 300 + i, 1000 + i, stamp)
+        for i, name in enumerate(names)
+    ]
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 100, 65535, 65536])
+def test_encoded_rows_are_what_the_signature_hashes(n: int) -> None:
+    rows = _rows([f"f{i}.csv" for i in range(n)])
+    data, offsets, textual = encode_rows(rows)
+    assert textual and data == msgspec.msgpack.encode(rows)
+    at = array("I" if array("I").itemsize == 4 else "L")
+    at.frombytes(offsets)
+    assert len(at) == n + 1 and at[-1] == len(data)
+    for i in (0, n // 2, n - 1) if n else ():
+        assert msgspec.msgpack.decode(data[at[i] : at[i + 1]], type=tuple) == rows[i]
+
+
+def test_a_name_that_is_not_utf8_is_recorded_as_bytes() -> None:
+    rows = _rows(["a.csv", "b\udcff.csv"])
+    assert not encode_rows(rows)[2]
+    recorded = decode_payload(encode_payload(rows, [b"d" * 32, b"e" * 32], b"\x01\x01"))
+    assert recorded is not None
+    assert sorted(recorded.entries()) == [b"a.csv", os.fsencode("b\udcff.csv")]
+    assert recorded.entries()[b"b\xff.csv"].digest == b"e" * 32
+
+
+_EDITS = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=39),
+        st.sampled_from(["mtime", "size", "wide", "ino", "rename", "folder"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(edits=_EDITS, extra=st.integers(min_value=-1, max_value=1))
+def test_changed_rows_are_exactly_the_rows_that_differ(
+    edits: list[tuple[int, str]], extra: int
+) -> None:
+    """Byte by byte or decoded, ``Recorded.changed`` names the rows that differ from the
+    recorded ones at the same place, whatever changed in them (even the width of a number
+    in the encoding, which shifts every row after it)."""
+    old = _rows([f"f{i:02d}.csv" if i % 7 else f"d{i:02d}/" for i in range(40)])
+    digests = [b"" if len(r) == 1 else bytes([i]) * 32 for i, r in enumerate(old)]
+    flags = bytes(0 if len(r) == 1 else 1 for r in old)
+    recorded = decode_payload(encode_payload(old, digests, flags))
+    assert recorded is not None
+    new = list(old)
+    for i, kind in edits:
+        row = new[i]
+        if len(row) == 1:
+            new[i] = (row[0].replace("d", "e"),)
+            continue
+        name, mode, mtime, size, ino, ctime = row
+        if kind == "mtime":
+            new[i] = (name, mode, mtime + 10**9, size, ino, ctime + 1)
+        elif kind == "size":
+            new[i] = (name, mode, mtime, size + 1, ino, ctime)
+        elif kind == "wide":  # a size that takes more bytes to encode
+            new[i] = (name, mode, mtime, size + 10**6, ino, ctime)
+        elif kind == "ino":
+            new[i] = (name, mode, mtime, size, ino + 1, ctime)
+        elif kind == "rename":
+            new[i] = (name.replace("f", "g"), mode, mtime, size, ino, ctime)
+        else:
+            new[i] = (name[:3] + "/",)
+    if extra > 0:
+        new.append(("z.csv", 0o100644, 1, 1, 1, 1))
+    elif extra < 0:
+        new.pop()
+    encoded = msgspec.msgpack.encode(new)
+    got = recorded.changed(encoded, new)
+    if len(new) != len(old):
+        assert got is None
+        return
+    assert got is not None
+    found, offsets_hold = got
+    assert found == [i for i in range(len(old)) if new[i] != old[i]]
+    if offsets_hold:  # then the recorded offsets cut the new encoding into the new rows
+        again = decode_payload(
+            encode_payload(new, digests, flags, (encoded, recorded.offsets_bytes))
+        )
+        assert again is not None and again.rows() == new
+    assert recorded.changed(None, new) == (found, False)
+
+
+def _index_bytes(layout: int, mode: str, context: bytes, records: list[bytes]) -> bytes:
+    import struct
+    import zlib
+
+    header = msgspec.msgpack.encode([layout, mode, context])
+    return b"".join(
+        [INDEX_MAGIC, struct.pack("<II", len(header), zlib.crc32(header)), header, *records]
+    )
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_an_index_of_a_much_older_layout_is_rebuilt_once(repo: Repository, tmp_path: Path) -> None:
+    """A stat cache of a layout before 2 is read as empty: every file is hashed once more,
+    and the cache is rewritten in today's layout."""
+    index = tmp_path / "state" / "index"
+    stale = _index_bytes(1, "content_hash", b"", [b"junk" * 9])
+    index.write_bytes(stale)
+    status = repo.status()
+    assert status.hashed == FOLDERS * FILES and not status.changes.paths
+    assert index.read_bytes() != stale and StatCache(index, "content_hash").records
+    assert repo.status().hashed == 0
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_index_of_the_previous_layout_spares_rehashing(tmp_path: Path, jobs: str) -> None:
+    """Upgrading from layout 2 (payloads of ``IndexEntry`` lists) costs no re-hash: its
+    digests are used by name (its tree ids are not trusted), and the file is rewritten in
+    today's layout by the first scan, in this process and in scan workers alike."""
+    _tree(tmp_path / "raw")
+    repo = _repo(tmp_path, env={"MANIFEST_JOBS": jobs})
+    repo.snapshot(ref="last")
+    index = tmp_path / "state" / "index"
+    current = StatCache(index, "content_hash", scan_context(repo.config))
+    assert current.trusted and len(current.records) == FOLDERS + 1
+    records = [
+        frame(
+            encode_head(loaded.head),
+            msgspec.msgpack.encode(list(current.entries(path).values())),
+        )
+        for path, loaded in current.records.items()
+    ]
+    digest = current.entries(b"d04/")[b"f2.csv"].digest
+    index.write_bytes(_index_bytes(2, "content_hash", current.context, records))
+    legacy = StatCache(index, "content_hash", scan_context(repo.config))
+    assert legacy.legacy and not legacy.trusted and len(legacy.records) == FOLDERS + 1
+    assert legacy.entries(b"d04/")[b"f2.csv"].digest == digest
+    write(tmp_path / "raw" / "d04" / "f2.csv", "edited\n")
+    status = repo.status()
+    assert status.changes == ChangeSet(modified=("d04/f2.csv",)) and status.hashed == 1
+    rewritten = StatCache(index, "content_hash", scan_context(repo.config))
+    assert rewritten.trusted and not rewritten.legacy
+    assert repo.status().hashed == 0
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+@pytest.mark.parametrize(
+    "edit",
+    ["touch", "same_size", "wider", "rename", "file_to_folder", "racy_touch"],
+)
+def test_a_changed_row_is_looked_at_and_the_others_are_not(
+    repo: Repository, tmp_path: Path, edit: str
+) -> None:
+    """With as many rows as recorded, only the changed rows of a folder are looked at: the
+    result is what a scan without any cache finds, and the next scan hashes nothing (or, for
+    a racy file, that file alone)."""
+    folder = tmp_path / "raw" / "d03"
+    target = folder / "f4.csv"
+    old = (target.read_bytes(), target.stat())
+    stamp = time.time_ns() - 3600 * 10**9
+    if edit == "touch":
+        os.utime(target, ns=(stamp, stamp))
+    elif edit == "racy_touch":  # racy at every scan: hashed again each time
+        future = time.time_ns() + 3600 * 10**9
+        os.utime(target, ns=(future, future))
+    elif edit == "same_size":
+        target.write_bytes(old[0].upper())
+        os.utime(target, ns=(stamp, stamp))
+    elif edit == "wider":  # its size takes more bytes in the encoding: every row after shifts
+        target.write_bytes(old[0] * 100)
+        os.utime(target, ns=(stamp, stamp))
+    elif edit == "rename":  # a name of the same length in the same slot
+        target.rename(folder / "g4.csv")
+    else:
+        target.unlink()
+        (folder / "f4.csv").mkdir()
+        write(folder / "f4.csv" / "inner.csv", "inner\n")
+    result = repo.scan(base=None)
+    (tmp_path / "fresh").mkdir()
+    config = load_config(root=tmp_path / "raw", store=tmp_path / "fresh", cooldown_sec=0, env={})
+    fresh = Repository(config).scan(base=None)
+    assert (result.root_id, result.files) == (fresh.root_id, fresh.files)
+    assert result.hashed == 1  # the changed file (or the new folder's one file) alone
+    racy = edit == "racy_touch"
+    assert repo.scan(base=None).hashed == (1 if racy else 0)
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_files_touched_just_before_a_scan_leave_the_cache_as_it_was(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose changed stat is racy would be hashed again by the next scan whatever is
+    recorded, so a folder whose only changes are such files keeps its record: touching one
+    file in every folder just before a scan (a sync, a checkout) writes nothing. Once the
+    stats have settled, the next scan records them, and the one after hashes nothing."""
+    import manifest.fingerprint
+
+    index = tmp_path / "state" / "index"
+    assert repo.status().hashed == 0
+    before = index.read_bytes()
+    touched = [tmp_path / "raw" / f"d{d:02d}" / "f3.csv" for d in range(FOLDERS)]
+    for path in touched:
+        os.utime(path)  # now: racy under a 2 s granularity
+    monkeypatch.setattr(manifest.fingerprint, "RACY_NS", 2_000_000_000)
+    racy = repo.status()
+    assert racy.hashed == FOLDERS and not racy.changes.paths
+    assert index.read_bytes() == before
+    assert repo.status().hashed == FOLDERS  # still racy: hashed again, as it would be anyway
+    monkeypatch.setattr(manifest.fingerprint, "RACY_NS", 1)  # settled
+    assert repo.status().hashed == FOLDERS
+    assert len(index.read_bytes()) > len(before)  # recorded now
+    assert repo.status().hashed == 0
