@@ -908,11 +908,10 @@ def _only_racy(
     anyway, as its changed row makes it be under the recorded record), and every other row
     looked at again is recorded as it was. Then the record is kept, not rewritten: a touch
     of many files just before a scan (a sync, a checkout) writes nothing to the cache, and
-    the next scan, once they have settled, records them."""
+    the next scan, once they have settled, records them. Nothing changed: False (a folder
+    that can have a signature again gets one)."""
     if not changed:
-        return all(
-            flags[i] == recorded.flags[i] and digests[i] == recorded.digests[i] for i in redo
-        )
+        return False
     racy = set(changed)
     for i in redo:
         if i in racy:
