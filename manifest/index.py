@@ -78,7 +78,9 @@ class FolderHead(msgspec.Struct, frozen=True, array_like=True):
     tree: bytes
     files: int
     nbytes: int
-    lo: int  # lowest and highest mtime of the files
+    # the files' lowest and highest mtime: exact, or a range around them (a folder whose
+    # changed rows were counted against the recorded ones widens it, never narrows it)
+    lo: int
     hi: int
     subdirs: tuple[TreeEntry, ...]
     # the tree is exactly the payload's files and ``subdirs`` (no symlink, no carried entry)
@@ -300,11 +302,11 @@ class Recorded:
             if encoded == old:
                 return [], True
             size = len(old)
-            diff = int.from_bytes(encoded, "big") ^ int.from_bytes(old, "big")
             offsets = self.offsets
             found: list[int] = []
-            while diff:
-                at = size - 1 - ((diff.bit_length() - 1) >> 3)  # the first differing byte
+            at = 0
+            while True:
+                at = _first_difference(encoded, old, at, size)
                 i = bisect_right(offsets, at) - 1
                 if i < 0 or i >= self.n or len(found) >= _BYTEWISE_ROWS:
                     break
@@ -315,14 +317,28 @@ class Recorded:
                 except msgspec.DecodeError:
                     break
                 found.append(i)
-                diff &= (1 << ((size - end) << 3)) - 1
-            else:
-                return found, True
+                if encoded[end:] == old[end:]:
+                    return found, True
+                at = end
         try:
             recorded = self.rows()
         except msgspec.DecodeError:
             return None
         return list(compress(count(), map(ne, rows, recorded))), False
+
+
+def _first_difference(a: bytes, b: bytes, lo: int, hi: int) -> int:
+    """The first index in ``[lo, hi)`` where ``a`` and ``b`` differ (they must, there): a
+    binary search on slices compared by ``memcmp``."""
+    while hi - lo > 16:
+        mid = (lo + hi) >> 1
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while a[lo] == b[lo]:
+        lo += 1
+    return lo
 
 
 def tree_files(

@@ -39,6 +39,7 @@ from manifest.index import (
     F_FILE,
     F_OTHER,
     F_SMUDGED,
+    FILEISH,
     NOT_FILE_MASK,
     CacheView,
     FolderHead,
@@ -841,7 +842,8 @@ class Scanner:
             and not replaced
             and _only_racy(redo, found, flags, digests, recorded)
         )
-        nfiles, nbytes, lo, hi = file_stats(rows, flags)
+        counted = _counted_after(head, recorded, redo, rows, flags) if aligned else None
+        nfiles, nbytes, lo, hi = counted or file_stats(rows, flags)
         if same is not None and (nfiles != recorded_files or folder.entries):
             same = None  # a file gone, or a symlink or carried entry: build the tree
         folder.same = same
@@ -894,6 +896,44 @@ class Scanner:
         if self.on_hash is not None:
             self.on_hash(st.st_size)
         return digest, st
+
+
+def _counted_after(
+    head: FolderHead | None,
+    recorded: Recorded | None,
+    redo: list[int],
+    rows: list[Row],
+    flags: bytearray,
+) -> tuple[int, int, int, int] | None:
+    """``file_stats`` of a folder whose rows other than ``redo`` are the recorded ones: the
+    recorded counts, corrected by the ``redo`` rows, and the recorded mtime range widened by
+    theirs (so a bound, never narrower than the files' range: all the unstable-window checks
+    need). None when it cannot tell (then the rows are counted)."""
+    if head is None or recorded is None:
+        return None
+    nbytes = head.nbytes
+    lo, hi = head.lo, head.hi
+    have = head.files > 0
+    recorded_flags = recorded.flags
+    try:
+        for i in redo:
+            if recorded_flags[i] in FILEISH:
+                nbytes -= recorded.row(i)[3]
+            if flags[i] in FILEISH:
+                row = rows[i]
+                nbytes += row[3]
+                mtime = row[2]
+                if not have:
+                    lo = hi = mtime
+                    have = True
+                elif mtime < lo:
+                    lo = mtime
+                elif mtime > hi:
+                    hi = mtime
+    except (msgspec.DecodeError, IndexError):
+        return None
+    nfiles = len(flags) - flags.count(F_OTHER)
+    return (nfiles, nbytes, lo, hi) if nfiles else (0, 0, 0, 0)
 
 
 def _only_racy(

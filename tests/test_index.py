@@ -398,7 +398,7 @@ def test_a_changed_row_is_looked_at_and_the_others_are_not(
     (tmp_path / "fresh").mkdir()
     config = load_config(root=tmp_path / "raw", store=tmp_path / "fresh", cooldown_sec=0, env={})
     fresh = Repository(config).scan(base=None)
-    assert (result.root_id, result.files) == (fresh.root_id, fresh.files)
+    assert (result.root_id, result.files, result.bytes) == (fresh.root_id, fresh.files, fresh.bytes)
     assert result.hashed == 1  # the changed file (or the new folder's one file) alone
     racy = edit == "racy_touch"
     assert repo.scan(base=None).hashed == (1 if racy else 0)

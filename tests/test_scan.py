@@ -366,7 +366,7 @@ def test_inlined_fast_paths_agree_with_the_general_path(
         stamp = now - age * 10**6 - 10 * 10**9
         os.utime(path, ns=(stamp, stamp))
 
-    def scan(scanner: type[Scanner], store: str) -> tuple[str, int, int]:
+    def scan(scanner: type[Scanner], store: str) -> tuple[str, int, int, int]:
         (base / store).mkdir(exist_ok=True)  # the stat cache is saved only into a store
         repo = Repository(
             load_config(root=root, store=base / store, mode=mode, cooldown_sec=0, env={})
@@ -377,7 +377,7 @@ def test_inlined_fast_paths_agree_with_the_general_path(
             result = repo.scan(base=None)
         finally:
             manifest.repo.Scanner = original  # type: ignore[misc]
-        return result.root_id, result.files, result.hashed
+        return result.root_id, result.files, result.hashed, result.bytes
 
     # first scans fill each store's stat cache; then some files are touched; then compare
     assert scan(Scanner, "fast") == scan(_SlowScanner, "slow")
