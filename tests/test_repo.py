@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -106,6 +107,13 @@ def test_removed_file(repo: Repository, raw: Path) -> None:
     assert repo.begin().changes == ChangeSet(removed=("links/analogy.txt",))
 
 
+def _spawned_pool() -> ProcessPoolExecutor:
+    """Four spawned processes. A ``concurrent.futures`` pool, not a ``multiprocessing`` one:
+    a worker that dies breaks it (``BrokenProcessPool``) instead of hanging the suite, as a
+    ``multiprocessing.Pool`` worker lost while holding its task queue's lock once did."""
+    return ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _begin_in_process(args: tuple[str, str]) -> tuple[str, str | None]:
     root, store = args
     repo = Repository(load_config(root=root, store=store, cooldown_sec=0, env={}), lock_timeout=30)
@@ -116,9 +124,10 @@ def _begin_in_process(args: tuple[str, str]) -> tuple[str, str | None]:
 def test_two_processes_begin_at_once_one_wins(repo: Repository, raw: Path, tmp_path: Path) -> None:
     repo.begin()
     edit(raw)
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        results = pool.map(_begin_in_process, [(str(raw), str(tmp_path / "state"))] * 4)
+    with _spawned_pool() as pool:
+        results = list(
+            pool.map(_begin_in_process, [(str(raw), str(tmp_path / "state"))] * 4, timeout=120)
+        )
     outcomes = sorted(o for o, _ in results)
     assert outcomes.count("started") == 1
     assert outcomes.count("in_flight") == 3
@@ -136,8 +145,12 @@ def test_two_processes_promote_at_once(repo: Repository, raw: Path, tmp_path: Pa
     edit(raw)
     sid = repo.begin().snapshot
     assert sid is not None
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        outcomes = pool.map(_promote_in_process, [(str(raw), str(tmp_path / "state"), sid)] * 4)
+    with _spawned_pool() as pool:
+        outcomes = list(
+            pool.map(
+                _promote_in_process, [(str(raw), str(tmp_path / "state"), sid)] * 4, timeout=120
+            )
+        )
     assert sorted(outcomes) == ["already_done"] * 3 + ["promoted"]
     assert repo.log("last")[0].reason == "promoted"
     assert len(repo.log("last")) == 2
