@@ -393,6 +393,8 @@ def encode_head(head: FolderHead) -> bytes:
 
 
 def frame(head: bytes, payload: bytes) -> bytes:
+    """One record as the file holds it (``_write_frames`` writes the same bytes without
+    joining them first): for tools and tests."""
     return (
         RECORD_FRAME.pack(len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
         + head

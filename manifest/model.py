@@ -88,7 +88,9 @@ StoredObject = Tree | Snapshot
 
 
 class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
-    """Stat cache line (like git's index): reuse ``digest`` while the stat is unchanged.
+    """A file as the stat cache knows it (like a line of git's index): its ``digest`` is
+    reused while the stat is unchanged. ``manifest.index.Recorded.entry`` builds these from
+    a positional payload; stat caches of layout 2 stored lists of them.
 
     ``ino`` is -1 for a smudged (racy) entry, which never matches and is re-hashed.
     """
