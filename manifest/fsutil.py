@@ -26,6 +26,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def writev_all(fd: int, buffers: list[bytes], size: int) -> None:
+    """Write the buffers in order, in one ``writev`` where the system takes them all."""
+    writev = getattr(os, "writev", None)
+    written = writev(fd, buffers) if writev is not None else 0
+    if written < size:
+        write_all(fd, b"".join(buffers)[written:])
+
+
 def write_temp(path: Path, data: bytes) -> Path:
     """Write ``data`` to a new temporary file beside ``path`` (not synced); return its name."""
     tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import sys
 import weakref
 import zlib
 from array import array
@@ -45,7 +44,7 @@ import msgspec
 from blake3 import blake3
 
 from manifest.errors import FormatVersionError, ManifestError, StaleLockError
-from manifest.fsutil import LockFile, write_all
+from manifest.fsutil import LockFile, write_all, writev_all
 from manifest.model import KIND_FILE, IndexEntry, TreeEntry
 
 T = TypeVar("T")
@@ -120,8 +119,6 @@ not UTF-8 (such rows never equal a listed one)."""
 
 _ROW_DECODER: Final = msgspec.msgpack.Decoder(Row)
 _ROWS_DECODER: Final = msgspec.msgpack.Decoder(list[Row])
-_FS_ENCODING: Final = sys.getfilesystemencoding()
-_FS_ERRORS: Final = sys.getfilesystemencodeerrors()
 _NAME = itemgetter(0)
 _MTIME = itemgetter(2)
 _SIZE = itemgetter(3)
@@ -163,10 +160,7 @@ def encode_rows(rows: Sequence[Row]) -> tuple[bytes, bytes, bool]:
     except UnicodeEncodeError:
         textual = False
         # a name that is not UTF-8: recorded as bytes (never equal to a listed row)
-        parts = [
-            encode((r[0].encode(_FS_ENCODING, _FS_ERRORS), *r[1:]) if isinstance(r[0], str) else r)
-            for r in rows
-        ]
+        parts = [encode((os.fsencode(r[0]), *r[1:]) if isinstance(r[0], str) else r) for r in rows]
     header = _array_header(len(parts))
     offsets = array(_U32, accumulate(map(len, parts), initial=len(header)))
     return header + b"".join(parts), offsets.tobytes(), textual
@@ -196,10 +190,6 @@ def payload_of(entries: Iterable[IndexEntry]) -> bytes:
         digests.append(e.digest)
         flags.append(F_SMUDGED if smudge else F_FILE)
     return encode_payload(rows, digests, flags)
-
-
-def name_bytes(name: str | bytes) -> bytes:
-    return name if isinstance(name, bytes) else name.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 class Recorded:
@@ -251,7 +241,7 @@ class Recorded:
                 self._by_name = {}
                 return self._by_name
             self._by_name = {
-                name_bytes(rows[i][0]): i
+                os.fsencode(rows[i][0]): i
                 for i in compress(count(), self.flags.translate(FILEISH_MASK))
             }
         return self._by_name
@@ -269,7 +259,7 @@ class Recorded:
             return None
         name, _mode, mtime, size, ino, ctime = row
         ino = SMUDGED_INO if flag == F_SMUDGED else ino
-        return IndexEntry(name_bytes(name), size, mtime, ino, ctime, self.digests[i])
+        return IndexEntry(os.fsencode(name), size, mtime, ino, ctime, self.digests[i])
 
     def entries(self) -> dict[bytes, IndexEntry]:
         out = {}
@@ -349,7 +339,7 @@ def tree_files(
     for i in compress(count(), flags.translate(FILEISH_MASK)):
         row = rows[i]
         out.append(
-            TreeEntry(name_bytes(row[0]), KIND_FILE, row[3], 0 if content else row[2], digests[i])
+            TreeEntry(os.fsencode(row[0]), KIND_FILE, row[3], 0 if content else row[2], digests[i])
         )
     return out
 
@@ -695,11 +685,3 @@ def _write_frames(fd: int, records: Iterable[tuple[bytes, bytes]]) -> None:
 
 
 _IOV_BATCH: Final = 3 * 300  # buffers per writev: under every system's IOV_MAX (1024 on Linux)
-
-
-def writev_all(fd: int, buffers: list[bytes], size: int) -> None:
-    """Write the buffers in order, in one ``writev`` where the system takes them all."""
-    writev = getattr(os, "writev", None)
-    written = writev(fd, buffers) if writev is not None else 0
-    if written < size:
-        write_all(fd, b"".join(buffers)[written:])
