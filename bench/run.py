@@ -62,6 +62,13 @@ def byte_compile(before: Path | None) -> None:
         subprocess.run([str(PY), "-m", "compileall", "-q", *packages], check=True)
 
 
+def python_jobs() -> int:
+    """How many processes a big scan uses here (``manifest.pool.choose_jobs``)."""
+    from manifest.pool import choose_jobs
+
+    return choose_jobs(None, None)
+
+
 def find_b3sum() -> str | None:
     found = shutil.which("b3sum")
     if found:
@@ -595,6 +602,15 @@ def run_all(n: int, runs: int, big: bool, before: Path | None = None) -> dict[st
     ms["find"] = measure(
         Measurement("find", "peer: find stat floor", find_cmd), find_cmd, env, runs, shell=True
     )
+    # the Python stat floor: the scan's fast-path walk alone, on as many processes as the
+    # scan uses (bench/walk_parallelism.py); measured interleaved with the clean statuses
+    jobs = python_jobs()
+    floor_argv = [str(PY), "-P", str(HERE / "walk_parallelism.py"), str(tree), f"floor{jobs}"]
+    ms["pyfloor"] = Measurement(
+        "pyfloor",
+        f"peer: Python stat floor ({jobs} processes; scandir + lstat per file, no cache)",
+        cmd_text(floor_argv),
+    )
     b3 = find_b3sum()
     if b3 is not None:
         b3_cmd = (
@@ -627,7 +643,10 @@ def run_all(n: int, runs: int, big: bool, before: Path | None = None) -> dict[st
     label = {"": "", "_before": " [before]"}
 
     # clean status in both modes, interleaved with git status
-    group: list[Job] = [(ms["git"], [*git, "status", "--porcelain"], env, None)]
+    group: list[Job] = [
+        (ms["git"], [*git, "status", "--porcelain"], env, None),
+        (ms["pyfloor"], floor_argv, env, None),
+    ]
     ms["git"].samples.clear()
     for sfx, venv in variants:
         for mode, key in (("mtime_size", "status_mtime"), ("content_hash", "status_content_clean")):
@@ -905,6 +924,13 @@ def verdicts(ms: dict[str, Measurement]) -> list[Verdict]:
         TARGET_MTIME_VS_GIT,
         (SCALE_N,),
     )
+    for key, peer, title in (
+        ("pyfloor", "git", "Python stat floor vs git status (what bounds the two above)"),
+        ("status_mtime", "pyfloor", "status (mtime_size, clean) vs the Python stat floor"),
+    ):
+        r = ratio(key, peer)
+        if r is not None:
+            rows.append((title, f"{r:.2f}x", "(diagnostic)", None, (SCALE_N,)))
     add(
         "status (mtime_size) vs git status (issue 5)",
         ratio("status_mtime", "git"),
