@@ -455,12 +455,16 @@ class CacheView:
             return {}
 
     def keep(self, path: bytes) -> None:
-        """The folder's loaded record is still true."""
-        if path in self.records:
+        """The folder's loaded record is still true. Only a trusted cache keeps records: an
+        untrusted one (other filters, or an older layout) is rewritten from this scan's
+        records alone, so that none of its records is trusted under the new header."""
+        if self.trusted and path in self.records:
             self.kept.add(path)
 
     def keep_below(self, prefix: bytes) -> None:
         """Keep every record at or under a folder (an unreadable folder, carried over)."""
+        if not self.trusted:
+            return
         for path in self.records:
             if path.startswith(prefix):
                 self.kept.add(path)
@@ -482,7 +486,8 @@ class CacheView:
         """Take what a scan worker recorded of its subtree (encoded heads and payloads)."""
         for head_bytes, payload in updates:
             self.updates[_HEAD_DECODER.decode(head_bytes).path] = (head_bytes, payload)
-        self.kept.update(kept)
+        if self.trusted:
+            self.kept.update(kept)
 
     def __len__(self) -> int:
         return sum(r.head.files for r in self.records.values())
@@ -517,7 +522,8 @@ class StatCache(CacheView):
         weakref.finalize(self, os.close, fd)
         try:
             self._read_records(fd)
-        except OSError:
+        except (OSError, struct.error):
+            # unreadable, or cut short by another hand while it was read: scan without it
             self.records.clear()
             self.rewrite = True
 
@@ -545,7 +551,13 @@ class StatCache(CacheView):
             # name, like a cache of another context), then the file is rewritten
             self.legacy = True
             self.rewrite = True
-        if header.mode != self.mode or header.context != self.context or self.legacy:
+        if header.mode != self.mode:
+            # another mode's digests mean something else (none in mtime_size, content
+            # digests where mtime_size trees want none): nothing of it is used
+            self.rewrite = True
+            self.legacy = False
+            return
+        if header.context != self.context or self.legacy:
             self.rewrite = True
         else:
             self.trusted = True

@@ -462,7 +462,7 @@ class Scanner:
             else:
                 files = tree_files(folder.rows, folder.digests, folder.flags, content)
                 oid = self._store_tree(folder.entries + files + list(subdirs))
-            if cache is not None and folder.keep_record:
+            if cache is not None and folder.keep_record and cache.trusted:
                 cache.keep(folder.rel)
             elif cache is not None:
                 eligible = folder.eligible and bool(folder.signature)

@@ -429,3 +429,125 @@ def test_files_touched_just_before_a_scan_leave_the_cache_as_it_was(
     assert repo.status().hashed == FOLDERS
     assert len(index.read_bytes()) > len(before)  # recorded now
     assert repo.status().hashed == 0
+
+
+def _fresh_scan(tmp_path: Path, name: str, **kw: object) -> tuple[str, int, int]:
+    (tmp_path / name).mkdir()
+    config = load_config(
+        root=tmp_path / "raw",
+        store=tmp_path / name,
+        cooldown_sec=0,
+        env={"MANIFEST_JOBS": "1"},
+        **kw,  # type: ignore[arg-type]
+    )
+    result = Repository(config).scan(base=None)
+    return result.root_id, result.files, result.bytes
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+@pytest.mark.parametrize(
+    ("first", "then"), [("mtime_size", "content_hash"), ("content_hash", "mtime_size")]
+)
+def test_a_cache_of_another_mode_lends_no_digest(tmp_path: Path, first: str, then: str) -> None:
+    """A store scanned in one mode, then in the other: no recorded digest is used (an
+    mtime_size cache records none; a content_hash one records digests an mtime_size tree
+    must not hold), so the result is a scan without a cache's, and the cache is rebuilt."""
+    _tree(tmp_path / "raw")
+    _repo(tmp_path, mode=first).snapshot(ref="last")
+    switched = _repo(tmp_path, mode=then)
+    got = switched.scan(base=None)
+    assert (got.root_id, got.files, got.bytes) == _fresh_scan(tmp_path, "fresh", mode=then)
+    assert got.hashed == (FOLDERS * FILES if then == "content_hash" else 0)
+    assert StatCache(tmp_path / "state" / "index", then, scan_context(switched.config)).trusted
+    assert switched.scan(base=None).hashed == 0
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, rel_dir: bytes) -> None:
+    import manifest.repo
+    from manifest.scan import Scanner
+
+    class Denied(Scanner):
+        def _list_dir(self, dir_fd: int, rel: bytes) -> list[os.DirEntry[str]]:
+            if rel == rel_dir:
+                raise PermissionError(13, "Permission denied")
+            return super()._list_dir(dir_fd, rel)
+
+    monkeypatch.setattr(manifest.repo, "Scanner", Denied)
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_an_unreadable_folder_keeps_no_record_of_other_filters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder carried over (unreadable) while the filters changed: its records were
+    written under the old filters, so the rewritten cache must not keep them (they would be
+    trusted under the new header, and their tree ids are the old filters')."""
+    _tree(tmp_path / "raw")
+    write(tmp_path / "raw" / "d05" / "notes.txt", "left out, then in\n")
+    _repo(tmp_path, exclude=("**/*.txt",)).snapshot(ref="last")
+    widened = _repo(tmp_path)
+    with monkeypatch.context() as patch:
+        _deny(patch, b"d05/")
+        status = widened.status()
+    assert [p.path for p in status.problems] == ["d05"]
+    got = widened.scan(base=None)  # d05 readable again
+    assert (got.root_id, got.files, got.bytes) == _fresh_scan(tmp_path, "fresh")
+    assert got.files == FOLDERS * FILES + 1
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_an_unreadable_folder_during_the_upgrade_keeps_no_old_layout_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrading a layout-2 cache while a folder is unreadable: the rewritten (trusted)
+    file holds only today's records, each of which decodes; the folder is simply scanned
+    again once readable, with the result of a scan without a cache."""
+    _tree(tmp_path / "raw")
+    repo = _repo(tmp_path)
+    repo.snapshot(ref="last")
+    index = tmp_path / "state" / "index"
+    current = StatCache(index, "content_hash", scan_context(repo.config))
+    records = [
+        frame(
+            encode_head(loaded.head),
+            msgspec.msgpack.encode(list(current.entries(path).values())),
+        )
+        for path, loaded in current.records.items()
+    ]
+    index.write_bytes(_index_bytes(2, "content_hash", current.context, records))
+    with monkeypatch.context() as patch:
+        _deny(patch, b"d07/")
+        status = repo.status()
+    assert [p.path for p in status.problems] == ["d07"]
+    rewritten = StatCache(index, "content_hash", scan_context(repo.config))
+    assert rewritten.trusted and not rewritten.legacy
+    for path in rewritten.records:
+        assert rewritten.recorded(path) is not None, path
+    assert b"d07/" not in rewritten.records
+    write(tmp_path / "raw" / "d07" / "f1.csv", "edited while unreadable\n")
+    got = repo.scan(base=None)
+    assert (got.root_id, got.files, got.bytes) == _fresh_scan(tmp_path, "fresh")
+    assert got.hashed == FILES  # the folder that was carried, read again
+
+
+def test_an_index_cut_short_while_read_is_a_cache_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file truncated under the reader (its size taken before, its records read after):
+    a cache miss (rebuilt by the next save), never a traceback."""
+    path = tmp_path / "index"
+    head = FolderHead(b"a/", b"s" * 32, b"t" * 32, 1, 1, 0, 0, ())
+    record = frame(encode_head(head), payload_of([IndexEntry(b"x", 1, 1, 1, 1, b"d" * 32)]))
+    path.write_bytes(_index_bytes(3, "content_hash", b"", [record]))
+    real_fstat = os.fstat
+
+    def fstat_before_the_cut(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        fields = list(st)
+        fields[6] += 4096  # st_size: what it was before someone cut it short
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", fstat_before_the_cut)
+    cache = StatCache(path, "content_hash")
+    monkeypatch.undo()
+    assert cache.rewrite and cache.entries(b"a/") == {}
