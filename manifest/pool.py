@@ -16,10 +16,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import queue
 import selectors
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -93,7 +95,7 @@ class Progress(msgspec.Struct, tag="progress"):
 class Part(msgspec.Struct, tag="part"):
     """A subtree's results, for its parent folder."""
 
-    trees_added: list[TreeEntry]  # what the parent folder gains (a subtree or a carry)
+    trees_added: list[TreeEntry]  # subfolders the parent folder gains (scanned or carried)
     carried: bool
     files: int
     nbytes: int
@@ -106,6 +108,9 @@ class Part(msgspec.Struct, tag="part"):
     unstable: list[str]
     problems: list[ScanProblem]
     skipped: list[str]
+    # a carried file entry (the task's folder unreadable, its base entry a file): the
+    # parent's file entries, not its subfolders
+    entries_added: list[TreeEntry] = []
 
 
 class Failed(msgspec.Struct, tag="failed"):
@@ -213,6 +218,7 @@ def _scan_here(scanner: Scanner, parent: _Folder, name: bytes) -> None:
 
 def _merge(scanner: Scanner, parent: _Folder, part: Part) -> None:
     parent.trees.extend(part.trees_added)
+    parent.entries.extend(part.entries_added)
     if part.carried:
         parent.eligible = False
     scanner.files += part.files
@@ -562,8 +568,24 @@ def worker_main() -> int:
     base = BaseTrees(objects, setup.base_root)
     path_filter = PathFilter(setup.include, setup.exclude)
     hashed_bytes = [0]
+    # Tasks are read as they come, by a thread of their own: the parent may be writing the
+    # next task (stat cache records, easily more than a pipe holds) while this process writes
+    # a big result; if each waited for the other to read, both would wait forever.
+    tasks: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def read_tasks() -> None:
+        try:
+            while True:
+                message = _read_message(stdin, decoder)
+                tasks.put(message)
+                if not isinstance(message, Task):
+                    return
+        except (OSError, ValueError, msgspec.DecodeError):
+            tasks.put(None)
+
+    threading.Thread(target=read_tasks, name="manifest-tasks", daemon=True).start()
     while True:
-        task = _read_message(stdin, decoder)
+        task = tasks.get()
         if not isinstance(task, Task):
             return 0
         cache = CacheView(
@@ -601,7 +623,8 @@ def worker_main() -> int:
         _send(
             stdout,
             Part(
-                trees_added=parent.trees + parent.entries,
+                trees_added=parent.trees,
+                entries_added=parent.entries,
                 carried=not parent.eligible,
                 files=scanner.files,
                 nbytes=scanner.bytes,

@@ -249,3 +249,109 @@ def test_workers_started_early_are_used_or_stopped(
     assert flat_repo.status().changes == ChangeSet()
     assert spares_seen == [1] and len(started) == 1
     assert all(p.returncode is not None for p in started)  # type: ignore[attr-defined]
+
+
+_SCRIPT_HEAD = """
+import sys
+import manifest.fingerprint
+manifest.fingerprint.RACY_NS = 1
+from manifest import Repository, load_config
+def repo(store, jobs):
+    return Repository(load_config(root=sys.argv[1], store=store, mode=sys.argv[2],
+                      cooldown_sec=0, env={"MANIFEST_JOBS": str(jobs)}))
+"""
+
+
+def _run_script(body: str, *args: str, prefix: list[str] | None = None) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        [*(prefix or []), sys.executable, "-c", _SCRIPT_HEAD + body, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang fails the test instead of the CI run
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_big_task_and_a_big_result_at_once_do_not_deadlock(tmp_path: Path) -> None:
+    """The parent writes a task (its subtree's stat cache records: more than a pipe holds)
+    while the worker writes a big result for the task before: the worker reads its tasks on
+    a thread of its own, so neither waits for the other forever. The result pipe is left at
+    its default size here so that small trees show it."""
+    import time
+
+    raw = tmp_path / "raw"
+    for s in range(4):
+        for f in range(450):
+            for x in range(2):
+                # four levels of one folder: the scan hands out the four s* subtrees whole
+                path = raw / "a" / "b" / "c" / "d" / f"s{s}" / f"f{f:03d}" / f"x{x}.csv"
+                write(path, f"{s} {f} {x}\n")
+    body = """
+import os, time
+import manifest.pool
+manifest.pool.widen_pipe = lambda fd: None
+store = sys.argv[3]
+serial = repo(store + "-serial", 1)
+parallel = repo(store, 2)
+parallel.snapshot(ref="last")
+stamp = time.time_ns() - 3600 * 10**9
+for top, _dirs, files in os.walk(sys.argv[1]):
+    for name in files:
+        os.utime(os.path.join(top, name), ns=(stamp, stamp))
+time.sleep(0.05)
+got = parallel.scan(base=None)
+want = serial.scan(base=None)
+print(got.jobs, got.root_id == want.root_id, got.files, want.files)
+"""
+    out = _run_script(body, str(raw), "mtime_size", str(tmp_path / "state"))
+    jobs, same, files, want = out.split()
+    assert (jobs, same, files, want) == ("2", "True", "3600", "3600")
+    del time
+
+
+def test_an_unreadable_folder_that_was_a_file_is_carried_as_a_file(tmp_path: Path) -> None:
+    """A task's folder that cannot be read, whose entry in the base snapshot is a file: the
+    worker carries it as a file of its parent (not a subfolder), as a one-process scan does."""
+    import shutil
+    import subprocess
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads every folder, and setpriv is not there to drop that")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+        probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()}")
+    raw = tmp_path / "raw"
+    # folders interleaved with files that will become unreadable folders: whichever process
+    # takes which task, the worker gets some of them
+    for d in range(24):
+        for f in range(40):
+            write(raw / "a" / "top" / f"d{d:02d}" / f"f{f}.csv", f"{d} {f}\n")
+        write(raw / "a" / "top" / f"x{d:02d}", "I was a file with many bytes in it\n")
+    body = """
+import os
+one, two = repo(sys.argv[3] + "-1", 1), repo(sys.argv[3] + "-2", 2)
+s1, s2 = one.snapshot(ref="last")[0], two.snapshot(ref="last")[0]
+xs = [os.path.join(sys.argv[1], "a", "top", f"x{d:02d}") for d in range(24)]
+for x in xs:
+    os.unlink(x)
+    os.makedirs(os.path.join(x, "inner"))
+    open(os.path.join(x, "inner", "g.csv"), "w").write("g\\n")
+    os.chmod(x, 0)
+try:
+    r1, r2 = one.scan(base=s1), two.scan(base=s2)
+finally:
+    for x in xs:
+        os.chmod(x, 0o755)
+print(r2.jobs, len(r1.problems), r1.root_id == r2.root_id, r1.files, r2.files)
+"""
+    out = _run_script(body, str(raw), "content_hash", str(tmp_path / "state"), prefix=prefix)
+    jobs, problems, same, files_one, files_two = out.split()
+    assert (jobs, problems) == ("2", "24")
+    assert (same, files_one, files_two) == ("True", "984", "984")
