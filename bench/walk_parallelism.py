@@ -37,7 +37,9 @@ def folders(root: str) -> list[str]:
     ]
 
 
-def scan_one(path: str) -> bytes:
+def scan_one(path: str, subfolders: list[str] | None = None) -> bytes:
+    """One folder as the scan's fast path lists it: its signature. The subfolders found are
+    appended to ``subfolders`` (as paths) when it is given."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         rows: list[tuple[object, ...]] = []
@@ -45,6 +47,8 @@ def scan_one(path: str) -> bytes:
             for e in it:
                 if e.is_dir(follow_symlinks=False):
                     rows.append((e.name,))
+                    if subfolders is not None:
+                        subfolders.append(os.path.join(path, e.name))
                     continue
                 st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
                 rows.append(
@@ -65,23 +69,7 @@ def walk_tree(top: str) -> int:
     stack = [top]
     done = 0
     while stack:
-        path = stack.pop()
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            rows: list[tuple[object, ...]] = []
-            with os.scandir(fd) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=False):
-                        rows.append((e.name,))
-                        stack.append(os.path.join(path, e.name))
-                        continue
-                    st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
-                    rows.append(
-                        (e.name, st.st_mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-                    )
-            blake3(_ENCODER.encode(rows)).digest()
-        finally:
-            os.close(fd)
+        scan_one(stack.pop(), stack)
         done += 1
     return done
 
