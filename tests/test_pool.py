@@ -280,7 +280,6 @@ def test_a_big_task_and_a_big_result_at_once_do_not_deadlock(tmp_path: Path) -> 
     while the worker writes a big result for the task before: the worker reads its tasks on
     a thread of its own, so neither waits for the other forever. The result pipe is left at
     its default size here so that small trees show it."""
-    import time
 
     raw = tmp_path / "raw"
     for s in range(4):
@@ -309,7 +308,6 @@ print(got.jobs, got.root_id == want.root_id, got.files, want.files)
     out = _run_script(body, str(raw), "mtime_size", str(tmp_path / "state"))
     jobs, same, files, want = out.split()
     assert (jobs, same, files, want) == ("2", "True", "3600", "3600")
-    del time
 
 
 def test_an_unreadable_folder_that_was_a_file_is_carried_as_a_file(tmp_path: Path) -> None:
