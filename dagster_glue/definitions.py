@@ -4,7 +4,9 @@ the ``RAW_*`` environment variables (as the CLI is). ``dagster dev`` finds it th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import dagster as dg
 
@@ -22,7 +24,7 @@ def build(
     """The sample definitions for ``settings`` and the engine ``config`` (default: both
     from the environment)."""
     settings = settings if settings is not None else load_glue_settings(env)
-    config = config if config is not None else load_config(env=env)
+    config = config if config is not None else load_config(env=env, name=_store_name(env))
     return dg.Definitions.merge(
         dg.Definitions(assets=sample_assets(settings.asset_mode)),
         change_detection(
@@ -44,6 +46,17 @@ def build(
             run_grace_sec=settings.run_grace_sec,
         ),
     )
+
+
+def _store_name(env: Mapping[str, str] | None) -> str | None:
+    """The sample's store is ``$DAGSTER_HOME/state/raw`` (its ``name``), as for any adopter
+    of ``change_detection``; one kept at ``$DAGSTER_HOME/state`` itself (before 0.2) is
+    still used."""
+    env = os.environ if env is None else env
+    home = env.get("DAGSTER_HOME", "").strip()
+    if not home or (Path(home) / "state" / "FORMAT").is_file():
+        return None
+    return "raw"
 
 
 defs = build()

@@ -35,12 +35,15 @@ def _cron(value: Any, variable: str) -> str:
     return text
 
 
-def _globs(value: Sequence[str] | dg.EnvVar) -> list[str]:
-    """A list of globs, or an ``EnvVar`` holding them separated by commas or newlines."""
+def _globs(value: Sequence[str] | dg.EnvVar | None) -> list[str] | None:
+    """A list of globs, or an ``EnvVar`` holding them separated by commas or newlines; None
+    (or an unset variable): the store's."""
     if isinstance(value, dg.EnvVar):
-        text = value.get_value() or ""
+        text = value.get_value()
+        if text is None:
+            return None
         return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
-    return list(value)
+    return None if value is None else list(value)
 
 
 def _shown(root: str | dg.EnvVar) -> str:
@@ -86,10 +89,10 @@ def change_detection(
     cron: str | dg.EnvVar = "*/5 * * * *",
     full_hash_cron: str | dg.EnvVar = "30 2 * * *",
     enabled: bool | str | dg.EnvVar = False,
-    hash_mode: str | dg.EnvVar = "content_hash",
+    hash_mode: str | dg.EnvVar | None = None,
     cooldown_sec: float | dg.EnvVar = DEFAULT_COOLDOWN_SEC,
-    include: Sequence[str] | dg.EnvVar = (),
-    exclude: Sequence[str] | dg.EnvVar = (),
+    include: Sequence[str] | dg.EnvVar | None = None,
+    exclude: Sequence[str] | dg.EnvVar | None = None,
     batch_size: int | dg.EnvVar = 50,
     max_attempts: int | dg.EnvVar = 3,
     run_grace_sec: float | dg.EnvVar = 300,
@@ -102,7 +105,9 @@ def change_detection(
     with ``source_path`` metadata.
 
     Every setting may be a ``dg.EnvVar``: ``root``, ``state_dir`` and ``hash_mode`` are read
-    when the resource is used; the others when the definitions load."""
+    when the resource is used; the others when the definitions load. The store records its
+    root, mode and filters when it is created; ``hash_mode``, ``include`` and ``exclude``
+    left as None take the store's, and any that differ from the store's are an error."""
     name = validate_name(str(_value(name)))
     mode = str(_value(asset_mode))
     if mode not in ASSET_MODES:

@@ -50,12 +50,19 @@ class ManifestResource(dg.ConfigurableResource):
     )
     name: str = Field(default="raw", description="Prefix of jobs, schedules, tags, run keys.")
     asset_mode: str = Field(default="materialize", description="materialize or observe.")
-    hash_mode: str = Field(default="content_hash", description="content_hash or mtime_size.")
+    hash_mode: str | None = Field(
+        default=None,
+        description="content_hash, mtime_size or etag; default: the store's, else content_hash.",
+    )
     cooldown_sec: float = Field(
         default=DEFAULT_COOLDOWN_SEC, description="Files modified more recently wait a tick."
     )
-    include: list[str] = Field(default=[], description="Globs of files to record (all if empty).")
-    exclude: list[str] = Field(default=[], description="Globs of files to ignore.")
+    include: list[str] | None = Field(
+        default=None, description="Globs of files to record; default: the store's, else all."
+    )
+    exclude: list[str] | None = Field(
+        default=None, description="Globs of files to ignore; default: the store's, else none."
+    )
     bootstrap: str = Field(default="baseline", description="First tick: baseline or all.")
     batch_size: int = Field(default=50, description="Raw assets per run.")
     max_attempts: int = Field(default=3, description="Runs per batch before giving up.")
@@ -83,17 +90,20 @@ class ManifestResource(dg.ConfigurableResource):
         return self.repository().config.store
 
     def repository(self) -> Repository:
-        """The engine for this root. Settings come from these fields only (credentials and
-        a custom endpoint for a bucket come from the process environment)."""
+        """The engine for this root. Settings come from these fields and the store's own
+        record of its root, mode and filters (a field that disagrees with the record is an
+        error naming both); credentials and a custom endpoint for a bucket come from the
+        process environment."""
         config = load_config(
             root=self.root,
             store=self.store_location(),
             mode=self.hash_mode,
             cooldown_sec=self.cooldown_sec,
-            include=tuple(self.include),
-            exclude=tuple(self.exclude),
+            include=tuple(self.include) if self.include is not None else None,
+            exclude=tuple(self.exclude) if self.exclude is not None else None,
             bootstrap=self.bootstrap,
             env={},
+            origin=f"change_detection(name={self.name!r})",
         )
         return Repository(config, lock_timeout=self.lock_timeout_sec)
 

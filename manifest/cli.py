@@ -21,21 +21,18 @@ import typer
 from manifest import __version__
 from manifest import format as format_module
 from manifest.config import (
-    CONFIG_FILE,
     DEFAULT_DATA_DIR,
     ENV_DATA_DIR,
     ENV_STATE_DIR,
     FALLBACK_STATE_DIR,
     Config,
-    StoreFile,
+    default_store,
     load_config,
     parse_duration,
     parse_seconds,
-    store_file_text,
-    write_store_file,
 )
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
-from manifest.errors import ConfigError, ManifestError, NoStoreError, RootError
+from manifest.errors import ManifestError, NoStoreError, RootError
 from manifest.format import (
     HashProgress,
     changes_json,
@@ -81,7 +78,9 @@ class Options:
         mode: str | None,
         cooldown: float | None,
         no_pager: bool = False,
+        name: str | None = None,
     ) -> None:
+        self.name = name
         self.root = root
         self.store = store
         self.mode = mode
@@ -95,6 +94,7 @@ class Options:
             mode=self.mode,
             cooldown_sec=self.cooldown,
             discover=True,
+            name=self.name,
         )
 
     def repository(self, *, must_exist: bool | None = True) -> Repository:
@@ -142,7 +142,18 @@ def _options(
         typer.Option(
             "--store",
             help="State store [env RAW_STATE_DIR; else the nearest .manifest found walking "
-            "up from the current folder; else $DAGSTER_HOME/state, or ./.manifest].",
+            "up from the current folder; else the Dagster glue's store under "
+            "$DAGSTER_HOME/state (see --name); else ./.manifest].",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            help="The store of change_detection(name=NAME): $DAGSTER_HOME/state/NAME "
+            "[default: the only store there, else raw].",
             show_default=False,
         ),
     ] = None,
@@ -184,7 +195,7 @@ def _options(
                 "give an existing folder\n"
             )
             raise typer.Exit(EXIT_ERROR) from None
-    ctx.obj = Options(root, store, mode, cooldown, no_pager)
+    ctx.obj = Options(root, store, mode, cooldown, no_pager, name)
 
 
 def complete_refs(incomplete: str) -> list[str]:
@@ -349,8 +360,17 @@ def init(
             "--exclude", help="A glob of files to ignore (repeatable).", show_default=False
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Record new settings in an existing store (those not given are kept); the "
+            "next scan reports what a new root or filter adds or leaves out.",
+        ),
+    ] = False,
 ) -> None:
-    """Create a store (./.manifest, or --store) and record its settings in config.toml.
+    """Create a store (./.manifest, --store, or --name) and record its settings in
+    config.toml.
 
     From then on every command run anywhere below this folder finds the store by walking up,
     like git finds .git, and resolves the root relative to it.
@@ -360,25 +380,29 @@ def init(
     options: Options = ctx.obj
     cwd = Path.cwd()
     named = options.store or os.environ.get(ENV_STATE_DIR, "").strip()
-    where = parse_location(named, "--store") if named else cwd / FALLBACK_STATE_DIR
-    store_arg: str | Path
-    if isinstance(where, BucketURL):
-        store_arg = str(where)
+    if named:
+        where = parse_location(named, "--store")
+        store_arg: str | Path = str(where) if isinstance(where, BucketURL) else cwd / where
+    elif options.name:
+        store_arg = default_store(os.environ, cwd, options.name)
     else:
-        store_arg = where if where.is_absolute() else cwd / where
-        if (store_arg / CONFIG_FILE).exists():
-            raise ConfigError(
-                "init",
-                str(store_arg),
-                f"a folder not yet initialised; edit {store_arg / CONFIG_FILE}",
-            )
-    root_text = root or options.root or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+        store_arg = cwd / FALLBACK_STATE_DIR
+    recorded = None
+    if force:
+        # --force keeps what it is not told: the store's recorded settings are the base
+        recorded = load_config(store=store_arg)
+    root_text = root or options.root or os.environ.get(ENV_DATA_DIR)
+    if root_text is None:
+        root_text = recorded.root_text if recorded is not None else DEFAULT_DATA_DIR
+    include_t = tuple(include) if include else None
+    exclude_t = tuple(exclude) if exclude else None
     config = load_config(
         root=root_text,
         store=store_arg,
-        mode=mode or options.mode,
-        include=tuple(include) if include else None,
-        exclude=tuple(exclude) if exclude else None,
+        mode=mode or options.mode or (recorded.mode if recorded is not None else None),
+        include=include_t if include_t is not None or recorded is None else recorded.include,
+        exclude=exclude_t if exclude_t is not None or recorded is None else recorded.exclude,
+        ignore_recorded=True,
     )
     PathFilter(config.include, config.exclude)  # refuse bad globs before writing anything
     repo = Repository(config)
@@ -388,27 +412,7 @@ def init(
         Bucket(config.root_url).check(as_root=True)
     elif not config.root.is_dir():
         raise RootError(str(config.root), "is not an existing folder; create it or pass --root")
-    if config.store_url is not None and repo.files.read(CONFIG_FILE) is not None:
-        raise ConfigError(
-            "init", config.store_text, f"a store not yet initialised; it has a {CONFIG_FILE}"
-        )
-    repo._check_format(create=True)
-    if config.root_url is not None or config.store_url is not None:
-        root_setting = config.root_text  # absolute: a bucket has no folder to be relative to
-    elif config.root.is_relative_to(config.store.parent):
-        root_setting = os.path.relpath(config.root, config.store.parent)
-    else:
-        root_setting = str(config.root)
-    settings = StoreFile(
-        root=root_setting,
-        mode=config.mode,
-        include=config.include or None,
-        exclude=config.exclude or None,
-    )
-    if config.store_url is not None:
-        repo.files.write(CONFIG_FILE, store_file_text(settings))
-    else:
-        write_store_file(config.store, settings)
+    repo.init(force=force)
     typer.echo(
         f"Initialized a manifest store in {quote_path(config.store_text)} "
         f"(root {quote_path(config.root_text)}, {config.mode})"

@@ -67,6 +67,8 @@ class Config(msgspec.Struct, frozen=True):
     searched: tuple[Path, ...] = ()
     root_url: BucketURL | None = None
     store_url: BucketURL | None = None
+    # the store records its settings (config.toml); else its first writer records these
+    recorded: bool = False
 
     @property
     def root_text(self) -> str:
@@ -137,12 +139,44 @@ def parse_duration(value: str, variable: str) -> float | None:
     return seconds * unit
 
 
-def default_store(env: Mapping[str, str], cwd: Path) -> Path:
-    """``$DAGSTER_HOME/state`` when DAGSTER_HOME is set, else ``./.manifest``."""
+DEFAULT_STORE_NAME = "raw"  # change_detection()'s default name
+
+
+def dagster_store(env: Mapping[str, str], cwd: Path, name: str | None = None) -> Path | None:
+    """The store the Dagster glue keeps under ``$DAGSTER_HOME/state`` (None without
+    DAGSTER_HOME): ``state/<name>`` for ``name``; else the store kept at ``state`` itself
+    (the bundled sample before 0.2), else the only ``state/<name>`` store there, else
+    ``state/raw``. Several stores and no ``name``: an error listing them."""
     home = env.get("DAGSTER_HOME", "").strip()
-    if home:
-        return (cwd / home / DEFAULT_STATE_SUBDIR).resolve()
-    return (cwd / FALLBACK_STATE_DIR).resolve()
+    if not home:
+        if name:
+            raise ConfigError(
+                "--name", name, "a DAGSTER_HOME to look under (DAGSTER_HOME is unset)"
+            )
+        return None
+    state = (cwd / os.path.expanduser(home) / DEFAULT_STATE_SUBDIR).resolve()
+    if name:
+        if "/" in name or name in (".", "..") or not name.strip():
+            raise ConfigError("--name", name, "the name given to change_detection, e.g. raw")
+        return state / name
+    if (state / "FORMAT").is_file():
+        return state
+    try:
+        names = sorted(d.name for d in state.iterdir() if (d / "FORMAT").is_file())
+    except OSError:
+        names = []
+    if len(names) > 1:
+        from manifest.errors import AmbiguousStoreError
+
+        raise AmbiguousStoreError(str(state), names)
+    return state / (names[0] if names else DEFAULT_STORE_NAME)
+
+
+def default_store(env: Mapping[str, str], cwd: Path, name: str | None = None) -> Path:
+    """The Dagster glue's store under ``$DAGSTER_HOME/state`` (:func:`dagster_store`) when
+    DAGSTER_HOME is set, else ``./.manifest``."""
+    found = dagster_store(env, cwd, name)
+    return found if found is not None else (cwd / FALLBACK_STATE_DIR).resolve()
 
 
 CONFIG_FILE = "config.toml"
@@ -170,8 +204,9 @@ def find_store(start: Path) -> tuple[Path | None, tuple[Path, ...]]:
     return None, tuple(searched)
 
 
-def read_store_file(store: Path, url: BucketURL | None = None) -> StoreFile:
-    """The store's ``config.toml`` (on the bucket for a bucket store), or defaults."""
+def find_store_file(store: Path, url: BucketURL | None = None) -> StoreFile | None:
+    """The settings the store records in its ``config.toml`` (on the bucket for a bucket
+    store), or None when it records none."""
     path: str | Path = store / CONFIG_FILE
     if url is not None:
         from manifest.bucket import Bucket  # only for a bucket store
@@ -179,13 +214,13 @@ def read_store_file(store: Path, url: BucketURL | None = None) -> StoreFile:
         path = f"{url}/{CONFIG_FILE}"
         got = Bucket(url).get(CONFIG_FILE)
         if got is None:
-            return StoreFile()
+            return None
         data = got[0]
     else:
         try:
             data = store.joinpath(CONFIG_FILE).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
-            return StoreFile()  # no config file (or no store folder: the verbs say so)
+            return None  # no config file (or no store folder: the verbs say so)
         except OSError as exc:
             raise ConfigError(str(path), exc.strerror, "a readable file") from exc
     import tomllib  # only when a store has a config file
@@ -214,9 +249,15 @@ def bucket_cache_dir(url: BucketURL) -> Path:
 
 def store_file_text(settings: StoreFile) -> bytes:
     """``config.toml``'s bytes (strings JSON-quoted, which TOML reads alike)."""
-    lines = ["# written by `manifest init`; flags and RAW_* variables override these"]
+    lines = [
+        "# This store's settings: every reader (the CLI, the Dagster glue) uses them, and a",
+        "# setting given elsewhere that differs is an error. Change them with",
+        "# `manifest --store <this store> init --force ...`.",
+    ]
     if settings.root is not None:
-        lines.append(f"root = {json.dumps(settings.root)}  # relative to the folder of .manifest")
+        lines.append(
+            f"root = {json.dumps(settings.root)}  # relative to the folder that holds the store"
+        )
     if settings.mode is not None:
         lines.append(f"mode = {json.dumps(settings.mode)}")
     for key in ("include", "exclude"):
@@ -226,6 +267,23 @@ def store_file_text(settings: StoreFile) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+def settings_of(config: Config) -> StoreFile:
+    """What a store records of ``config``: the root (relative to the folder holding a local
+    store when it lies below it, so the project can move; else absolute), mode, filters."""
+    if config.root_url is not None or config.store_url is not None:
+        root = config.root_text  # absolute: a bucket has no folder to be relative to
+    elif config.root.is_relative_to(config.store.parent):
+        root = os.path.relpath(config.root, config.store.parent)
+    else:
+        root = str(config.root)
+    return StoreFile(
+        root=root,
+        mode=config.mode,
+        include=config.include or None,
+        exclude=config.exclude or None,
+    )
+
+
 def write_store_file(store: Path, settings: StoreFile) -> Path:
     """Write ``<store>/config.toml``."""
     from manifest.fsutil import atomic_write
@@ -233,6 +291,10 @@ def write_store_file(store: Path, settings: StoreFile) -> Path:
     path = store / CONFIG_FILE
     atomic_write(path, store_file_text(settings))
     return path
+
+
+def _normal_globs(values: tuple[str, ...] | None) -> tuple[str, ...]:
+    return tuple(sorted(set(values or ())))
 
 
 def load_config(
@@ -247,18 +309,33 @@ def load_config(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     discover: bool = False,
+    name: str | None = None,
+    origin: str | None = None,
+    ignore_recorded: bool = False,
 ) -> Config:
-    """Resolve settings: explicit argument, then environment variable, then the store's
-    ``config.toml``, then the default.
+    """Resolve settings: explicit argument, then environment variable, then what the store
+    records in its ``config.toml``, then the default.
 
     The store: ``store``, else ``RAW_STATE_DIR``, else (with ``discover``, as the CLI does) the
-    first ``.manifest`` with a ``config.toml`` found walking up from ``cwd``, else
-    ``$DAGSTER_HOME/state`` or ``./.manifest``."""
+    first ``.manifest`` with a ``config.toml`` found walking up from ``cwd``, else the Dagster
+    glue's store under ``$DAGSTER_HOME/state`` (``name`` picks one, see
+    :func:`dagster_store`), else ``./.manifest``.
+
+    A store records its root, mode, include and exclude (whoever creates it: ``init``, the
+    first tick, ``snapshot``). A root, mode or filter given here (argument or environment)
+    that differs from the recorded one is a :class:`SettingsMismatchError` naming both
+    (``ignore_recorded``: not read, as ``init --force`` replaces them). ``origin`` names
+    where the arguments came from in that message (default: the CLI's flags)."""
+    from manifest.errors import SettingsMismatchError
+
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
 
+    def given_by(setting: str) -> str:
+        return f"{origin} {setting}" if origin else f"--{setting}"
+
     if root is not None and not str(root).strip():
-        raise ConfigError("--root", "", "the raw data folder (an empty path is refused)")
+        raise ConfigError(given_by("root"), "", "the raw data folder (an empty path is refused)")
     if store is not None and not str(store).strip():
         raise ConfigError("--store", "", "the state store folder (an empty path is refused)")
     store_text = str(store) if store is not None else env.get(ENV_STATE_DIR, "").strip()
@@ -275,36 +352,48 @@ def load_config(
             store_path = Path(os.path.realpath(cwd / os.path.expanduser(where)))
         store_source = store_what
     else:
-        if discover:
+        if discover and not name:
             found, searched = find_store(cwd.absolute())
-        store_path = found if found is not None else default_store(env, cwd)
-        store_source = "found" if found is not None else "default"
-    # A bucket store's config.toml is a request: read only if a setting falls back to it.
-    files: list[StoreFile] = []
+        if found is not None:
+            store_path, store_source = found, "found"
+        else:
+            dagster = dagster_store(env, cwd, name)
+            store_path = dagster if dagster is not None else (cwd / FALLBACK_STATE_DIR).resolve()
+            store_source = "--name" if name else "default"
+    recorded = None if ignore_recorded else find_store_file(store_path, store_url)
+    recorded_where = (
+        f"{store_url}/{CONFIG_FILE}" if store_url is not None else str(store_path / CONFIG_FILE)
+    )
 
-    def store_file() -> StoreFile:
-        if not files:
-            files.append(read_store_file(store_path, store_url))
-        return files[0]
-
-    root_url: BucketURL | None = None
+    # -- the root: given, or recorded, or the default; given and recorded must agree -------
+    given_root: Path | BucketURL | None = None
+    root_by = ""
     if root is not None:
-        root_where = parse_location(str(root), "--root")
+        given_root, root_by = parse_location(str(root), given_by("root")), given_by("root")
     elif env.get(ENV_DATA_DIR):
-        root_where = parse_location(env[ENV_DATA_DIR], ENV_DATA_DIR)
-    elif store_file().root is not None:
-        file_root = store_file().root or ""
-        root_where = parse_location(file_root, f"root in {store_path / CONFIG_FILE}")
-        if isinstance(root_where, Path) and store_url is not None:
-            root_where = Path(os.path.expanduser(root_where))
-            if not root_where.is_absolute():
+        given_root, root_by = parse_location(env[ENV_DATA_DIR], ENV_DATA_DIR), ENV_DATA_DIR
+    recorded_root: Path | BucketURL | None = None
+    if recorded is not None and recorded.root is not None:
+        file_root = recorded.root
+        recorded_root = parse_location(file_root, f"root in {recorded_where}")
+        if isinstance(recorded_root, Path):
+            recorded_root = Path(os.path.expanduser(recorded_root))
+            if store_url is not None and not recorded_root.is_absolute():
                 raise ConfigError(
-                    f"root in {store_url}/{CONFIG_FILE}", file_root, "an absolute path or a URL"
+                    f"root in {recorded_where}", file_root, "an absolute path or a URL"
                 )
-        elif isinstance(root_where, Path):
-            root_where = store_path.parent / os.path.expanduser(root_where)
-    else:
-        root_where = cwd / DEFAULT_DATA_DIR
+            recorded_root = Path(os.path.realpath(store_path.parent / recorded_root))
+    if isinstance(given_root, Path):
+        # Resolve symlinks in the folders above the root, not the root's own entries.
+        given_root = Path(os.path.realpath((cwd / os.path.expanduser(given_root)).absolute()))
+    if given_root is not None and recorded_root is not None and given_root != recorded_root:
+        raise SettingsMismatchError(
+            "root", str(given_root), root_by, str(recorded_root), recorded_where
+        )
+    root_where = given_root or recorded_root
+    if root_where is None:
+        root_where = Path(os.path.realpath((cwd / DEFAULT_DATA_DIR).absolute()))
+    root_url: BucketURL | None = None
     if isinstance(root_where, BucketURL):
         root_url = root_where
         root_path = Path("/nonexistent-bucket-root")
@@ -316,9 +405,7 @@ def load_config(
                 "store would scan itself); put it beside the root",
             )
     else:
-        root_path = (cwd / os.path.expanduser(root_where)).absolute()
-        # Resolve symlinks in the folders above the root, not the root's own entries.
-        root_path = Path(os.path.realpath(root_path))
+        root_path = root_where
     if (
         root_url is None
         and store_url is None
@@ -330,39 +417,52 @@ def load_config(
             f"a folder that neither is nor contains the data root {root_path} (the store "
             "would scan itself); put it beside the root, or inside it",
         )
-    if mode is None and not env.get(ENV_HASH_MODE) and store_file().mode is not None:
-        mode = store_file().mode
-    if include is None and not env.get(ENV_INCLUDE, "").strip():
-        include = store_file().include
-    if exclude is None and not env.get(ENV_EXCLUDE, "").strip():
-        exclude = store_file().exclude
 
-    if mode is not None:
-        hash_mode = parse_hash_mode(mode, "--mode")
+    # -- the mode and the filters: the same rule ----------------------------------------
+    mode_by = given_by("mode") if mode is not None else ENV_HASH_MODE
+    mode_text = mode if mode is not None else (env.get(ENV_HASH_MODE) or None)
+    hash_mode: HashMode
+    if mode_text is not None:
+        hash_mode = parse_hash_mode(mode_text, mode_by)
+        if recorded is not None and recorded.mode is not None and recorded.mode != hash_mode:
+            raise SettingsMismatchError("mode", hash_mode, mode_by, recorded.mode, recorded_where)
+    elif recorded is not None and recorded.mode is not None:
+        hash_mode = recorded.mode
     else:
-        hash_mode = parse_hash_mode(env.get(ENV_HASH_MODE) or DEFAULT_HASH_MODE)
+        hash_mode = DEFAULT_HASH_MODE
 
     if hash_mode == "etag" and root_url is None:
         raise ConfigError(
-            "--mode" if mode is not None else ENV_HASH_MODE,
+            mode_by,
             "etag",
             "content_hash or mtime_size for a local root (etag reads a bucket's ETags: it "
             "needs an s3:// root)",
         )
 
+    def globs(setting: str, value: tuple[str, ...] | None, variable: str) -> tuple[str, ...]:
+        by = given_by(setting)
+        if value is None and env.get(variable, "").strip():
+            value, by = _split_globs(env[variable]), variable
+        kept = None if recorded is None else getattr(recorded, setting)
+        if value is None:
+            return tuple(kept or ())
+        if recorded is not None and _normal_globs(value) != _normal_globs(kept):
+            raise SettingsMismatchError(setting, list(value), by, list(kept or ()), recorded_where)
+        return tuple(value)
+
+    inc = globs("include", include, ENV_INCLUDE)
+    exc = globs("exclude", exclude, ENV_EXCLUDE)
+
     if cooldown_sec is not None:
-        cooldown = parse_seconds(cooldown_sec, "--cooldown")
+        cooldown = parse_seconds(cooldown_sec, given_by("cooldown"))
     else:
         cooldown = parse_seconds(env.get(ENV_COOLDOWN) or DEFAULT_COOLDOWN_SEC, ENV_COOLDOWN)
     lock_timeout = parse_seconds(
         env.get(ENV_LOCK_TIMEOUT) or DEFAULT_LOCK_TIMEOUT_SEC, ENV_LOCK_TIMEOUT
     )
 
-    inc = include if include is not None else _split_globs(env.get(ENV_INCLUDE, ""))
-    exc = exclude if exclude is not None else _split_globs(env.get(ENV_EXCLUDE, ""))
-
     if bootstrap is not None:
-        boot = parse_bootstrap(bootstrap, "--bootstrap")
+        boot = parse_bootstrap(bootstrap, given_by("bootstrap"))
     else:
         boot = parse_bootstrap(env.get(ENV_BOOTSTRAP) or DEFAULT_BOOTSTRAP)
 
@@ -372,12 +472,13 @@ def load_config(
         store=store_path,
         mode=hash_mode,
         cooldown_sec=cooldown,
-        include=tuple(inc),
-        exclude=tuple(exc),
+        include=inc,
+        exclude=exc,
         bootstrap=boot,
         lock_timeout_sec=lock_timeout,
         store_source=store_source,
         searched=searched,
         root_url=root_url,
         store_url=store_url,
+        recorded=recorded is not None,
     )

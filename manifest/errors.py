@@ -251,3 +251,35 @@ class ProtectedRefError(ManifestError):
             f"{name} drives the processing cycle; deleting it needs --force "
             f"(to reprocess, roll it back instead: manifest reset {name} {name}@{{1}})"
         )
+
+
+class SettingsMismatchError(ManifestError):
+    """A caller's setting disagrees with the one its store records (``config.toml``): one
+    store has one root, one mode and one set of filters."""
+
+    def __init__(
+        self, setting: str, given: object, given_by: str, recorded: object, where: str
+    ) -> None:
+        self.setting = setting
+        self.given = given
+        self.given_by = given_by
+        self.recorded = recorded
+        self.where = where
+        super().__init__(
+            f"{setting}: {given_by} gives {given!r} but the store records {recorded!r} (in "
+            f"{where}); a store has one {setting} for every reader. Drop {given_by} to use "
+            f"the store's, or change the store's with `manifest --store STORE init --force "
+            f"...` (the next scan then reports what the new setting adds or leaves out)"
+        )
+
+
+class AmbiguousStoreError(ManifestError):
+    """Several Dagster stores under ``$DAGSTER_HOME/state`` and none was named."""
+
+    def __init__(self, folder: str, names: Iterable[str]) -> None:
+        self.folder = folder
+        self.names = tuple(names)
+        super().__init__(
+            f"{folder} holds several stores ({', '.join(self.names)}); pick one with "
+            f"--name NAME (the `name` given to change_detection) or --store PATH"
+        )

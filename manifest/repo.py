@@ -19,6 +19,7 @@ from manifest.config import Config
 from manifest.diff import EntryPair, diff_trees, iter_files, tree_reader
 from manifest.errors import (
     AmbiguousRevisionError,
+    ConfigError,
     DanglingRefError,
     FormatVersionError,
     InvalidRefNameError,
@@ -178,6 +179,7 @@ class Repository:
         self.sync = sync
         self._renames = config.mode == "content_hash"  # renames are content-mode only
         self._checked_format = False
+        self._settings_recorded = False
         self._write_lock = StoreLock(
             self.store / STORE_LOCK, exclusive=False, timeout=self.refs.lock_timeout
         )
@@ -189,8 +191,41 @@ class Repository:
         self._check_format(create=True)
         if self.bucket is not None:
             self._make_cache_dir()
+        self._record_settings()
         with self._write_lock:
             yield
+
+    def _record_settings(self, *, force: bool = False) -> None:
+        """The store describes itself: its first writer records the root, mode and filters
+        in ``config.toml`` (read back by every later reader, see ``load_config``)."""
+        if self._settings_recorded and not force:
+            return
+        from manifest.config import CONFIG_FILE, settings_of, store_file_text
+
+        if force or not self.config.recorded:
+            data = store_file_text(settings_of(self.config))
+            if force:
+                self.files.write(CONFIG_FILE, data)
+            else:
+                self.files.create(CONFIG_FILE, data)
+        self._settings_recorded = True
+
+    def init(self, *, force: bool = False) -> None:
+        """Create the store (if needed) and record its settings. An initialised store is
+        refused unless ``force``, which records these settings instead of its own."""
+        from manifest.config import CONFIG_FILE
+
+        if not force and self.files.read(CONFIG_FILE) is not None:
+            raise ConfigError(
+                "init",
+                self.config.store_text,
+                f"a store not yet initialised (it has {self.files.where(CONFIG_FILE)}; "
+                "pass --force to record new settings)",
+            )
+        self._check_format(create=True)
+        if self.bucket is not None:
+            self._make_cache_dir()
+        self._record_settings(force=True)
 
     def _make_cache_dir(self) -> None:
         """A bucket store's local folder on this machine (stat cache, a same-host lock)."""

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from manifest import Repository
 from manifest.config import load_config
-from manifest.errors import ConfigError
+from manifest.errors import AmbiguousStoreError, ConfigError, SettingsMismatchError
 
 
 def test_defaults_use_dagster_home_state(tmp_path: Path) -> None:
     cfg = load_config(env={"DAGSTER_HOME": str(tmp_path / "dh")}, cwd=tmp_path)
     assert cfg.root == (tmp_path / "data" / "1_raw").resolve()
-    assert cfg.store == (tmp_path / "dh" / "state").resolve()
+    assert cfg.store == (tmp_path / "dh" / "state" / "raw").resolve()  # change_detection's
     assert cfg.mode == "content_hash"
     assert cfg.cooldown_sec == 3.0
     assert cfg.bootstrap == "baseline"
@@ -76,3 +77,96 @@ def test_invalid_values_name_the_variable_and_allowed_values(
 )
 def test_manifest_jobs(tmp_path: Path, value: str, jobs: int | None) -> None:
     assert load_config(env={"MANIFEST_JOBS": value}, cwd=tmp_path).jobs == jobs
+
+
+def _store(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "FORMAT").write_text("1\n")
+    return path
+
+
+def test_dagster_home_store_is_found_by_name_or_alone(tmp_path: Path) -> None:
+    """The glue keeps ``$DAGSTER_HOME/state/<name>``: the CLI finds the only one, ``name``
+    picks one of several, several without a name is an error naming them."""
+    env = {"DAGSTER_HOME": str(tmp_path / "dh")}
+    state = tmp_path / "dh" / "state"
+    _store(state / "landing")
+    assert load_config(env=env, cwd=tmp_path).store == state / "landing"
+    _store(state / "raw")
+    with pytest.raises(AmbiguousStoreError, match=r"several stores \(landing, raw\).*--name"):
+        load_config(env=env, cwd=tmp_path)
+    assert load_config(env=env, cwd=tmp_path, name="raw").store == state / "raw"
+    with pytest.raises(ConfigError, match="DAGSTER_HOME is unset"):
+        load_config(env={}, cwd=tmp_path, name="raw")
+
+
+def test_a_store_kept_at_state_itself_is_still_found(tmp_path: Path) -> None:
+    _store(tmp_path / "dh" / "state")
+    cfg = load_config(env={"DAGSTER_HOME": str(tmp_path / "dh")}, cwd=tmp_path)
+    assert cfg.store == tmp_path / "dh" / "state"
+
+
+def _recorded_store(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "elsewhere" / "raw"
+    root.mkdir(parents=True)
+    store = tmp_path / "dh" / "state" / "raw"
+    config = load_config(
+        root=root, store=store, exclude=("**/*.tmp",), mode="mtime_size", env={}, cwd=tmp_path
+    )
+    Repository(config).init()
+    return root, store
+
+
+def test_readers_use_the_settings_the_store_records(tmp_path: Path) -> None:
+    root, store = _recorded_store(tmp_path)
+    cfg = load_config(env={"DAGSTER_HOME": str(tmp_path / "dh")}, cwd=tmp_path / "dh")
+    assert cfg.store == store
+    assert cfg.root == root  # not ./data/1_raw
+    assert cfg.mode == "mtime_size"
+    assert cfg.exclude == ("**/*.tmp",) and cfg.include == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "setting", "given_by"),
+    [
+        ({"exclude": ()}, {}, "exclude", "--exclude"),
+        ({}, {"RAW_SCAN_EXCLUDE": "*.bak"}, "exclude", "RAW_SCAN_EXCLUDE"),
+        ({"include": ("*.csv",)}, {}, "include", "--include"),
+        ({"mode": "content_hash"}, {}, "mode", "--mode"),
+        ({}, {"RAW_DATA_DIR": "other"}, "root", "RAW_DATA_DIR"),
+    ],
+)
+def test_a_setting_that_disagrees_with_the_store_names_both(
+    tmp_path: Path, kwargs: dict[str, object], env: dict[str, str], setting: str, given_by: str
+) -> None:
+    _root, store = _recorded_store(tmp_path)
+    with pytest.raises(SettingsMismatchError) as info:
+        load_config(store=store, env=env, cwd=tmp_path, **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith(f"{setting}: {given_by} gives")
+    assert "the store records" in message and str(store / "config.toml") in message
+    assert "init --force" in message
+
+
+def test_the_same_setting_given_again_is_fine(tmp_path: Path) -> None:
+    root, store = _recorded_store(tmp_path)
+    cfg = load_config(
+        root=root, store=store, exclude=("**/*.tmp",), mode="mtime_size", env={}, cwd=tmp_path
+    )
+    assert cfg.recorded and cfg.exclude == ("**/*.tmp",)
+
+
+def test_the_first_writer_records_the_settings(tmp_path: Path) -> None:
+    """Not only `init`: the first tick or `snapshot` creates the store and records its root,
+    mode and filters, so the CLI later sees what the pipeline sees."""
+    root = tmp_path / "raw"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.tmp").write_text("x")
+    store = tmp_path / "st"
+    repo = Repository(
+        load_config(root=root, store=store, exclude=("**/*.tmp",), env={}, cwd=tmp_path)
+    )
+    repo.snapshot(ref="last")
+    cfg = load_config(store=store, env={}, cwd=tmp_path / "a")
+    assert cfg.root == root and cfg.exclude == ("**/*.tmp",)
+    assert not Repository(cfg).status().changes  # the excluded file is not "added"

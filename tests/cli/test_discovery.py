@@ -76,7 +76,9 @@ def test_outside_any_project_reading_commands_say_where_they_looked(tmp_path: Pa
     assert not (lonely / ".manifest").exists()  # reading never creates a store
 
 
-def test_precedence_flag_then_variable_then_config_file(project: Path) -> None:
+def test_the_store_records_its_settings_and_a_disagreement_is_an_error(project: Path) -> None:
+    """One store, one truth: the recorded mode is used; a flag or variable that agrees is
+    fine (the flag is what counts when both are given); one that differs names both."""
     manifest(project, "init", "--mode", "mtime_size")
     import json
 
@@ -86,8 +88,17 @@ def test_precedence_flag_then_variable_then_config_file(project: Path) -> None:
         return str(json.loads(out.stdout)["mode"])
 
     assert mode() == "mtime_size"  # the config file
-    assert mode(env={"RAW_SCAN_HASH_MODE": "content_hash"}) == "content_hash"  # the variable
+    assert mode(env={"RAW_SCAN_HASH_MODE": "mtime_size"}) == "mtime_size"
     assert mode("--mode", "mtime_size", env={"RAW_SCAN_HASH_MODE": "content_hash"}) == "mtime_size"
+    out = manifest(project, "status", env={"RAW_SCAN_HASH_MODE": "content_hash"})
+    assert out.returncode == 3
+    assert "mode: RAW_SCAN_HASH_MODE gives 'content_hash' but the store records" in out.stderr
+    # init --force records a new setting; the others are kept
+    again = manifest(project, "init", "--force", "--exclude", "**/*.tmp")
+    assert again.returncode == 0, again.stderr
+    assert mode() == "mtime_size"
+    config = (project / ".manifest" / "config.toml").read_text()
+    assert 'exclude = ["**/*.tmp"]' in config and 'root = "data/1_raw"' in config
 
 
 def test_version(tmp_path: Path) -> None:
@@ -95,3 +106,37 @@ def test_version(tmp_path: Path) -> None:
 
     out = manifest(tmp_path, "--version")
     assert out.returncode == 0 and out.stdout.strip() == f"manifest {__version__}"
+
+
+def test_the_glue_store_is_found_with_only_dagster_home_set(project: Path, tmp_path: Path) -> None:
+    """A factory adopter's store (``$DAGSTER_HOME/state/<name>``, created by the first tick)
+    is what `manifest status` reads from the project folder, with its recorded root and
+    exclude: nothing excluded shows as added, and `--exit-code` is 0 once promoted."""
+    import json
+
+    from manifest import Repository, load_config
+
+    home = tmp_path / "dagster_home"
+    raw = project / "data" / "1_raw"
+    (raw / "scratch.tmp").write_text("being written\n")
+    for name in ("raw", "landing"):
+        store = home / "state" / name
+        repo = Repository(load_config(root=raw, store=store, exclude=("**/*.tmp",), env={}))
+        repo.begin()  # the first tick: baseline
+    env = {"DAGSTER_HOME": str(home)}
+    several = manifest(project, "status", env=env)
+    assert (
+        several.returncode == 3 and "--name" in several.stderr and "landing, raw" in several.stderr
+    )
+    out = manifest(project, "--name", "raw", "status", "--json", "--exit-code", env=env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["store"] == str(home / "state" / "raw") and data["root"] == str(raw)
+    assert data["added"] == [] and data["removed"] == []
+    # alone under state/, it needs no --name; -C works from anywhere
+    import shutil
+
+    shutil.rmtree(home / "state" / "landing")
+    out = manifest(tmp_path, "-C", str(project / "notebooks"), "status", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["store"] == str(home / "state" / "raw")

@@ -147,12 +147,18 @@ def test_output_errors_are_one_line_and_exit_3(run, tmp_path: Path) -> None:  # 
 
 def test_an_unreadable_root_is_exit_3_by_flag_and_by_variable(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     missing = str(tmp_path / "nope")
-    by_flag = run("--root", missing, "status")
-    by_env = run("status", extra_env={"RAW_DATA_DIR": missing})
+    fresh = {"RAW_STATE_DIR": str(tmp_path / "fresh")}  # a store that records no root yet
+    by_flag = run("--root", missing, "snapshot", extra_env=fresh)
+    by_env = run("snapshot", extra_env={**fresh, "RAW_DATA_DIR": missing})
     assert by_flag.returncode == by_env.returncode == 3
     assert "does not exist" in _one_error_line(by_flag) and "does not exist" in _one_error_line(
         by_env
     )
+    # against the store that records another root, the disagreement is the error
+    other = run("--root", missing, "status")
+    assert other.returncode == 3
+    line = _one_error_line(other)
+    assert line.startswith("manifest: error: root: --root gives") and "records" in line
 
 
 def test_store_faults_are_one_line(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
