@@ -13,12 +13,39 @@ from __future__ import annotations
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from dagster_glue.factory import change_detection
 from manifest.config import DEFAULT_COOLDOWN_SEC
 
 
+class ChangeDetectionScaffoldParams(BaseModel):
+    """``dg scaffold defs dagster_glue.ChangeDetectionComponent PATH --root R --name N``."""
+
+    root: str = Field(
+        default="data/1_raw",
+        description="The raw root to watch: a folder (relative to the project root) or a URL.",
+    )
+    name: str = Field(default="raw", description="Prefix of the schedules, sensor and job.")
+
+
+class ChangeDetectionScaffolder(dg.Scaffolder[ChangeDetectionScaffoldParams]):
+    """Writes a ``defs.yaml`` that validates as it stands (``root`` is required, so the
+    default scaffold, ``attributes: {}``, would not)."""
+
+    @classmethod
+    def get_scaffold_params(cls) -> type[ChangeDetectionScaffoldParams]:
+        return ChangeDetectionScaffoldParams
+
+    def scaffold(self, request: dg.ScaffoldRequest[ChangeDetectionScaffoldParams]) -> None:
+        root = request.params.root
+        # A relative folder is the project's, not the code server's working directory's.
+        if not (root.startswith(("/", "{{")) or "://" in root):
+            root = "{{ context.project_root }}/" + root
+        dg.scaffold_component(request, {"root": root, "name": request.params.name})
+
+
+@dg.scaffold_with(ChangeDetectionScaffolder)
 class ChangeDetectionComponent(dg.Component, dg.Model, dg.Resolvable):
     """Watch a raw root: every asset of this code location whose metadata has
     ``source_path`` (narrowed by ``selection``) is requested when its file changes."""
@@ -31,10 +58,10 @@ class ChangeDetectionComponent(dg.Component, dg.Model, dg.Resolvable):
     cron: str = "*/5 * * * *"
     full_hash_cron: str = "30 2 * * *"
     enabled: bool = False
-    hash_mode: Literal["content_hash", "mtime_size"] = "content_hash"
+    hash_mode: Literal["content_hash", "mtime_size", "etag"] | None = None
     cooldown_sec: float = DEFAULT_COOLDOWN_SEC
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    include: list[str] | None = None
+    exclude: list[str] | None = None
     batch_size: int = 50
     max_attempts: int = 3
     run_grace_sec: float = 300
@@ -51,8 +78,8 @@ class ChangeDetectionComponent(dg.Component, dg.Model, dg.Resolvable):
             enabled=self.enabled,
             hash_mode=self.hash_mode,
             cooldown_sec=self.cooldown_sec,
-            include=tuple(self.include),
-            exclude=tuple(self.exclude),
+            include=self.include,
+            exclude=self.exclude,
             batch_size=self.batch_size,
             max_attempts=self.max_attempts,
             run_grace_sec=self.run_grace_sec,
