@@ -413,7 +413,7 @@ def machine() -> dict[str, str]:
 
 def versions() -> dict[str, str]:
     out: dict[str, str] = {}
-    for dist in ("manifest", "blake3", "msgspec", "dagster"):
+    for dist in ("raw-manifest", "blake3", "msgspec", "dagster"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -33,12 +33,20 @@ class Watched(NamedTuple):
 class Batch(NamedTuple):
     """One run: ``roots`` (the changed watched assets, or the unpartitioned assets fed by
     changed partitions) at ``partition`` (an escaped path) or unpartitioned. ``after``: the
-    batches that must succeed before this one is requested."""
+    batches that must succeed before this one is requested (only a fan-in waits: for the
+    partition runs it reads). ``paths``: the changed files this run processes itself;
+    ``feeds``: the changed per-file partitions its fan-in assets read."""
 
     number: int
     roots: tuple[dg.AssetKey, ...]
     partition: str | None = None
     after: tuple[int, ...] = ()
+    paths: tuple[str, ...] = ()
+    feeds: tuple[str, ...] = ()
+
+    def processed(self) -> tuple[str, ...]:
+        """Every changed path this run is for (its own and those its fan-in reads)."""
+        return tuple(sorted({*self.paths, *self.feeds}))
 
 
 class Plan(NamedTuple):
@@ -123,14 +131,23 @@ def plan(
     batch_size: int,
     observe: bool,
 ) -> Plan:
+    """The batches that process ``changes``: one run per changed file partition, the
+    changed unpartitioned assets in chunks of ``batch_size``, and the fan-in (unpartitioned
+    assets fed by changed partitions) after the partition runs. A chunk waits only when its
+    own downstream includes a fan-in asset (it then runs that fan-in too).
+
+    Paths in ``changes.done`` were processed already (a superseded pending's run succeeded
+    for the same content): no run. Paths in ``changes.done_own``: their own run succeeded,
+    only the fan-in they feed is still to run."""
     by_path: dict[str, list[dg.AssetKey]] = {}
     ignored: list[str] = []
-    unpartitioned: set[dg.AssetKey] = set()
-    partition_runs: set[tuple[dg.AssetKey, str]] = set()
-    changed_partitioned: set[dg.AssetKey] = set()
+    unpartitioned: dict[dg.AssetKey, set[str]] = {}
+    partition_runs: dict[tuple[dg.AssetKey, str], str] = {}
+    fed: dict[dg.AssetKey, set[str]] = {}  # partitioned asset -> changed paths feeding fan-in
     new: dict[str, set[str]] = {}
     gone: dict[str, set[str]] = {}
     removed = set(changes.removed)
+    done, done_own = set(changes.done), set(changes.done_own)
     for path in changes.paths:
         hits = match(watched, path)
         if not hits:
@@ -139,7 +156,8 @@ def plan(
         by_path[path] = [w.key for w in hits]
         for w in hits:
             if w.partitions is None:
-                unpartitioned.add(w.key)
+                if path not in done and path not in done_own:
+                    unpartitioned.setdefault(w.key, set()).add(path)
                 continue
             if observe:
                 raise ConfigError(
@@ -149,26 +167,46 @@ def plan(
                     "partition); use asset_mode='materialize' for per-file partitions",
                 )
             partition = escape_path(path)
-            changed_partitioned.add(w.key)
             if path in removed:
                 gone.setdefault(w.partitions, set()).add(partition)
             else:
                 new.setdefault(w.partitions, set()).add(partition)
-                partition_runs.add((w.key, partition))
+            if path in done:
+                continue
+            fed.setdefault(w.key, set()).add(path)
+            if path not in removed and path not in done_own:
+                partition_runs[(w.key, partition)] = path
     batches: list[Batch] = []
-    for key, partition in sorted(partition_runs, key=lambda kp: (kp[0].to_user_string(), kp[1])):
-        batches.append(Batch(len(batches) + 1, (key,), partition))
+    for (key, partition), path in sorted(
+        partition_runs.items(), key=lambda kp: (kp[0][0].to_user_string(), kp[0][1])
+    ):
+        batches.append(Batch(len(batches) + 1, (key,), partition, paths=(path,)))
     stage_one = tuple(b.number for b in batches)
-    fan_in = sorted(fan_in_roots(graph, changed_partitioned), key=lambda k: k.to_user_string())
+    fan_in: dict[dg.AssetKey, set[str]] = {}
+    for key, paths in fed.items():
+        for root in fan_in_roots(graph, [key]):
+            fan_in.setdefault(root, set()).update(paths)
     ordered = sorted(unpartitioned, key=lambda k: k.to_user_string())
-    chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-    if fan_in:
-        if chunks:
-            chunks[0] = [*chunks[0], *(k for k in fan_in if k not in chunks[0])]
-        else:
-            chunks = [fan_in]
-    for chunk in chunks:
-        batches.append(Batch(len(batches) + 1, tuple(chunk), None, stage_one))
+    left = dict(fan_in)
+    for i in range(0, len(ordered), batch_size):
+        chunk = ordered[i : i + batch_size]
+        downstream = _downstream(graph, chunk)
+        absorbed = sorted((k for k in left if k in downstream), key=lambda k: k.to_user_string())
+        feeds = sorted({p for k in absorbed for p in left.pop(k)})
+        batches.append(
+            Batch(
+                len(batches) + 1,
+                (*chunk, *(k for k in absorbed if k not in chunk)),
+                None,
+                stage_one if absorbed else (),
+                paths=tuple(sorted({p for k in chunk for p in unpartitioned[k]})),
+                feeds=tuple(feeds),
+            )
+        )
+    if left:
+        keys = sorted(left, key=lambda k: k.to_user_string())
+        feeds = sorted({p for k in keys for p in left[k]})
+        batches.append(Batch(len(batches) + 1, tuple(keys), None, stage_one, feeds=tuple(feeds)))
     return Plan(
         batches,
         ignored,
@@ -176,6 +214,35 @@ def plan(
         {name: sorted(keys) for name, keys in gone.items()},
         by_path,
     )
+
+
+def _downstream(graph: object, keys: Sequence[dg.AssetKey]) -> set[dg.AssetKey]:
+    selected = dg.AssetSelection.assets(*keys).downstream()
+    return set(selected.resolve(graph))  # type: ignore[arg-type]
+
+
+def progress(
+    planned: Plan, changes: ChangeSet, succeeded: set[int]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """After some batches of ``planned`` succeeded: the paths with nothing left to run
+    (``done``) and those whose own run succeeded but whose fan-in did not (``done_own``).
+    A superseding pending carries them, so no succeeded batch is requested again."""
+    own: dict[str, list[int]] = {}
+    feeding: dict[str, list[int]] = {}
+    for b in planned.batches:
+        for path in b.paths:
+            own.setdefault(path, []).append(b.number)
+        for path in b.feeds:
+            feeding.setdefault(path, []).append(b.number)
+    done, done_own = [], []
+    for path in changes.paths:
+        own_ok = all(n in succeeded for n in own.get(path, ()))
+        fan_ok = all(n in succeeded for n in feeding.get(path, ()))
+        if path in changes.done or (own_ok and fan_ok):
+            done.append(path)
+        elif own_ok:
+            done_own.append(path)
+    return tuple(done), tuple(done_own)
 
 
 def selection(

@@ -186,11 +186,11 @@ class ManifestResource(dg.ConfigurableResource):
                 self.location(rel) if single else self.root_location()
             ),
         }
-        pending = context.run.tags.get(T.pending(self.name))
+        pending = T.snapshot_of(self.name, context.run.tags)
         if not pending:
             return meta
         repo = self.repository()
-        last = context.run.tags.get(T.last(self.name)) or None
+        last = T.last_of(self.name, context.run.tags)
         changes = repo.pending_changes(pending, last)
         meta["snapshot"] = dg.MetadataValue.text(pending)
         if single:
@@ -212,10 +212,10 @@ class ManifestResource(dg.ConfigurableResource):
         """Observations for the selected observable raw assets: each file's fingerprint in the
         snapshot the run processes (tag), or in a fresh snapshot for a run launched by hand."""
         repo = self.repository()
-        snapshot = context.run.tags.get(T.pending(self.name))
+        snapshot = T.snapshot_of(self.name, context.run.tags)
         if not snapshot:
             snapshot, _ = repo.snapshot(message=f"observation run {context.run_id}")
-        last = context.run.tags.get(T.last(self.name)) or None
+        last = T.last_of(self.name, context.run.tags)
         changes = repo.pending_changes(snapshot, last) if last else None
         for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
             rel = str(context.assets_def.specs_by_key[key].metadata[SOURCE_PATH])

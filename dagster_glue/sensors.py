@@ -16,7 +16,7 @@ from manifest.refs import REF_PENDING
 
 def promotion_sensor(glue: Glue, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     def promote(context: dg.RunStatusSensorContext, **resources: ManifestResource) -> dg.SkipReason:
-        snapshot = context.dagster_run.tags.get(T.pending(glue.name))
+        snapshot = T.snapshot_of(glue.name, context.dagster_run.tags)
         if not snapshot:
             return dg.SkipReason(f"run was not started by {glue.schedule_name}")
         res = resources[glue.resource_key]

@@ -74,8 +74,12 @@ class Glue:
 
     def runs_by_batch(self, instance: dg.DagsterInstance, pending: str) -> dict[int, list[RunInfo]]:
         out: dict[int, list[RunInfo]] = {}
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={T.pending(self.name): pending}))
-        for run in reversed(list(runs)):  # oldest first
+        records = {
+            r.storage_id: r.dagster_run
+            for tag in (T.pending(self.name), T.legacy_pending(self.name))  # legacy: before 0.2
+            for r in instance.get_run_records(filters=dg.RunsFilter(tags={tag: pending}))
+        }
+        for _, run in sorted(records.items()):  # oldest first
             try:
                 batch = int(run.tags.get(T.batch(self.name), "1/1").split("/")[0])
             except ValueError:
@@ -139,7 +143,6 @@ class Glue:
             T.pending(self.name): pending,
             T.last(self.name): last or "",
             T.attempt(self.name): str(attempt),
-            **T.change_tags(self.name, changes),
         }
         requests = []
         for number in batches:
@@ -147,7 +150,11 @@ class Glue:
             keys, ancestors, left_out = planning.selection(
                 batch, graph, instance, observe=self.observe
             )
-            tags = {**base, T.batch(self.name): f"{number}/{len(planned.batches)}"}
+            tags = {
+                **base,
+                **T.paths_tag(self.name, batch.processed()),
+                T.batch(self.name): f"{number}/{len(planned.batches)}",
+            }
             if ancestors:
                 tags[f"{self.name}_added_ancestors"] = ",".join(
                     k.to_user_string() for k in ancestors
@@ -249,10 +256,10 @@ class Glue:
         pending: str,
     ) -> str:
         repo = res.repository()
-        decision, _, _ = self.decide(res, repo, repository_def, instance, pending)
+        decision, _, changes = self.decide(res, repo, repository_def, instance, pending)
         if decision.action != "promote":
             return f"not promoted yet: {decision.message}"
-        return _promote(repo, pending, decision)
+        return _promote(repo, pending, decision, changes)
 
     # -- the tick -------------------------------------------------------------------------
 
@@ -282,8 +289,18 @@ class Glue:
         graph = repository_def.asset_graph
         instance = context.instance
         log = context.log
-        when = context.scheduled_execution_time or datetime.datetime.now(datetime.UTC)
+        previewed = _is_preview(context)
+        now = datetime.datetime.now(datetime.UTC)
+        # A preview ("Preview tick result" in the UI) evaluates at a time the dialog picks,
+        # often past: record when it really happened.
+        when = now if previewed else (context.scheduled_execution_time or now)
         tick = f"{schedule}@{when.astimezone(datetime.UTC).isoformat()}"
+        reason_prefix = (
+            f"previewed by {schedule} at {now:%Y-%m-%dT%H:%M:%SZ} (no run launched; the next "
+            "tick requests it)"
+            if previewed
+            else tick
+        )
         pending = repo.find_ref(REF_PENDING)
         if pending is not None:
             decision, planned, changes = self.decide(
@@ -291,10 +308,27 @@ class Glue:
             )
             log.info(f"pending {pending[:12]}: {decision.action}: {decision.message}")
             if decision.action == "promote":
-                _promote(repo, pending, decision)
+                _promote(repo, pending, decision, changes)
             elif decision.action == "abandon":
-                repo.abandon(pending, reason=f"superseded: {decision.message}")
-                log.info("its paths are carried into the next request")
+                runs = self.runs_by_batch(instance, pending)
+                succeeded = {b for b, rs in runs.items() if rs and rs[-1].state == "success"}
+                done, done_own = planning.progress(planned, changes, succeeded)
+                repo.abandon(
+                    pending,
+                    reason=f"superseded: {decision.message}",
+                    done=done,
+                    done_own=done_own,
+                )
+                left = [p for p in changes.paths if p not in done]
+                log.info(
+                    "its unfinished paths are carried into the next request"
+                    + (f": {T.describe_paths(left, 20)}" if left else "")
+                    + (
+                        f"; already processed, not requested again: {T.describe_paths(done, 20)}"
+                        if done
+                        else ""
+                    )
+                )
             elif decision.action == "request":
                 self.sync_partitions(instance, planned)
                 requests = self.run_requests(
@@ -310,17 +344,25 @@ class Glue:
                 )
                 self._log_requests(log, requests)
                 return requests
+            elif decision.action == "give_up":
+                paths = sorted(
+                    {p for b in decision.batches for p in planned.batches[b - 1].processed()}
+                )
+                message = f"gave up processing {T.describe_paths(paths, 20)}: {decision.message}"
+                failure = repo.find_failure()
+                if failure is None or failure.runs != decision.runs:
+                    repo.record_failure(pending, decision.runs, message)
+                log.error(message)
+                # A failed tick (red in the schedule's tick history, the message on it), on
+                # every tick until the data is fixed or `last` is rolled back: never grey.
+                raise GaveUpError(message)
             else:
-                if decision.action == "give_up":
-                    failure = repo.find_failure()
-                    if failure is None or failure.runs != decision.runs:
-                        repo.record_failure(pending, decision.runs, decision.message)
                 return dg.SkipReason(self._waiting_message(decision, changes))
         started_ns = time.monotonic_ns()
         result = repo.begin(
             rehash_all=rehash_all,
             labels={LABEL_TICK: tick, LABEL_MODE: self.asset_mode},
-            reason_prefix=tick,
+            reason_prefix=reason_prefix,
         )
         log.info(
             f"scanned {res.root_location()} in {(time.monotonic_ns() - started_ns) / 1e9:.2f}s: "
@@ -368,14 +410,14 @@ class Glue:
             log.info(f"  {escape_path(path)} -> {', '.join(k.to_user_string() for k in keys)}")
         if not planned.batches:
             self.sync_partitions(instance, planned)
-            repo.promote(
-                result.snapshot,
-                reason=f"no watched file changed; ignored {T.describe_paths(planned.ignored)}",
+            processed = [p for p in changes.paths if p not in planned.ignored]
+            what = (f"ignored {T.describe_paths(planned.ignored)}" if planned.ignored else "") + (
+                f"{'; ' if planned.ignored else ''}already processed {T.describe_paths(processed)}"
+                if processed
+                else ""
             )
-            message = (
-                f"changed files match no watched asset, so last advanced without a run: "
-                f"{T.describe_paths(planned.ignored)}"
-            )
+            repo.promote(result.snapshot, reason=f"no run needed: {what}")
+            message = f"nothing to run, so last advanced without a run: {what}"
             if planned.gone_partitions:
                 message = "removed file partitions deleted; " + message
             log.info(message)
@@ -403,8 +445,6 @@ class Glue:
 
     def _waiting_message(self, decision: Decision, changes: ChangeSet) -> str:
         what = T.describe_paths(changes.paths)
-        if decision.action == "give_up":
-            return f"gave up processing {what}: {decision.message}"
         message = f"processing {what}: {decision.message}"
         if decision.retry_in_sec is not None:
             until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
@@ -440,9 +480,25 @@ class Glue:
         return message
 
 
-def _promote(repo: Repository, pending: str, decision: Decision) -> str:
-    reason = f"promoted after run {', '.join(decision.runs)}"
+class GaveUpError(ManifestError):
+    """The schedule stopped retrying a batch: the tick fails, naming the files."""
+
+
+def _promote(repo: Repository, pending: str, decision: Decision, changes: ChangeSet) -> str:
+    """Promote, saying in the reflog what was processed (requeued paths included)."""
+    runs = ", ".join(r[:8] for r in decision.runs)
+    what = ", ".join(f"{escape_path(p)} ({changes.kind(p)})" for p in changes.paths[:5]) + (
+        f" and {len(changes.paths) - 5} more" if len(changes.paths) > 5 else ""
+    )
+    reason = f"promoted after run{'s' if len(decision.runs) > 1 else ''} {runs}: {what}"
     return repo.promote(pending, reason=reason, runs=decision.runs).message
+
+
+def _is_preview(context: dg.ScheduleEvaluationContext) -> bool:
+    """A "Preview tick result" in the UI: Dagster names its logs by the scheduled time
+    (``YYYYmmdd_HHMMSS``); the daemon names a tick's logs by the tick's id (digits)."""
+    key = context.log_key
+    return key is not None and len(key) > 0 and not str(key[-1]).isdigit()
 
 
 def _is_later_tick(taken_by: str, tick: str) -> bool:

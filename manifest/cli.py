@@ -534,7 +534,12 @@ def _move_summary(repo: Repository, e: LogEntry) -> str:
     if e.counts is None:
         return "snapshot no longer stored"
     c = e.counts
-    return f"+{c.added} ~{c.modified} -{c.removed}, {c.files} files"
+    requeued = f", {c.requeued} requeued" if c.requeued else ""
+    return f"+{c.added} ~{c.modified} -{c.removed}{requeued}, {_plural(c.files, 'file')}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _where(repo: Repository) -> dict[str, str]:

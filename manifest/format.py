@@ -96,6 +96,7 @@ def changes_json(changes: ChangeSet) -> dict[str, Any]:
         "modified": list(changes.modified),
         "removed": list(changes.removed),
         "renamed": [{"from": a, "to": b} for a, b in changes.renamed],
+        "requeued": list(changes.requeued),
     }
 
 
@@ -229,6 +230,7 @@ def status_json(status: Status) -> dict[str, Any]:
         "pending": status.pending,
         "last_moved": iso(status.last_moved_ns),
         "pending_moved": iso(status.pending_moved_ns),
+        "pending_reason": status.pending_reason,
         **changes_json(status.changes),
         "unstable": list(status.unstable),
         "problems": [{"path": p.path, "message": p.message} for p in status.problems],
@@ -265,11 +267,18 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
             "roll back: manifest reset pending --delete --force"
         )
     elif st.pending:
+        reason = st.pending_reason or ""
+        what = (
+            "previewed: no run launched yet, the next tick requests it"
+            if reason.startswith("previewed")
+            else "handed to a run (the Dagster tick's message says whether it runs or waits)"
+        )
         typer.echo(
             f"pending: {short(st.pending)}  set {iso(st.pending_moved_ns)} "
-            f"({ago(st.pending_moved_ns)}); handed to a run (see `manifest log pending`; "
-            "the Dagster tick's message says whether it runs or waits)"
+            f"({ago(st.pending_moved_ns)}); {what}"
         )
+        if reason:
+            typer.echo(paint(f"         {escape_text(reason)}", "dim"))
     else:
         typer.echo("pending: (none)")
     typer.echo("")
@@ -327,6 +336,7 @@ def log_json(entry: LogEntry) -> dict[str, Any]:
             "added": counts.added,
             "modified": counts.modified,
             "removed": counts.removed,
+            "requeued": counts.requeued,
         },
     }
 

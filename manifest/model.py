@@ -60,6 +60,8 @@ class Counts(msgspec.Struct, frozen=True):
     added: int = 0
     modified: int = 0
     removed: int = 0
+    # paths processed again although they do not differ from the parent (carried over)
+    requeued: int = 0
 
 
 class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
@@ -79,6 +81,12 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
     # Sorted ``(key, value)`` pairs the face that took it records (e.g. the Dagster tick and
     # asset mode); the engine stores them and never interprets them.
     labels: tuple[tuple[str, str], ...] = ()
+    # Paths of its changes already processed for exactly this content by a superseded
+    # pending's successful runs: ``done`` need nothing more, ``done_own`` only the fan-in
+    # (the runs reading every per-file partition) they feed. Written by ``abandon`` on the
+    # superseded snapshot's copy that ``unfinished`` points at, then carried by ``begin``.
+    done: tuple[str, ...] = ()
+    done_own: tuple[str, ...] = ()
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)
@@ -128,6 +136,10 @@ class ChangeSet(msgspec.Struct, frozen=True):
     removed: tuple[str, ...] = ()
     renamed: tuple[tuple[str, str], ...] = ()
     requeued: tuple[str, ...] = ()
+    # of the paths above, those already processed (see ``Snapshot.done``): no run needed
+    # (``done``), or only the fan-in they feed (``done_own``)
+    done: tuple[str, ...] = ()
+    done_own: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.added or self.modified or self.removed or self.requeued)

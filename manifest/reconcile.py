@@ -96,15 +96,18 @@ def reconcile(
     }
     worst = max((len(v) for v in failures.values()), default=0)
     if worst >= max_attempts:
-        failed_runs = sorted({run for runs in failures.values() for run in runs})
+        gave_up = [b for b in failed if len(failures[b]) >= max_attempts]
+        failed_runs = [run for b in gave_up for run in failures[b]]  # attempt order
         if running:
             return Decision(
                 "wait", f"run {', '.join(running)} is still queued or running", runs=tuple(running)
             )
         return Decision(
             "give_up",
-            f"stopped retrying after {worst} failed attempts (runs {', '.join(failed_runs)}); "
-            "fix the cause and edit the data, or roll back with `manifest reset`",
+            f"stopped retrying batch {', '.join(map(str, gave_up))} after {worst} failed "
+            f"attempts (runs {', '.join(failed_runs)}, oldest first); fix the cause and edit "
+            "the data, or roll back with `manifest reset`",
+            batches=tuple(gave_up),
             runs=tuple(failed_runs),
         )
     to_request = tuple(sorted(failed + ready))

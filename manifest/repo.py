@@ -85,6 +85,8 @@ class Status(msgspec.Struct, frozen=True):
     details: tuple[Change, ...] = ()
     # set when the orchestrator gave up on ``pending`` (its runs kept failing)
     pending_failure: Failure | None = None
+    # why ``pending`` was set (its reflog line): which tick took it, or that it was previewed
+    pending_reason: str | None = None
 
 
 Outcome = Literal[
@@ -395,15 +397,7 @@ class Repository:
 
     def find_file(self, snapshot_id: str, path: str) -> TreeEntry | None:
         """The entry of one file in a snapshot, or None."""
-        tree_id = self.read_snapshot(snapshot_id).root
-        *dirs, name = text_to_path(path).split(b"/")
-        for part in dirs:
-            entry = _lookup(self.objects.read_tree(tree_id), part)
-            if entry is None or entry.kind != KIND_TREE:
-                return None
-            tree_id = entry.digest.hex()
-        entry = _lookup(self.objects.read_tree(tree_id), name)
-        return None if entry is None or entry.kind == KIND_TREE else entry
+        return _find_entry(self.objects.read_tree, self.read_snapshot(snapshot_id).root, path)
 
     # -- scanning -----------------------------------------------------------------------
 
@@ -539,6 +533,10 @@ class Repository:
         result = self.scan(base=base, on_hash=on_hash, on_walk=on_walk)
         pairs: dict[str, EntryPair] | None = {} if details else None
         changes = self._diff_scan(base, result, pairs)
+        unfinished = self._ref_snapshot(REF_UNFINISHED) if against is None else None
+        if unfinished is not None and pending is None:
+            # what the next tick processes: the paths a superseded pending carries too
+            changes, _ = self._carry(changes, unfinished, last, result)
         return Status(
             root=self.config.root_text,
             store=self.config.store_text,
@@ -556,7 +554,12 @@ class Repository:
             stale_locks=tuple(str(p) for p in maintenance.stale_locks(self)),
             details=_details(changes, pairs) if pairs is not None else (),
             pending_failure=self.find_failure(),
+            pending_reason=self._moved_reason(REF_PENDING) if pending else None,
         )
+
+    def _moved_reason(self, ref: str) -> str | None:
+        log = self.refs.read_moves(ref)
+        return log[-1].reason if log else None
 
     def _moved_ns(self, ref: str) -> int | None:
         log = self.refs.read_moves(ref)
@@ -573,6 +576,8 @@ class Repository:
         *,
         requested: tuple[str, ...] = (),
         labels: tuple[tuple[str, str], ...] = (),
+        done: tuple[str, ...] = (),
+        done_own: tuple[str, ...] = (),
     ) -> SnapshotId:
         self._check_format(create=True)
         self.objects.write_many(result.trees)
@@ -590,10 +595,13 @@ class Repository:
                 added=len(changes.added),
                 modified=len(changes.modified),
                 removed=len(changes.removed),
+                requeued=len(changes.requeued),
             ),
             message=message,
             requested=requested,
             labels=labels,
+            done=done,
+            done_own=done_own,
         )
         return SnapshotId(self.objects.write_object(snap))
 
@@ -733,11 +741,22 @@ class Repository:
 
     def pending_changes(self, snapshot_id: str, last: str | None) -> ChangeSet:
         """What processing ``snapshot_id`` covers: its diff against ``last`` plus the paths it
-        carried over from a superseded pending (``requeued``)."""
+        carried over from a superseded pending (``requeued``), with those already processed
+        by the superseded pending's runs (``done``, ``done_own``)."""
         changes = self.diff_snapshots(last, snapshot_id)
+        snap = self.read_snapshot(snapshot_id)
         differing = set(changes.paths)
-        extra = tuple(p for p in self.read_snapshot(snapshot_id).requested if p not in differing)
-        return msgspec.structs.replace(changes, requeued=extra) if extra else changes
+        extra = tuple(p for p in snap.requested if p not in differing)
+        if extra:
+            changes = msgspec.structs.replace(changes, requeued=extra)
+        if snap.done or snap.done_own:
+            paths = set(changes.paths)
+            changes = msgspec.structs.replace(
+                changes,
+                done=tuple(p for p in snap.done if p in paths),
+                done_own=tuple(p for p in snap.done_own if p in paths),
+            )
+        return changes
 
     def log(self, ref: str = REF_LAST, limit: int | None = None) -> list[LogEntry]:
         """The moves of ``ref``, newest first. ``last`` and ``pending`` always exist (maybe
@@ -807,12 +826,9 @@ class Repository:
             )
         changes = self._diff_scan(last, result)
         unfinished = self._ref_snapshot(REF_UNFINISHED)
-        carried = self._carried_paths(unfinished, last) if unfinished else ()
-        if carried:
-            differing = set(changes.paths)
-            changes = msgspec.structs.replace(
-                changes, requeued=tuple(p for p in carried if p not in differing)
-            )
+        carried: tuple[str, ...] = ()
+        if unfinished is not None:
+            changes, carried = self._carry(changes, unfinished, last, result)
         if not changes and rehash_all and last is not None:
             self._record_hashes(result, last)
         if not changes:
@@ -832,6 +848,8 @@ class Repository:
             "",
             requested=tuple(sorted(set(carried) | set(changes.paths))) if carried else (),
             labels=tuple(sorted((labels or {}).items())),
+            done=changes.done,
+            done_own=changes.done_own,
         )
         with self.refs.transaction(REF_PENDING) as txn:
             current = txn.value
@@ -856,6 +874,35 @@ class Repository:
             problems,
             message=f"pending {snap_id[:12]}: {_describe(changes)}",
         )
+
+    def _carry(
+        self, changes: ChangeSet, unfinished: str, last: str | None, result: ScanResult
+    ) -> tuple[ChangeSet, tuple[str, ...]]:
+        """``changes`` plus what the superseded ``unfinished`` asked to process (``requeued``
+        where it no longer differs), and of its paths those its successful runs processed
+        for the very content scanned now (``done``/``done_own``): never requested again."""
+        carried = self._carried_paths(unfinished, last)
+        differing = set(changes.paths)
+        changes = msgspec.structs.replace(
+            changes, requeued=tuple(p for p in carried if p not in differing)
+        )
+        snap = self.read_snapshot(unfinished)
+        if snap.done or snap.done_own:
+            read_new = tree_reader(self.objects, result.trees)
+            read_old = tree_reader(self.objects)
+            paths = set(changes.paths)
+
+            def same(path: str) -> bool:
+                return path in paths and _find_entry(read_old, snap.root, path) == _find_entry(
+                    read_new, result.root_id, path
+                )
+
+            changes = msgspec.structs.replace(
+                changes,
+                done=tuple(p for p in snap.done if same(p)),
+                done_own=tuple(p for p in snap.done_own if same(p)),
+            )
+        return changes, carried
 
     def _carried_paths(self, unfinished: str, last: str | None) -> tuple[str, ...]:
         """What a superseded pending snapshot asked to process: its diff against ``last``
@@ -922,12 +969,22 @@ class Repository:
 
     @_writer
     def abandon(
-        self, snapshot_id: str, *, reason: str = "abandoned", carry: bool = True
+        self,
+        snapshot_id: str,
+        *,
+        reason: str = "abandoned",
+        carry: bool = True,
+        done: tuple[str, ...] = (),
+        done_own: tuple[str, ...] = (),
     ) -> CycleResult:
         """Only if ``pending == snapshot_id``: clear it and keep ``last``.
 
         With ``carry`` (the default) ``unfinished`` is pointed at it first, so the next
-        ``begin`` requests its paths again even if they no longer differ from ``last``."""
+        ``begin`` requests its paths again even if they no longer differ from ``last``.
+        ``done``/``done_own``: of its paths, those its successful runs processed (nothing
+        left to run / only the fan-in left); the next ``begin`` skips them while their
+        content is the same. They are kept on a copy of the snapshot that ``unfinished``
+        points at (same tree and parent)."""
         self._check_format(create=True)
         with self.refs.transaction(REF_PENDING) as txn:
             pending = txn.value
@@ -942,7 +999,13 @@ class Repository:
                     message=f"pending is {pending[:12]}, not {snapshot_id[:12]}; kept",
                 )
             if carry:
-                self.refs.update_ref(REF_UNFINISHED, snapshot_id, reason=reason)
+                kept = snapshot_id
+                if done or done_own:
+                    snap = self.read_snapshot(snapshot_id)
+                    kept = self.objects.write_object(
+                        msgspec.structs.replace(snap, done=tuple(done), done_own=tuple(done_own))
+                    )
+                self.refs.update_ref(REF_UNFINISHED, kept, reason=reason)
             txn.set(None, reason=reason)
         return CycleResult(
             "abandoned",
@@ -978,6 +1041,19 @@ def _details(changes: ChangeSet, pairs: dict[str, EntryPair]) -> tuple[Change, .
             )
         )
     return tuple(out)
+
+
+def _find_entry(read: Callable[[str], Tree], root: str, path: str) -> TreeEntry | None:
+    """A file's entry under the tree ``root`` (None if absent or a folder)."""
+    tree_id = root
+    *dirs, name = text_to_path(path).split(b"/")
+    for part in dirs:
+        entry = _lookup(read(tree_id), part)
+        if entry is None or entry.kind != KIND_TREE:
+            return None
+        tree_id = entry.digest.hex()
+    entry = _lookup(read(tree_id), name)
+    return None if entry is None or entry.kind == KIND_TREE else entry
 
 
 def _lookup(tree: Tree, name: bytes) -> TreeEntry | None:

@@ -41,14 +41,21 @@ def _tree(root: Path) -> None:
 
 
 def _repo(tmp_path: Path, **kw: object) -> Repository:
+    """The store; new settings (mode, filters) are recorded in it first, as
+    `manifest init --force` does (a store has one set)."""
     kw.setdefault("env", {"MANIFEST_JOBS": "1"})
+    reconfigure = any(k in kw for k in ("mode", "include", "exclude"))
     config = load_config(
         root=tmp_path / "raw",
         store=tmp_path / "state",
         cooldown_sec=0,
+        ignore_recorded=reconfigure,
         **kw,  # type: ignore[arg-type]
     )
-    return Repository(config, lock_timeout=2.0)
+    repo = Repository(config, lock_timeout=2.0)
+    if reconfigure and (tmp_path / "state").is_dir():
+        repo.init(force=True)
+    return repo
 
 
 @pytest.fixture
@@ -485,7 +492,7 @@ def test_an_unreadable_folder_keeps_no_record_of_other_filters(
     _tree(tmp_path / "raw")
     write(tmp_path / "raw" / "d05" / "notes.txt", "left out, then in\n")
     _repo(tmp_path, exclude=("**/*.txt",)).snapshot(ref="last")
-    widened = _repo(tmp_path)
+    widened = _repo(tmp_path, exclude=())
     with monkeypatch.context() as patch:
         _deny(patch, b"d05/")
         status = widened.status()

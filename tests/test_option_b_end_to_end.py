@@ -31,14 +31,10 @@ def test_materialize_path_one_edit_one_run(make_harness: Any) -> None:
     request = data.run_requests[0]
     pending = h.repo.find_ref("pending")
     assert pending is not None
-    assert request.tags["raw_fingerprint"] == pending
+    assert request.tags[".dagster/raw_fingerprint"] == pending
     assert request.tags["trigger"] == "raw_schedule"
     assert request.tags["raw_batch"] == "1/1"
-    assert (
-        request.tags["raw_added"],
-        request.tags["raw_modified"],
-        request.tags["raw_removed"],
-    ) == ("0", "1", "0")
+    assert request.tags["raw_paths"] == "evaluation_templates.csv"
     assert {k.to_user_string() for k in request.asset_selection} == DOWNSTREAM_OF_EVALUATION
 
     # The same tick evaluated again before its run exists (a daemon retry): no duplicate.
@@ -56,7 +52,12 @@ def test_materialize_path_one_edit_one_run(make_harness: Any) -> None:
     assert after.run_requests == []
     assert h.repo.find_ref("pending") is None
     assert h.repo.find_ref("last") == pending
-    assert h.repo.log("last")[0].reason == f"promoted after run {result.run_id}"
+    # the log says what the promotion processed
+    moved = h.repo.log("last")[0]
+    assert moved.reason == (
+        f"promoted after run {result.run_id[:8]}: evaluation_templates.csv (modified)"
+    )
+    assert moved.runs == (result.run_id,)
     assert h.tick().skip_message == "no changes since last"
 
 
@@ -88,7 +89,7 @@ def test_failed_run_keeps_last_and_is_retried_until_success(make_harness: Any) -
     assert h.repo.find_ref("last") == base
 
     (retry,) = h.tick().run_requests  # same pending, same change, a new run_key
-    assert retry.tags["raw_fingerprint"] == request.tags["raw_fingerprint"]
+    assert retry.tags[".dagster/raw_fingerprint"] == request.tags[".dagster/raw_fingerprint"]
     assert retry.run_key != request.run_key and retry.tags["raw_attempt"] == "2"
     assert retry.asset_selection == request.asset_selection
 
@@ -101,12 +102,12 @@ def test_failed_run_keeps_last_and_is_retried_until_success(make_harness: Any) -
     # (a new file outside the observed CSVs: the pending snapshot is superseded, which
     # is what a newer edit must do; then the next request succeeds)
     data = h.tick()
-    assert h.repo.find_ref("pending") != request.tags["raw_fingerprint"]
+    assert h.repo.find_ref("pending") != request.tags[".dagster/raw_fingerprint"]
     (fresh,) = data.run_requests
     assert h.execute(fresh).success
     h.tick()
     assert h.repo.find_ref("pending") is None
-    assert h.repo.find_ref("last") == fresh.tags["raw_fingerprint"]
+    assert h.repo.find_ref("last") == fresh.tags[".dagster/raw_fingerprint"]
     link_csv.write_text(original)
 
 
@@ -144,7 +145,7 @@ def test_observe_path_one_edit_observes_one_file_and_automation_requests_downstr
     assert result.success
     observations = result.asset_observations_for_node("raw_sources")
     assert [o.asset_key.to_user_string() for o in observations] == ["raw_evaluation_templates"]
-    pending = request.tags["raw_fingerprint"]
+    pending = request.tags[".dagster/raw_fingerprint"]
     entry = h.repo.find_file(pending, "evaluation_templates.csv")
     assert entry is not None
     assert observations[0].data_version == entry.fingerprint

@@ -161,7 +161,7 @@ def test_docs_project_gets_exactly_the_described_work(project: Project) -> None:
     assert second.output_for_node("note_words") in (3, 4)
     (fan_in,) = project.tick("raw_schedule").run_requests
     assert keys(fan_in) == {"notes_digest"} and fan_in.partition_key is None
-    assert store("raw").find_ref("pending") == fan_in.tags["raw_fingerprint"]
+    assert store("raw").find_ref("pending") == fan_in.tags[".dagster/raw_fingerprint"]
     assert project.execute(fan_in).output_for_node("notes_digest") == 3
     assert project.tick("raw_schedule").run_requests == []
     assert store("raw").find_ref("pending") is None
@@ -186,11 +186,11 @@ def test_docs_project_gets_exactly_the_described_work(project: Project) -> None:
     (request,) = project.tick("landing_schedule").run_requests
     assert keys(request) == {"events", "event_count"}
     assert request.job_name == "landing_reload_job"
-    assert request.run_key.startswith("landing-") and "landing_fingerprint" in request.tags
-    assert "raw_fingerprint" not in request.tags
+    assert request.run_key.startswith("landing-") and ".dagster/landing_fingerprint" in request.tags
+    assert ".dagster/raw_fingerprint" not in request.tags
     assert project.execute(request).output_for_node("event_count") == 2
     project.tick("landing_schedule")
-    assert store("landing").find_ref("last") == request.tags["landing_fingerprint"]
+    assert store("landing").find_ref("last") == request.tags[".dagster/landing_fingerprint"]
 
 
 def test_hostile_file_names_reach_partitions_tags_and_runs(project: Project) -> None:
@@ -241,5 +241,5 @@ def test_component_from_yaml_watches_its_root(tmp_path: Path, monkeypatch: Any) 
             assert project.execute(request).success
             project.tick()
             repo = Repository(load_config(root=raw, store=tmp_path / "store", env={}))
-            assert repo.find_ref("last") == request.tags["raw_fingerprint"]
+            assert repo.find_ref("last") == request.tags[".dagster/raw_fingerprint"]
     sys.modules.pop("docs_example", None)

@@ -94,7 +94,7 @@ def test_an_edit_in_the_bucket_is_exactly_one_run_failures_retry_success_promote
     assert mat.metadata["change"].value == "modified"
     assert mat.metadata["rows"].value == 3
     assert project.tick("raw_schedule").run_requests == []
-    assert store.find_ref("last") == request.tags["raw_fingerprint"]
+    assert store.find_ref("last") == request.tags[".dagster/raw_fingerprint"]
     assert store.log("last")[0].runs == (result.run_id,)
 
     # a failing run keeps last; the next tick retries; the fix is picked up and promoted
@@ -104,12 +104,12 @@ def test_an_edit_in_the_bucket_is_exactly_one_run_failures_retry_success_promote
     assert not project.execute(failing).success
     assert store.find_ref("last") == before
     (retry,) = project.tick("raw_schedule").run_requests
-    assert retry.tags["raw_fingerprint"] == failing.tags["raw_fingerprint"]
+    assert retry.tags[".dagster/raw_fingerprint"] == failing.tags[".dagster/raw_fingerprint"]
     assert retry.tags["raw_attempt"] == "2"
     upload(raw, {"customers.csv": b"id,name\n1,Ada\n"})
     assert project.execute(retry).success  # the asset reads the fixed file
     project.tick("raw_schedule")
-    assert store.find_ref("last") == failing.tags["raw_fingerprint"]
+    assert store.find_ref("last") == failing.tags[".dagster/raw_fingerprint"]
     (fixed,) = project.tick("raw_schedule").run_requests  # the fix itself is a new change
     assert keys(fixed) == {"customers", "customer_report"}
     assert project.execute(fixed).success
@@ -142,7 +142,7 @@ def test_two_pods_share_one_bucket_store(bucket_project: tuple[Project, str, str
     assert worker.execute(request).success
     assert scheduler.tick("raw_schedule").run_requests == []
     store = Repository(load_config(root=raw, store=state, env={}))
-    assert store.find_ref("last") == request.tags["raw_fingerprint"]
+    assert store.find_ref("last") == request.tags[".dagster/raw_fingerprint"]
 
 
 def test_bucket_root_has_no_local_path() -> None:
@@ -191,5 +191,5 @@ def test_component_yaml_on_buckets(s3: S3Server, monkeypatch: pytest.MonkeyPatch
             assert project.execute(request).success
             project.tick()
             repo = Repository(load_config(root=raw, store=state, env={}))
-            assert repo.find_ref("last") == request.tags["raw_fingerprint"]
+            assert repo.find_ref("last") == request.tags[".dagster/raw_fingerprint"]
     sys.modules.pop("docs_example", None)

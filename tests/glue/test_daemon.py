@@ -77,7 +77,7 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         assert len(runs) == 1
         run = runs[0]
         assert run.status == dg.DagsterRunStatus.SUCCESS
-        assert run.tags["raw_fingerprint"] == promoted
+        assert run.tags[".dagster/raw_fingerprint"] == promoted
         assert run.tags["trigger"] == "raw_schedule"
         assert repo.find_ref("pending") is None
         materialized = {
@@ -135,7 +135,7 @@ def test_daemon_with_the_store_on_a_bucket(tmp_path: Path, s3_server: S3Server) 
             )
             runs = instance.get_runs()
             assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
-            assert runs[0].tags["raw_fingerprint"] == promoted
+            assert runs[0].tags[".dagster/raw_fingerprint"] == promoted
             assert repo.log("last")[0].runs == (runs[0].run_id,)
             ticks_after = len(_schedule_ticks(instance))
             wait_for(

@@ -91,7 +91,7 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
             log,
         )
         observed = instance.get_runs(dg.RunsFilter(tags={"trigger": "raw_schedule"}))
-        assert len(observed) == 1 and observed[0].tags["raw_fingerprint"] == promoted
+        assert len(observed) == 1 and observed[0].tags[".dagster/raw_fingerprint"] == promoted
         assert observed[0].job_name == "observe_raw_sources"
         after = wait_for(
             lambda: (

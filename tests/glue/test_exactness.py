@@ -37,8 +37,12 @@ def test_a_restored_file_after_a_failed_run_is_reprocessed(make_harness: Any) ->
     edit(path, good, append=False)  # restored: no difference from last any more
     assert h.repo.status().changes == ChangeSet()
     (again,) = h.tick().run_requests
-    assert again.tags["raw_fingerprint"] != request.tags["raw_fingerprint"]
-    assert again.tags["raw_requeued"] == "1"
+    assert again.tags[".dagster/raw_fingerprint"] != request.tags[".dagster/raw_fingerprint"]
+    assert again.tags["raw_paths"] == "evaluation_templates.csv"
+    requeued = h.repo.pending_changes(
+        again.tags[".dagster/raw_fingerprint"], h.repo.find_ref("last")
+    ).requeued
+    assert requeued == ("evaluation_templates.csv",)
     assert {k.to_user_string() for k in again.asset_selection} == {
         "raw_evaluation_templates",
         "evaluation_tasks",
@@ -50,7 +54,7 @@ def test_a_restored_file_after_a_failed_run_is_reprocessed(make_harness: Any) ->
         "originality",
     }
     assert h.tick().run_requests == []
-    assert h.repo.find_ref("last") == again.tags["raw_fingerprint"]
+    assert h.repo.find_ref("last") == again.tags[".dagster/raw_fingerprint"]
     assert h.repo.find_ref("unfinished") is None
     assert h.tick().skip_message == "no changes since last"
 
