@@ -174,17 +174,17 @@ class ManifestResource(dg.ConfigurableResource):
         return _declared_source(context)
 
     def source_metadata(self, context: dg.AssetExecutionContext) -> dict[str, Any]:
-        """Metadata for a raw asset's materialization: the source file (relative and
-        absolute), and when the run came from the schedule, the change kind and the old and
-        new fingerprint. Keys never collide with an IO manager's ``path``."""
+        """Metadata for a raw asset's materialization: the source file (relative and as a
+        location) and, when the run came from the schedule, the change kind and the old and
+        new fingerprint. An asset declared by a glob gets the glob and a table of its
+        changed files (path, change, old and new fingerprint). Keys never collide with an
+        IO manager's ``path``."""
         declared = _declared_source(context)
         rel = self.source_file(context)
         single = context.has_partition_key or not _is_glob(declared)
         meta: dict[str, Any] = {
             SOURCE_PATH: dg.MetadataValue.text(escape_path(rel if single else declared)),
-            "source_file": dg.MetadataValue.path(
-                self.location(rel) if single else self.root_location()
-            ),
+            "source_file": dg.MetadataValue.path(self.location(rel if single else declared)),
         }
         pending = T.snapshot_of(self.name, context.run.tags)
         if not pending:
@@ -199,13 +199,33 @@ class ManifestResource(dg.ConfigurableResource):
             meta["change"] = dg.MetadataValue.text(changes.kind(rel))
             meta["fingerprint_old"] = dg.MetadataValue.text(observation_version(old))
             meta["fingerprint_new"] = dg.MetadataValue.text(observation_version(new))
-        else:
-            matches = compile_globs([declared], SOURCE_PATH)
-            changed = [p for p in changes.paths if matches is not None and matches.match(p)]
-            meta["changed_files"] = dg.MetadataValue.text(
-                "\n".join(escape_path(p) for p in changed[: T.MAX_LISTED])
+            return meta
+        matches = compile_globs([declared], SOURCE_PATH)
+        changed = [p for p in changes.paths if matches is not None and matches.match(p)]
+        rows = []
+        for path in changed[: T.MAX_LISTED]:
+            old = repo.find_file(last, path) if last else None
+            new = repo.find_file(pending, path)
+            rows.append(
+                dg.TableRecord(
+                    {
+                        "path": escape_path(path),
+                        "change": changes.kind(path),
+                        "fingerprint_old": observation_version(old),
+                        "fingerprint_new": observation_version(new),
+                    }
+                )
             )
-            meta["changed_count"] = dg.MetadataValue.int(len(changed))
+        meta["changed_files"] = dg.MetadataValue.table(
+            rows,
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn(name, "string")
+                    for name in ("path", "change", "fingerprint_old", "fingerprint_new")
+                ]
+            ),
+        )
+        meta["changed_count"] = dg.MetadataValue.int(len(changed))
         return meta
 
     def observe(self, context: dg.AssetExecutionContext) -> Iterator[dg.ObserveResult]:

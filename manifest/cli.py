@@ -702,6 +702,50 @@ def reset(
 
 @app.command()
 @handle_errors
+def requeue(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Paths under the root to process again.", show_default=False),
+    ] = None,
+    of: Annotated[
+        str | None,
+        typer.Option(
+            "--of",
+            metavar="REV",
+            help="Every path the processing of REV covered (e.g. last: what the last "
+            "promotion processed, requeued paths included).",
+            autocompletion=complete_revisions,
+            show_default=False,
+        ),
+    ] = None,
+    message: Annotated[str, typer.Option("-m", "--message", help="Why (kept in the log).")] = "",
+) -> None:
+    """Have the next tick process paths again although they did not change.
+
+    Rolling `last` back reprocesses what differs; after a promotion of restored (requeued)
+    files nothing differs, so `reset last last@{1}` changes nothing: requeue them instead.
+
+    Example: manifest requeue --of last -m "reprocess after the template fix"
+    """
+    repo = _repo(ctx)
+    wanted = list(paths or [])
+    if of is not None:
+        wanted += repo.processed_by(of)
+    if not wanted:
+        raise typer.BadParameter("give paths to requeue, or --of REV")
+    carried = repo.requeue(tuple(wanted), message=message)
+    typer.echo(
+        f"requeued {_plural(len(carried), 'path')}; the next tick processes "
+        + ("it" if len(carried) == 1 else "them")
+        + " again:"
+    )
+    for path in carried:
+        typer.echo(f"\t{quote_path(path)}")
+
+
+@app.command()
+@handle_errors
 def gc(
     ctx: typer.Context,
     grace: Annotated[

@@ -649,6 +649,52 @@ class Repository:
         old = self.refs.update_ref(ref, target, reason=reason)
         return old, target
 
+    def processed_by(self, revision: str) -> tuple[str, ...]:
+        """The paths processing ``revision`` covered: its diff against its parent (the
+        ``last`` it was taken against) and the paths it carried over (requeued)."""
+        sid = self.resolve(revision)
+        snap = self.read_snapshot(sid)
+        return tuple(sorted({*self.diff_snapshots(snap.parent, sid).paths, *snap.requested}))
+
+    @_writer
+    def requeue(self, paths: tuple[str, ...], *, message: str = "") -> tuple[str, ...]:
+        """Have the next ``begin`` process ``paths`` again although they do not differ from
+        ``last`` (e.g. what a promotion of restored files processed, where rolling ``last``
+        back changes nothing). Kept in ``unfinished`` with what it already carries. Refused
+        while ``pending`` is in flight. Returns every path now carried."""
+        self._check_format(create=True)
+        if not paths:
+            raise ConfigError("requeue", "", "one or more paths, or --of REV")
+        pending = self.find_ref(REF_PENDING)
+        if pending is not None:
+            raise ConfigError(
+                "requeue",
+                " ".join(paths),
+                f"no pending run (pending {pending[:12]} is in flight; requeue once it is "
+                "promoted, or after `manifest reset --delete --force pending`)",
+            )
+        last = self._ref_snapshot(REF_LAST)
+        if last is None:
+            raise UnsetRefError(REF_LAST)
+        with self.refs.transaction(REF_UNFINISHED) as txn:
+            carried = set(paths)
+            if txn.value is not None:
+                carried |= set(self._carried_paths(txn.value, last))
+            snap = self.read_snapshot(last)
+            copy = msgspec.structs.replace(
+                snap,
+                parent=last,
+                created_ns=time.time_ns(),
+                message=message or "requeued by hand",
+                requested=tuple(sorted(carried)),
+                done=(),
+                done_own=(),
+                labels=(),
+            )
+            sid = self.objects.write_object(copy)
+            txn.set(sid, reason=f"requeued by hand: {message}" if message else "requeued by hand")
+        return tuple(sorted(carried))
+
     @_writer
     def delete_ref(self, ref: str, *, message: str = "", force: bool = False) -> str | None:
         """Unset ``ref``; ``last`` and ``pending`` only with ``force``."""

@@ -56,7 +56,7 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         RAW_SCAN_COOLDOWN_SEC="0",
     )
     config = load_config(env=env)
-    assert config.store == home / "state"
+    assert config.store == home / "state" / "raw"  # where change_detection keeps it
     repo = Repository(config)
     assert repo.begin().outcome == "baseline"  # the same store the daemon will use
     baseline = repo.find_ref("last")
