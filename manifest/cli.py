@@ -125,6 +125,7 @@ def _options(
         str | None,
         typer.Option(
             "-C",
+            metavar="DIR",
             help="Run as if started in DIR (the store is found from there, like git -C).",
             show_default=False,
         ),
@@ -133,6 +134,7 @@ def _options(
         str | None,
         typer.Option(
             "--root",
+            metavar="PATH",
             help="Data root [env RAW_DATA_DIR; the store's config.toml; default data/1_raw].",
             show_default=False,
         ),
@@ -141,6 +143,7 @@ def _options(
         str | None,
         typer.Option(
             "--store",
+            metavar="PATH",
             help="State store [env RAW_STATE_DIR; else the nearest .manifest found walking "
             "up from the current folder; else the Dagster glue's store under "
             "$DAGSTER_HOME/state (see --name); else ./.manifest].",
@@ -161,6 +164,7 @@ def _options(
         str | None,
         typer.Option(
             "--mode",
+            metavar="MODE",
             help="content_hash or mtime_size [env RAW_SCAN_HASH_MODE; config.toml; "
             "default content_hash].",
             show_default=False,
@@ -170,6 +174,7 @@ def _options(
         float | None,
         typer.Option(
             "--cooldown",
+            metavar="SECONDS",
             help="Seconds a file must be left alone before it counts "
             "[env RAW_SCAN_COOLDOWN_SEC; default 3].",
             show_default=False,
@@ -290,7 +295,9 @@ FingerprintsOpt = Annotated[
 ]
 LimitOpt = Annotated[
     int | None,
-    typer.Option("--limit", help="List at most N paths of each kind.", min=1, show_default=False),
+    typer.Option(
+        "--limit", metavar="N", help="List at most N paths of each kind.", min=1, show_default=False
+    ),
 ]
 DEFAULT_PAGER = "less -FRX"
 
@@ -337,19 +344,26 @@ def init(
     root: Annotated[
         str | None,
         typer.Option(
-            "--root", help="The data root to record [default data/1_raw].", show_default=False
+            "--root",
+            metavar="PATH",
+            help="The data root to record [default data/1_raw].",
+            show_default=False,
         ),
     ] = None,
     mode: Annotated[
         str | None,
         typer.Option(
-            "--mode", help="content_hash or mtime_size [default content_hash].", show_default=False
+            "--mode",
+            metavar="MODE",
+            help="content_hash or mtime_size [default content_hash].",
+            show_default=False,
         ),
     ] = None,
     include: Annotated[
         list[str] | None,
         typer.Option(
             "--include",
+            metavar="GLOB",
             help="A glob of files to record (repeatable; all if none).",
             show_default=False,
         ),
@@ -357,7 +371,10 @@ def init(
     exclude: Annotated[
         list[str] | None,
         typer.Option(
-            "--exclude", help="A glob of files to ignore (repeatable).", show_default=False
+            "--exclude",
+            metavar="GLOB",
+            help="A glob of files to ignore (repeatable).",
+            show_default=False,
         ),
     ] = None,
     force: Annotated[
@@ -457,8 +474,12 @@ def status(
 @handle_errors
 def snapshot(
     ctx: typer.Context,
-    ref: Annotated[str | None, typer.Option("--ref", help="Move this ref to the snapshot.")] = None,
-    message: Annotated[str, typer.Option("-m", "--message", help="Snapshot message.")] = "",
+    ref: Annotated[
+        str | None, typer.Option("--ref", metavar="REF", help="Move this ref to the snapshot.")
+    ] = None,
+    message: Annotated[
+        str, typer.Option("-m", "--message", metavar="MESSAGE", help="Snapshot message.")
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Scan and store a snapshot; print its id.
@@ -490,7 +511,9 @@ def log(
     ref: Annotated[
         str, typer.Argument(help="The ref whose history to show.", autocompletion=complete_refs)
     ] = "last",
-    limit: Annotated[int | None, typer.Option("-n", help="Show at most N moves.", min=1)] = None,
+    limit: Annotated[
+        int | None, typer.Option("-n", metavar="N", help="Show at most N moves.", min=1)
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The history of a ref, newest first: each move, when, and why.
@@ -670,7 +693,9 @@ def reset(
             autocompletion=complete_revisions,
         ),
     ] = None,
-    message: Annotated[str, typer.Option("-m", "--message", help="Why (kept in the log).")] = "",
+    message: Annotated[
+        str, typer.Option("-m", "--message", metavar="MESSAGE", help="Why (kept in the log).")
+    ] = "",
     delete: Annotated[
         bool, typer.Option("--delete", help="Unset the ref instead (e.g. a stuck pending).")
     ] = False,
@@ -719,7 +744,9 @@ def requeue(
             show_default=False,
         ),
     ] = None,
-    message: Annotated[str, typer.Option("-m", "--message", help="Why (kept in the log).")] = "",
+    message: Annotated[
+        str, typer.Option("-m", "--message", metavar="MESSAGE", help="Why (kept in the log).")
+    ] = "",
 ) -> None:
     """Have the next tick process paths again although they did not change.
 
@@ -752,6 +779,7 @@ def gc(
         str,
         typer.Option(
             "--grace",
+            metavar="SECONDS",
             help="Keep unreferenced objects younger than this many seconds (a crashed "
             "write's leftovers); writers are excluded while gc runs, so 0 is safe.",
         ),
@@ -760,6 +788,7 @@ def gc(
         str,
         typer.Option(
             "--expire",
+            metavar="AGE",
             help="First drop reflog lines older than this (90d, 12h, 3600, or never); the "
             "newest line of each reflog and the lines of current ref values are kept.",
         ),

@@ -235,7 +235,7 @@ class UnknownRefError(ManifestError):
         self.name = name
         self.suggestions = tuple(suggestions)
         close = (
-            f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+            f" (did you mean {' or '.join(repr(s) for s in self.suggestions)}?)"
             if self.suggestions
             else ""
         )

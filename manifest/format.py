@@ -289,7 +289,8 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
         )
     if st.changes:
         base = "since last" if st.last else "(no last yet)"
-        typer.echo(f"Changes {base} ({st.files} files scanned):")
+        scanned = f"{st.files} file" if st.files == 1 else f"{st.files} files"
+        typer.echo(f"Changes {base} ({scanned} scanned):")
         if st.last:
             typer.echo(
                 '  (use "manifest diff last" for the same list, or "manifest reset" to roll back)'
@@ -318,7 +319,7 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
             typer.echo(paint(f"\trm {quote_path(lock)}", "red"))
         typer.echo("")
     if not st.changes:
-        typer.echo(f"nothing changed since last ({st.files} files)")
+        typer.echo(f"nothing changed since last ({st.files} file{'' if st.files == 1 else 's'})")
 
 
 def log_json(entry: LogEntry) -> dict[str, Any]:

@@ -861,14 +861,19 @@ class Repository:
                         problems=problems,
                         message="another process recorded the baseline",
                     )
-                txn.set(snap_id, reason=f"baseline: first scan, {result.files} files")
+                txn.set(
+                    snap_id,
+                    reason=f"baseline: first scan, {result.files} "
+                    f"file{'' if result.files == 1 else 's'}",
+                )
             return CycleResult(
                 "baseline",
                 snap_id,
                 snap_id,
                 unstable=unstable,
                 problems=problems,
-                message=f"recorded a baseline of {result.files} files; nothing to process",
+                message=f"recorded a baseline of {result.files} "
+                f"file{'' if result.files == 1 else 's'}; nothing to process",
             )
         changes = self._diff_scan(last, result)
         unfinished = self._ref_snapshot(REF_UNFINISHED)

@@ -209,7 +209,18 @@ def test_escape_helpers() -> None:
 
 def test_every_command_has_help_with_an_example() -> None:
     names = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
-    assert names == ["diff", "fsck", "gc", "init", "log", "reset", "show", "snapshot", "status"]
+    assert names == [
+        "diff",
+        "fsck",
+        "gc",
+        "init",
+        "log",
+        "requeue",
+        "reset",
+        "show",
+        "snapshot",
+        "status",
+    ]
     for name in names:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0
@@ -340,3 +351,26 @@ def test_docs_and_help_agree_on_every_command_and_option() -> None:
                 assert any(o in heading.group(0) for o in opts), f"{name} {opts} not in its doc"
         for opt in re.findall(r"\[(-[-\w]+)", heading.group(0)):
             assert opt in help_text, f"docs give {name} {opt}, which --help does not list"
+
+
+def test_words_one_file_and_no_placeholders(tmp_path: Path) -> None:
+    """Counts agree with their nouns, suggestions read as a sentence, and `--help` names
+    each option's value (DIR, PATH, N...), never a type placeholder such as <str>."""
+    raw = tmp_path / "raw"
+    write(raw / "only.csv", "x\n")
+    store = tmp_path / "s"
+    _init(raw, store)
+    out = runner.invoke(app, ["--store", str(store), "status"], env={"NO_COLOR": "1"}).output
+    assert "(1 file scanned)" in out
+    from manifest import Repository, load_config
+
+    result = Repository(load_config(store=store, env={})).begin()
+    assert result.message == "recorded a baseline of 1 file; nothing to process"
+    out = runner.invoke(app, ["--store", str(store), "reset", "lats", "last"]).output
+    assert "no ref named 'lats' (did you mean 'last'?); pass --create" in out
+    import typer.main
+
+    group: Any = typer.main.get_command(app)
+    for name in ["", *group.commands]:
+        help_text = runner.invoke(app, [name, "--help"] if name else ["--help"]).output
+        assert not re.search(r"<(str|int|float|int range|path)>", help_text), (name, help_text)

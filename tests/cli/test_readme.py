@@ -83,3 +83,16 @@ def test_readme_session_is_real(tmp_path: Path) -> None:
         want = _mask("\n".join(expected), readme_root).rstrip()
         got = _mask(actual, str(work)).rstrip()
         assert got == want, f"README step {command!r} differs:\n{got}\n--- README ---\n{want}"
+
+
+def test_the_readme_test_command_is_what_ci_runs() -> None:
+    """The README's second command runs lint, format and type checks and the tests, as it
+    says, and `.ci/run` runs those same steps."""
+    top = Path(__file__).parents[2]
+    readme = (top / "README.md").read_text()
+    command = re.findall(r"```sh\n(python3\.11 -m venv .*?)\n```", readme)[1]
+    steps = [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"]
+    steps.append(".venv/bin/python -m pytest -q")
+    ci = (top / ".ci" / "run").read_text()
+    for step in steps:
+        assert step in command and step in ci, step

@@ -137,7 +137,13 @@ def test_docs_project_gets_exactly_the_described_work(project: Project) -> None:
     result = project.execute(request)
     assert result.success
     mat = materialization(result, "prices")
-    assert mat.metadata["changed_files"].value == "prices/a.csv\nprices/c.csv"
+    rows = mat.metadata["changed_files"].value.records  # type: ignore[attr-defined]
+    assert [(r.data["path"], r.data["change"]) for r in rows] == [
+        ("prices/a.csv", "modified"),
+        ("prices/c.csv", "added"),
+    ]
+    assert rows[1].data["fingerprint_old"] == "missing" != rows[1].data["fingerprint_new"]
+    assert mat.metadata["source_file"].value == f"{raw}/prices/*.csv"
     assert result.output_for_node("price_index") == 3
     project.tick("raw_schedule")
 

@@ -3,6 +3,8 @@ downstream assets, a glob, per-file partitions with a fan-in, files nothing watc
 excluded ``*.tmp`` files. Any asset whose file holds ``FAIL`` fails its run. The store is the
 factory's default, ``$DAGSTER_HOME/state/raw``; the root is ``$ADOPTER_ROOT``."""
 
+import os
+
 import dagster as dg
 
 from dagster_glue import ManifestResource, change_detection
@@ -76,6 +78,6 @@ defs = dg.Definitions.merge(
         cron="* * * * *",
         enabled=True,
         cooldown_sec=0,
-        max_attempts=2,
+        max_attempts=int(os.environ.get("ADOPTER_MAX_ATTEMPTS", "2")),
     ),
 )
