@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 from typer.testing import CliRunner
 
+from dagster_glue import change_detection
 from manifest import Repository, load_config
 from manifest.cli import app
 
@@ -205,3 +206,48 @@ def test_a_preview_says_previewed_and_when(adopter: tuple[Project, Path]) -> Non
     assert "previewed: no run launched yet" in out and "handed to a run" not in out
     (request,) = project.tick().run_requests  # the real tick asks at once
     assert request.run_key == preview.run_requests[0].run_key  # type: ignore[index]
+
+
+def _minimal(root: Path, store: Path, instance: dg.DagsterInstance, **kw: object) -> Project:
+    @dg.asset(metadata={"source_path": "customers.csv"})
+    def customers() -> None:
+        return None
+
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[customers]),
+        change_detection(root=str(root), state_dir=str(store), cooldown_sec=0, **kw),  # type: ignore[arg-type]
+    )
+    return Project(defs, instance)
+
+
+def test_filters_recorded_in_the_store_are_the_glue_s_too(tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance:
+        _filters_recorded_in_the_store(tmp_path, instance)
+
+
+def _filters_recorded_in_the_store(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """2: an exclude only in the store's config.toml (set with the CLI) is applied by the
+    glue, so the CLI never reports a removal that did not happen; an exclude in the factory
+    that differs from the store's fails the tick naming both."""
+    root, store_dir = tmp_path / "raw", tmp_path / "store"
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    age_tree(root)
+    code = CliRunner().invoke(
+        app, ["--store", str(store_dir), "init", "--root", str(root), "--exclude", "**/*.tmp"]
+    )
+    assert code.exit_code == 0, code.output
+    project = _minimal(root, store_dir, instance)
+    assert "baseline" in (project.tick().skip_message or "")
+    repo = Repository(load_config(store=store_dir, env={}))
+    last = repo.find_ref("last")
+    assert last is not None
+    assert "scratch.tmp" not in {p for p, _ in repo.iter_files(last)}
+    assert not repo.status().changes  # the CLI's view: nothing removed, nothing added
+    other = _minimal(root, store_dir, instance, exclude=["**/*.bak"])
+    with pytest.raises(dg.DagsterUserCodeExecutionError) as info:
+        other.tick()
+    message = str(info.value.__cause__)
+    assert message.startswith("exclude: change_detection(name='raw') exclude gives ['**/*.bak']")
+    assert "the store records ['**/*.tmp']" in message
