@@ -256,10 +256,10 @@ class Glue:
         pending: str,
     ) -> str:
         repo = res.repository()
-        decision, _, changes = self.decide(res, repo, repository_def, instance, pending)
+        decision, planned, changes = self.decide(res, repo, repository_def, instance, pending)
         if decision.action != "promote":
             return f"not promoted yet: {decision.message}"
-        return _promote(repo, pending, decision, changes)
+        return _promote(repo, pending, decision, changes, planned)
 
     # -- the tick -------------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class Glue:
             )
             log.info(f"pending {pending[:12]}: {decision.action}: {decision.message}")
             if decision.action == "promote":
-                _promote(repo, pending, decision, changes)
+                _promote(repo, pending, decision, changes, planned)
             elif decision.action == "abandon":
                 runs = self.runs_by_batch(instance, pending)
                 succeeded = {b for b, rs in runs.items() if rs and rs[-1].state == "success"}
@@ -484,13 +484,30 @@ class GaveUpError(ManifestError):
     """The schedule stopped retrying a batch: the tick fails, naming the files."""
 
 
-def _promote(repo: Repository, pending: str, decision: Decision, changes: ChangeSet) -> str:
-    """Promote, saying in the reflog what was processed (requeued paths included)."""
+def _promote(
+    repo: Repository,
+    pending: str,
+    decision: Decision,
+    changes: ChangeSet,
+    planned: planning.Plan,
+) -> str:
+    """Promote, saying in the reflog what the runs processed (requeued paths included), what
+    earlier runs had processed already, and what nothing watches."""
+
+    def listed(paths: Sequence[str], kind: bool = True) -> str:
+        shown = [f"{escape_path(p)} ({changes.kind(p)})" if kind else escape_path(p) for p in paths]
+        more = len(shown) - 5
+        return ", ".join(shown[:5]) + (f" and {more} more" if more > 0 else "")
+
+    ignored = set(planned.ignored)
+    earlier = [p for p in changes.done if p not in ignored]
+    ran = [p for p in changes.paths if p not in ignored and p not in changes.done]
     runs = ", ".join(r[:8] for r in decision.runs)
-    what = ", ".join(f"{escape_path(p)} ({changes.kind(p)})" for p in changes.paths[:5]) + (
-        f" and {len(changes.paths) - 5} more" if len(changes.paths) > 5 else ""
-    )
-    reason = f"promoted after run{'s' if len(decision.runs) > 1 else ''} {runs}: {what}"
+    reason = f"promoted after run{'s' if len(decision.runs) > 1 else ''} {runs}: {listed(ran)}"
+    if earlier:
+        reason += f"; processed by earlier runs: {listed(earlier, kind=False)}"
+    if ignored:
+        reason += f"; not watched: {listed(sorted(ignored), kind=False)}"
     return repo.promote(pending, reason=reason, runs=decision.runs).message
 
 

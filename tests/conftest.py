@@ -89,3 +89,20 @@ def fine_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
     import manifest.fingerprint
 
     monkeypatch.setattr(manifest.fingerprint, "RACY_NS", 1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n N`), the slow tests (the real daemon, mostly waiting for cron
+    minutes) start first, one per worker: xdist hands each worker two consecutive tests to
+    begin with, so slow tests go at every other position, each followed by a fast one."""
+    if not (hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None)):
+        return  # not under xdist (workers collect; the controller only schedules)
+    slow = [i for i in items if i.get_closest_marker("slow")]
+    fast = [i for i in items if not i.get_closest_marker("slow")]
+    ordered: list[pytest.Item] = []
+    for n, item in enumerate(slow):
+        ordered.append(item)
+        if n < len(fast):
+            ordered.append(fast[n])
+    ordered.extend(fast[len(slow) :])
+    items[:] = ordered

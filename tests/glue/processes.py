@@ -40,7 +40,14 @@ def stop(proc: subprocess.Popen[bytes], first: int = signal.SIGINT) -> None:
 
 @contextmanager
 def running_daemon(workspace: Path, env: dict[str, str], log: Path) -> Iterator[dg.DagsterInstance]:
-    """`dagster-daemon run -w workspace`, and this process's view of its instance."""
+    """`dagster-daemon run -w workspace`, and this process's view of its instance.
+
+    The instance's SQLite storages are created here first: the daemon, its code server and
+    this process creating them at once can stamp alembic twice ("more than one head")."""
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        instance.get_runs(limit=1)
+        instance.all_instigator_state()
+        instance.get_asset_keys()
     with open(log, "w") as out:
         daemon = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
