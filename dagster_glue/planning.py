@@ -188,10 +188,15 @@ def plan(
             fan_in.setdefault(root, set()).update(paths)
     ordered = sorted(unpartitioned, key=lambda k: k.to_user_string())
     left = dict(fan_in)
+    fan_in_reach = {k: _downstream(graph, [k]) for k in fan_in}  # a fan-in and what it feeds
     for i in range(0, len(ordered), batch_size):
         chunk = ordered[i : i + batch_size]
         downstream = _downstream(graph, chunk)
-        absorbed = sorted((k for k in left if k in downstream), key=lambda k: k.to_user_string())
+        # a chunk that would run a fan-in, or anything a fan-in feeds, waits for the
+        # partitions and runs that fan-in too: nothing is computed twice, or from stale input
+        absorbed = sorted(
+            (k for k in left if fan_in_reach[k] & downstream), key=lambda k: k.to_user_string()
+        )
         feeds = sorted({p for k in absorbed for p in left.pop(k)})
         batches.append(
             Batch(

@@ -72,18 +72,24 @@ class Glue:
             observe=self.observe,
         )
 
-    def runs_by_batch(self, instance: dg.DagsterInstance, pending: str) -> dict[int, list[RunInfo]]:
-        out: dict[int, list[RunInfo]] = {}
+    def _runs(self, instance: dg.DagsterInstance, pending: str) -> list[tuple[int, dg.DagsterRun]]:
+        """The runs of ``pending`` with their batch number, oldest first."""
         records = {
             r.storage_id: r.dagster_run
             for tag in (T.pending(self.name), T.legacy_pending(self.name))  # legacy: before 0.2
             for r in instance.get_run_records(filters=dg.RunsFilter(tags={tag: pending}))
         }
-        for _, run in sorted(records.items()):  # oldest first
+        out = []
+        for _, run in sorted(records.items()):
             try:
-                batch = int(run.tags.get(T.batch(self.name), "1/1").split("/")[0])
+                out.append((int(run.tags.get(T.batch(self.name), "1/1").split("/")[0]), run))
             except ValueError:
                 continue
+        return out
+
+    def runs_by_batch(self, instance: dg.DagsterInstance, pending: str) -> dict[int, list[RunInfo]]:
+        out: dict[int, list[RunInfo]] = {}
+        for batch, run in self._runs(instance, pending):
             state: RunState = (
                 "success"
                 if run.status in _SUCCESS
@@ -92,6 +98,28 @@ class Glue:
                 else "in_progress"
             )
             out.setdefault(batch, []).append(RunInfo(run.run_id, state))
+        return out
+
+    def succeeded(
+        self, instance: dg.DagsterInstance, pending: str, planned: planning.Plan
+    ) -> set[int]:
+        """The batches of ``planned`` whose latest run succeeded *for exactly that batch*:
+        its tags name the same batch count, partition and paths (a code reload can change
+        the plan; a run of another plan's batch n never counts as this one's)."""
+        latest = dict(self._runs(instance, pending))
+        total = len(planned.batches)
+        key = f"{self.name}_paths"
+        out = set()
+        for number, run in latest.items():
+            if run.status not in _SUCCESS or not 1 <= number <= total:
+                continue
+            batch = planned.batches[number - 1]
+            if (
+                run.tags.get(T.batch(self.name)) == f"{number}/{total}"
+                and run.tags.get("dagster/partition") == batch.partition
+                and run.tags.get(key) == T.paths_tag(self.name, batch.processed())[key]
+            ):
+                out.add(number)
         return out
 
     def decide(
@@ -310,8 +338,7 @@ class Glue:
             if decision.action == "promote":
                 _promote(repo, pending, decision, changes, planned)
             elif decision.action == "abandon":
-                runs = self.runs_by_batch(instance, pending)
-                succeeded = {b for b, rs in runs.items() if rs and rs[-1].state == "success"}
+                succeeded = self.succeeded(instance, pending, planned)
                 done, done_own = planning.progress(planned, changes, succeeded)
                 repo.abandon(
                     pending,

@@ -407,7 +407,7 @@ def init(
     recorded = None
     if force:
         # --force keeps what it is not told: the store's recorded settings are the base
-        recorded = load_config(store=store_arg)
+        recorded = load_config(store=store_arg, env={})  # what it records, nothing else
     root_text = root or options.root or os.environ.get(ENV_DATA_DIR)
     if root_text is None:
         root_text = recorded.root_text if recorded is not None else DEFAULT_DATA_DIR
@@ -761,7 +761,7 @@ def requeue(
         wanted += repo.processed_by(of)
     if not wanted:
         raise typer.BadParameter("give paths to requeue, or --of REV")
-    carried = repo.requeue(tuple(wanted), message=message)
+    carried = repo.requeue(tuple(wanted), message=message, check=tuple(paths or ()))
     typer.echo(
         f"requeued {_plural(len(carried), 'path')}; the next tick processes "
         + ("it" if len(carried) == 1 else "them")

@@ -69,6 +69,8 @@ class Config(msgspec.Struct, frozen=True):
     store_url: BucketURL | None = None
     # the store records its settings (config.toml); else its first writer records these
     recorded: bool = False
+    # where the root came from: an argument or variable (its name), the store, the default
+    root_source: str = "default"
 
     @property
     def root_text(self) -> str:
@@ -391,6 +393,7 @@ def load_config(
             "root", str(given_root), root_by, str(recorded_root), recorded_where
         )
     root_where = given_root or recorded_root
+    root_source = root_by if given_root is not None else "store" if recorded_root else "default"
     if root_where is None:
         root_where = Path(os.path.realpath((cwd / DEFAULT_DATA_DIR).absolute()))
     root_url: BucketURL | None = None
@@ -481,4 +484,5 @@ def load_config(
         root_url=root_url,
         store_url=store_url,
         recorded=recorded is not None,
+        root_source=root_source,
     )

@@ -49,8 +49,10 @@ def write_temp(path: Path, data: bytes) -> Path:
     return tmp
 
 
-def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename."""
+def atomic_write(path: Path, data: bytes, *, sync: bool = True, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename.
+    ``exclusive``: only if ``path`` does not exist (a hard link instead of the rename, so
+    two writers never both win); False when it did."""
     tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -60,13 +62,22 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     if sync:
         fsync_dir(path.parent)
+    return True
 
 
 class LockFile:

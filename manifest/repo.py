@@ -182,6 +182,7 @@ class Repository:
         self._renames = config.mode == "content_hash"  # renames are content-mode only
         self._checked_format = False
         self._settings_recorded = False
+        self._created = False  # this process created the store (its FORMAT marker)
         self._write_lock = StoreLock(
             self.store / STORE_LOCK, exclusive=False, timeout=self.refs.lock_timeout
         )
@@ -199,18 +200,38 @@ class Repository:
 
     def _record_settings(self, *, force: bool = False) -> None:
         """The store describes itself: its first writer records the root, mode and filters
-        in ``config.toml`` (read back by every later reader, see ``load_config``)."""
+        in ``config.toml`` (read back by every later reader, see ``load_config``). A store
+        made before stores recorded their settings gets them from a writer that was given
+        its root (the Dagster glue always is), never from a default root."""
         if self._settings_recorded and not force:
             return
         from manifest.config import CONFIG_FILE, settings_of, store_file_text
 
-        if force or not self.config.recorded:
+        if force or (
+            not self.config.recorded and (self._created or self.config.root_source != "default")
+        ):
             data = store_file_text(settings_of(self.config))
             if force:
                 self.files.write(CONFIG_FILE, data)
-            else:
-                self.files.create(CONFIG_FILE, data)
+            elif not self.files.create(CONFIG_FILE, data):
+                self._check_recorded_settings()
         self._settings_recorded = True
+
+    def _check_recorded_settings(self) -> None:
+        """Another first writer recorded the settings at the same moment: they must be
+        ours (the same check ``load_config`` makes)."""
+        from manifest.config import load_config
+
+        c = self.config
+        load_config(
+            root=c.root_text,
+            store=c.store_text,
+            mode=c.mode,
+            include=c.include,
+            exclude=c.exclude,
+            env={},
+            origin="this process's",
+        )
 
     def init(self, *, force: bool = False) -> None:
         """Create the store (if needed) and record its settings. An initialised store is
@@ -267,6 +288,7 @@ class Repository:
             for sub in ("objects", "refs", "logs/refs"):
                 (store / sub).mkdir(parents=True, exist_ok=True)
             marker.write_text(f"{FORMAT_VERSION}\n")
+            self._created = True
         except OSError as exc:
             raise StoreError(str(store), f"cannot be created ({exc.strerror})") from exc
         self._checked_format = True
@@ -277,7 +299,7 @@ class Repository:
         self.exists()  # names a missing bucket as such
         data = files.read("FORMAT")
         if data is None and create:
-            files.create("FORMAT", f"{FORMAT_VERSION}\n".encode())
+            self._created = files.create("FORMAT", f"{FORMAT_VERSION}\n".encode())
             data = files.read("FORMAT")
         if data is not None:
             self._accept_format(data.decode("utf-8", "replace").strip(), files.where("FORMAT"))
@@ -657,42 +679,55 @@ class Repository:
         return tuple(sorted({*self.diff_snapshots(snap.parent, sid).paths, *snap.requested}))
 
     @_writer
-    def requeue(self, paths: tuple[str, ...], *, message: str = "") -> tuple[str, ...]:
+    def requeue(
+        self, paths: tuple[str, ...], *, message: str = "", check: tuple[str, ...] = ()
+    ) -> tuple[str, ...]:
         """Have the next ``begin`` process ``paths`` again although they do not differ from
         ``last`` (e.g. what a promotion of restored files processed, where rolling ``last``
         back changes nothing). Kept in ``unfinished`` with what it already carries. Refused
-        while ``pending`` is in flight. Returns every path now carried."""
+        while ``pending`` is in flight (checked under its lock, so no tick begins meanwhile),
+        and for a path of ``check`` that is not a file in ``last``. Returns every path now
+        carried."""
         self._check_format(create=True)
         if not paths:
             raise ConfigError("requeue", "", "one or more paths, or --of REV")
-        pending = self.find_ref(REF_PENDING)
-        if pending is not None:
-            raise ConfigError(
-                "requeue",
-                " ".join(paths),
-                f"no pending run (pending {pending[:12]} is in flight; requeue once it is "
-                "promoted, or after `manifest reset --delete --force pending`)",
-            )
         last = self._ref_snapshot(REF_LAST)
         if last is None:
             raise UnsetRefError(REF_LAST)
-        with self.refs.transaction(REF_UNFINISHED) as txn:
-            carried = set(paths)
-            if txn.value is not None:
-                carried |= set(self._carried_paths(txn.value, last))
-            snap = self.read_snapshot(last)
-            copy = msgspec.structs.replace(
-                snap,
-                parent=last,
-                created_ns=time.time_ns(),
-                message=message or "requeued by hand",
-                requested=tuple(sorted(carried)),
-                done=(),
-                done_own=(),
-                labels=(),
+        unknown = [p for p in check if self.find_file(last, p) is None]
+        if unknown:
+            raise ConfigError(
+                "requeue",
+                ", ".join(escape_path(p) for p in unknown),
+                "paths of files in last, relative to the root, as `manifest show last` lists them",
             )
-            sid = self.objects.write_object(copy)
-            txn.set(sid, reason=f"requeued by hand: {message}" if message else "requeued by hand")
+        with self.refs.transaction(REF_PENDING) as pending_txn:
+            pending = pending_txn.value
+            if pending is not None:
+                raise ConfigError(
+                    "requeue",
+                    " ".join(paths),
+                    f"no pending run (pending {pending[:12]} is in flight; requeue once it "
+                    "is promoted, or after `manifest reset --delete --force pending`)",
+                )
+            with self.refs.transaction(REF_UNFINISHED) as txn:
+                carried = set(paths)
+                if txn.value is not None:
+                    carried |= set(self._carried_paths(txn.value, last))
+                copy = msgspec.structs.replace(
+                    self.read_snapshot(last),
+                    parent=last,
+                    created_ns=time.time_ns(),
+                    message=message or "requeued by hand",
+                    requested=tuple(sorted(carried)),
+                    done=(),
+                    done_own=(),
+                    labels=(),
+                )
+                sid = self.objects.write_object(copy)
+                txn.set(
+                    sid, reason=f"requeued by hand: {message}" if message else "requeued by hand"
+                )
         return tuple(sorted(carried))
 
     @_writer
@@ -1152,10 +1187,13 @@ class LocalFiles:
             raise StoreError(str(self.store / name), f"cannot write: {exc.strerror}") from exc
 
     def create(self, name: str, data: bytes) -> bool:
-        if (self.store / name).exists():
-            return False
-        self.write(name, data)
-        return True
+        """Write ``name`` only if it does not exist; False if another writer got there."""
+        from manifest.fsutil import atomic_write
+
+        try:
+            return atomic_write(self.store / name, data, sync=self.sync, exclusive=True)
+        except OSError as exc:
+            raise StoreError(str(self.store / name), f"cannot write: {exc.strerror}") from exc
 
     def where(self, name: str) -> str:
         return str(self.store / name)

@@ -6,7 +6,7 @@ import pytest
 
 from manifest import Repository
 from manifest.config import load_config
-from manifest.errors import AmbiguousStoreError, ConfigError, SettingsMismatchError
+from manifest.errors import AmbiguousStoreError, ConfigError, RootError, SettingsMismatchError
 
 
 def test_defaults_use_dagster_home_state(tmp_path: Path) -> None:
@@ -170,3 +170,20 @@ def test_the_first_writer_records_the_settings(tmp_path: Path) -> None:
     cfg = load_config(store=store, env={}, cwd=tmp_path / "a")
     assert cfg.root == root and cfg.exclude == ("**/*.tmp",)
     assert not Repository(cfg).status().changes  # the excluded file is not "added"
+
+
+def test_a_store_from_before_settings_is_not_given_a_default_root(tmp_path: Path) -> None:
+    """A store made before stores recorded their settings (no config.toml): a writer that
+    was not given a root (the CLI's default) records nothing; one given its root does."""
+    root = tmp_path / "data" / "in"
+    root.mkdir(parents=True)
+    (root / "a.csv").write_text("x\n")
+    store = tmp_path / "store"
+    Repository(load_config(root=root, store=store, env={}, cwd=tmp_path)).snapshot(ref="last")
+    (store / "config.toml").unlink()  # as the previous version left it
+    default = Repository(load_config(store=store, env={}, cwd=tmp_path))
+    with pytest.raises(RootError):
+        default.snapshot(ref="last")  # ./data/1_raw does not exist
+    assert not (store / "config.toml").exists()
+    Repository(load_config(root=root, store=store, env={}, cwd=tmp_path)).snapshot(ref="last")
+    assert load_config(store=store, env={}, cwd=tmp_path / "data").root == root

@@ -99,6 +99,10 @@ def test_the_store_records_its_settings_and_a_disagreement_is_an_error(project: 
     assert mode() == "mtime_size"
     config = (project / ".manifest" / "config.toml").read_text()
     assert 'exclude = ["**/*.tmp"]' in config and 'root = "data/1_raw"' in config
+    # the fix the mismatch error names works although the variable still disagrees
+    fixed = manifest(project, "init", "--force", env={"RAW_SCAN_HASH_MODE": "content_hash"})
+    assert fixed.returncode == 0, fixed.stderr
+    assert 'mode = "mtime_size"' in (project / ".manifest" / "config.toml").read_text()
 
 
 def test_version(tmp_path: Path) -> None:

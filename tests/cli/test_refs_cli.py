@@ -103,3 +103,22 @@ def test_unset_last_messages_never_suggest_last(raw: Path, tmp_path: Path) -> No
         assert "such as 'last'" not in out
     status = runner.invoke(app, [*base, "--no-pager", "status"], env={"NO_COLOR": "1"}).output
     assert "No `last` yet" in status and 'use "manifest diff last"' not in status
+
+
+def test_requeue_refuses_a_path_that_is_not_in_last(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from manifest.cli import app
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.csv").write_text("x\n")
+    base = ["--store", str(tmp_path / "s"), "--cooldown", "0"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*base, "init", "--root", str(raw)]).exit_code == 0
+    assert runner.invoke(app, [*base, "snapshot", "--ref", "last"]).exit_code == 0
+    out = runner.invoke(app, [*base, "requeue", "data/1_raw/a.csv"])
+    assert out.exit_code == 3 and "data/1_raw/a.csv" in out.output
+    assert "as `manifest show last` lists them" in out.output
+    ok = runner.invoke(app, [*base, "requeue", "a.csv", "-m", "again"])
+    assert ok.exit_code == 0 and "requeued 1 path;" in ok.output

@@ -292,3 +292,45 @@ def test_every_setting_may_be_an_env_var(tmp_path: Path, monkeypatch: pytest.Mon
     assert repo.config.mode == "mtime_size" and repo.config.cooldown_sec == 7.5
     assert repo.config.include == ("*.csv", "sub/**")
     assert (res.batch_size, res.run_grace_sec) == (9, 60.0)
+
+
+def test_nothing_is_materialized_twice_or_from_a_stale_fan_in() -> None:
+    """An unpartitioned change whose downstream also reads a fan-in waits for the partition
+    runs and runs the fan-in with it, once; an unrelated unpartitioned change runs at once."""
+    from dagster_glue.planning import find_watched, progress, selection
+
+    parts = dg.DynamicPartitionsDefinition(name="parts")
+
+    @dg.asset(partitions_def=parts, metadata={"source_path": "p/*.txt"})
+    def a() -> None: ...
+
+    @dg.asset(deps=[a])
+    def f() -> None: ...  # the fan-in
+
+    @dg.asset(metadata={"source_path": "u.csv"})
+    def u() -> None: ...
+
+    @dg.asset(deps=[u, f])
+    def g() -> None: ...  # reads the changed file and the fan-in
+
+    @dg.asset(metadata={"source_path": "other.csv"})
+    def other() -> None: ...
+
+    repository_def = dg.Definitions(assets=[a, f, u, g, other]).get_repository_def()
+    graph = repository_def.asset_graph
+    watched = find_watched(repository_def, None)
+    changes = ChangeSet(modified=("other.csv", "p/x.txt", "u.csv"))
+    planned = plan(changes, watched, graph, batch_size=1, observe=False)
+    by_roots = {tuple(k.to_user_string() for k in b.roots): b for b in planned.batches}
+    assert set(by_roots) == {("a",), ("other",), ("u", "f")}
+    assert by_roots[("other",)].after == ()  # not held back
+    assert by_roots[("u", "f")].after == (by_roots[("a",)].number,)
+    assert by_roots[("u", "f")].processed() == ("p/x.txt", "u.csv")
+    with dg.instance_for_test() as instance:
+        keys, _, _ = selection(by_roots[("u", "f")], graph, instance, observe=False)
+    assert {k.to_user_string() for k in keys} == {"u", "f", "g"}  # g once, after the parts
+    # after the partition and `other` succeeded, a superseding pending skips both
+    done, done_own = progress(
+        planned, changes, {by_roots[("a",)].number, by_roots[("other",)].number}
+    )
+    assert (done, done_own) == (("other.csv",), ("p/x.txt",))
