@@ -1,7 +1,8 @@
 """The ``manifest`` command: parses, calls the engine (``manifest.repo``), formats.
 
 Exit codes (a contract, see docs/cli.md): 0 success; 1 differences (only with
-``--exit-code``); 2 usage error; 3 manifest error; 4 lock held or compare-and-swap lost.
+``--exit-code``); 2 usage error; 3 manifest error; 4 lock held or compare-and-swap lost;
+141 the output's reader quit early (quietly, as git).
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except ManifestError as exc:
             _fail(str(exc), exc.exit_code)
         except BrokenPipeError:
-            _fail("standard output was closed before everything was written", EXIT_ERROR)
+            _quiet_exit()
         except OSError as exc:
             where = exc.filename if exc.filename is not None else "standard output"
             what = exc.strerror or str(exc)
@@ -258,6 +259,19 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE, what git and a shell pipeline report
+
+
+def _quiet_exit() -> NoReturn:
+    """The reader of standard output quit early (`manifest log | head`): no error, as git
+    and every Unix tool; exit 141 without a word. Nothing more may reach the closed pipe."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    raise typer.Exit(EXIT_SIGPIPE)
 
 
 def _fail(message: str, code: int) -> NoReturn:

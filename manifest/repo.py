@@ -53,7 +53,7 @@ from manifest.model import (
 from manifest.objects import ObjectStore, is_id_prefix, is_object_id
 from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
 from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
-from manifest.text import escape_path
+from manifest.text import escape_path, escape_text
 
 if TYPE_CHECKING:
     import subprocess
@@ -619,7 +619,7 @@ class Repository:
                 removed=len(changes.removed),
                 requeued=len(changes.requeued),
             ),
-            message=message,
+            message=escape_text(message),  # as reflog reasons: any bytes, one printable line
             requested=requested,
             labels=labels,
             done=done,
