@@ -81,10 +81,17 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True, exclusive: bool 
 
 
 class LockFile:
-    """``<path>.lock`` created with ``O_CREAT|O_EXCL``; removed on exit, also on error.
+    """``<path>.lock``, held two ways: it exists (created atomically, git's lockfile) and its
+    holder keeps a ``flock`` on it, which the kernel releases when the holder dies.
 
-    Waits up to ``timeout`` seconds for a competing holder, then raises ``LockHeldError``
-    naming the lock and its age, so a stale lock left by a crash is easy to spot.
+    The lock file is written and flocked under a temporary name, then hard-linked into place
+    (fails if a lock exists), so a visible lock is always already flocked by a live holder.
+    A waiter that can take the flock of an existing lock file on this host, whose recorded
+    process is provably gone (no such pid, another process with its pid, another boot),
+    removes it and logs that it did: a lock left by kill -9 never needs a person. A lock from
+    another host, or one written by an older version whose process is alive, is never taken
+    over. After ``timeout`` seconds a waiter raises ``LockHeldError`` (or ``StaleLockError``
+    for a lock that could not be proven stale but whose process is gone).
     """
 
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
@@ -100,38 +107,64 @@ class LockFile:
         delay = 0.005
         while True:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            except FileExistsError:
-                if time.monotonic() >= deadline:
-                    owner = lock_owner(self.path)
-                    if owner is not None and owner.stale:
-                        raise StaleLockError(str(self.path), owner.pid, owner.host) from None
-                    raise LockHeldError(str(self.path), lock_age(self.path)) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                continue
+                fd = self._create()
             except OSError as exc:
                 raise StoreError(
                     str(self.path), f"cannot create lock: {exc.strerror or exc}"
                 ) from exc
+            if fd is not None:
+                self.fd = fd
+                return
+            if take_over_stale_lock(self.path):
+                continue
+            if time.monotonic() >= deadline:
+                owner = lock_owner(self.path)
+                if owner is not None and owner.stale:
+                    raise StaleLockError(str(self.path), owner.pid, owner.host) from None
+                raise LockHeldError(str(self.path), lock_age(self.path)) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _create(self) -> int | None:
+        """The lock, flocked and written under a temporary name, then linked into place;
+        None if a lock exists."""
+        import fcntl
+
+        from manifest.errors import StoreError
+
+        tmp = self.path.with_name(f".tmp-{self.path.name}-{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with contextlib.suppress(OSError):  # a filesystem without flock: no takeover
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             try:
-                write_all(fd, f"{os.getpid()} {socket.gethostname()} {time.time_ns()}\n".encode())
+                write_all(fd, owner_line())
             except OSError as exc:  # ENOSPC, EIO: leave no lock behind
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
                 raise StoreError(
                     str(self.path), f"cannot write lock: {exc.strerror or exc}"
                 ) from exc
-            self.fd = fd
-            return
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                os.close(fd)
+                return None
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+            # unlink first, then close (which drops the flock): a waiter that gets the flock
+            # of this file finds the path gone or naming another lock, never takes it over
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self) -> LockFile:
         self.acquire()
@@ -141,13 +174,91 @@ class LockFile:
         self.release()
 
 
-class LockOwner:
-    """Who wrote a lock file: ``pid host time_ns`` (older locks: ``pid host``)."""
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "-"
 
-    def __init__(self, pid: int, host: str, time_ns: int | None) -> None:
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), or ``-``: a pid reused by
+    another process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return "-"
+    fields = data[data.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else "-"
+
+
+def owner_line() -> bytes:
+    """``pid host time_ns boot_id start_ticks``: who holds a lock, precisely enough to tell
+    that it is gone even if its pid was reused."""
+    pid = os.getpid()
+    return (
+        f"{pid} {socket.gethostname()} {time.time_ns()} {_boot_id()} {_start_ticks(pid)}\n"
+    ).encode()
+
+
+def take_over_stale_lock(path: Path) -> bool:
+    """Remove the lock file ``path`` if its holder is provably gone: its flock is free (the
+    kernel released it), the path still names that file, and its process, on this host,
+    no longer exists (pid gone, reused, or another boot). True if removed (or gone)."""
+    import fcntl
+    import logging
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live process (or no flock here: nothing is proven)
+            return False
+        try:
+            mine, now = os.fstat(fd), os.stat(path)
+        except FileNotFoundError:
+            return True
+        if (mine.st_dev, mine.st_ino) != (now.st_dev, now.st_ino):
+            return False  # released and replaced meanwhile: a live lock
+        owner = _parse_owner(os.pread(fd, 512, 0))
+        if owner is None or not owner.gone:
+            return False
+        os.unlink(path)
+        logging.getLogger("manifest").warning(
+            "took over %s: the process that held it (pid %d on %s) is gone",
+            path,
+            owner.pid,
+            owner.host,
+        )
+        return True
+    finally:
+        os.close(fd)
+
+
+class LockOwner:
+    """Who wrote a lock file: ``pid host time_ns boot_id start_ticks`` (older locks: the
+    first two or three)."""
+
+    def __init__(
+        self,
+        pid: int,
+        host: str,
+        time_ns: int | None,
+        boot_id: str | None = None,
+        start_ticks: str | None = None,
+    ) -> None:
         self.pid = pid
         self.host = host
         self.time_ns = time_ns
+        self.boot_id = boot_id
+        self.start_ticks = start_ticks
 
     @property
     def stale(self) -> bool:
@@ -162,16 +273,40 @@ class LockOwner:
             return False
         return False
 
+    @property
+    def gone(self) -> bool:
+        """Provably gone: this host, and no process with its pid, or one that started
+        later (a reused pid) or in another boot."""
+        if self.host != socket.gethostname():
+            return False
+        if self.stale:
+            return True
+        if self.boot_id not in (None, "-") and self.boot_id != _boot_id():
+            return True
+        return self.start_ticks not in (None, "-") and self.start_ticks != _start_ticks(self.pid)
 
-def lock_owner(path: Path) -> LockOwner | None:
-    try:
-        parts = path.read_text("utf-8", "replace").split()
-    except OSError:
-        return None
+
+def _parse_owner(data: bytes) -> LockOwner | None:
+    parts = data.decode("utf-8", "replace").split()
     if len(parts) < 2 or not parts[0].isdigit():
         return None
     stamp = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-    return LockOwner(int(parts[0]), parts[1], stamp)
+    boot = parts[3] if len(parts) > 3 else None
+    ticks = parts[4] if len(parts) > 4 else None
+    return LockOwner(int(parts[0]), parts[1], stamp, boot, ticks)
+
+
+def lock_owner(path: Path) -> LockOwner | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return _parse_owner(os.pread(fd, 512, 0))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def lock_age(path: Path) -> float | None:

@@ -285,13 +285,23 @@ def fsck(repo: Repository) -> FsckReport:
     for lock in iter_locks(repo):
         owner = lock_owner(lock)
         age = lock_age(lock)
+        if owner is not None and owner.gone:
+            problems.append(
+                FsckProblem(
+                    "warning",
+                    str(lock),
+                    f"left by a crash: process {owner.pid} on {owner.host} is gone; the next "
+                    "writer takes it over (nothing is lost)",
+                )
+            )
+            continue
         if owner is not None and owner.stale:
             problems.append(
                 FsckProblem(
                     "error",
                     str(lock),
-                    f"stale lock: process {owner.pid} on {owner.host} is gone; it blocks "
-                    f"every update until removed: rm '{lock}'",
+                    f"stale lock: process {owner.pid} on {owner.host} is gone but still "
+                    f"holds it, or wrote it without the kernel lock; remove it: rm '{lock}'",
                 )
             )
             continue

@@ -213,3 +213,30 @@ def test_a_message_with_any_bytes_is_kept_escaped_by_every_command(run) -> None:
     shown = run("show", "last")
     assert "message  caf\\xe9" in shown.stdout
     assert "snapshot: caf\\xe9" in run("log").stdout
+
+
+def test_after_a_kill_9_holding_a_lock_fsck_warns_and_the_next_writer_proceeds(
+    run, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    assert run("snapshot", "--ref", "last").returncode == 0
+    code = (
+        "import sys, time; from pathlib import Path; from manifest.fsutil import LockFile;"
+        "lock = LockFile(Path(sys.argv[1])); lock.acquire(); print('held', flush=True);"
+        "time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "state" / "refs" / "last")],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    fsck = run("fsck")
+    assert fsck.returncode == 0, fsck.stdout
+    assert "warning" in fsck.stdout and "left by a crash" in fsck.stdout
+    again = run("snapshot", "--ref", "last", "-m", "after the crash")
+    assert again.returncode == 0, again.stderr
+    assert "took over" in again.stderr
+    assert run("fsck").stdout.strip().endswith("ok")
