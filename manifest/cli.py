@@ -201,6 +201,14 @@ def _options(
                 "give an existing folder\n"
             )
             raise typer.Exit(EXIT_ERROR) from None
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        sys.stderr.write(
+            "manifest: error: the current folder no longer exists (it was deleted or moved); "
+            "cd to an existing folder, or give one with -C DIR\n"
+        )
+        raise typer.Exit(EXIT_ERROR) from None
     ctx.obj = Options(root, store, mode, cooldown, no_pager, name)
 
 

@@ -144,6 +144,12 @@ def parse_duration(value: str, variable: str) -> float | None:
 DEFAULT_STORE_NAME = "raw"  # change_detection()'s default name
 
 
+def _real(path: Path) -> Path:
+    """The absolute path with symlinks resolved as far as they go (a symlink loop stays as
+    it is, for the store to report, never a RuntimeError)."""
+    return Path(os.path.realpath(path))
+
+
 def dagster_store(env: Mapping[str, str], cwd: Path, name: str | None = None) -> Path | None:
     """The store the Dagster glue keeps under ``$DAGSTER_HOME/state`` (None without
     DAGSTER_HOME): ``state/<name>`` for ``name``; else the store kept at ``state`` itself
@@ -156,7 +162,7 @@ def dagster_store(env: Mapping[str, str], cwd: Path, name: str | None = None) ->
                 "--name", name, "a DAGSTER_HOME to look under (DAGSTER_HOME is unset)"
             )
         return None
-    state = (cwd / os.path.expanduser(home) / DEFAULT_STATE_SUBDIR).resolve()
+    state = _real(cwd / os.path.expanduser(home) / DEFAULT_STATE_SUBDIR)
     if name:
         if "/" in name or name in (".", "..") or not name.strip():
             raise ConfigError("--name", name, "the name given to change_detection, e.g. raw")
@@ -178,7 +184,7 @@ def default_store(env: Mapping[str, str], cwd: Path, name: str | None = None) ->
     """The Dagster glue's store under ``$DAGSTER_HOME/state`` (:func:`dagster_store`) when
     DAGSTER_HOME is set, else ``./.manifest``."""
     found = dagster_store(env, cwd, name)
-    return found if found is not None else (cwd / FALLBACK_STATE_DIR).resolve()
+    return found if found is not None else _real(cwd / FALLBACK_STATE_DIR)
 
 
 CONFIG_FILE = "config.toml"
@@ -219,8 +225,10 @@ def find_store_file(store: Path, url: BucketURL | None = None) -> StoreFile | No
             return None
         data = got[0]
     else:
+        from manifest.fsutil import read_small_file
+
         try:
-            data = store.joinpath(CONFIG_FILE).read_bytes()
+            data = read_small_file(store / CONFIG_FILE)
         except (FileNotFoundError, NotADirectoryError):
             return None  # no config file (or no store folder: the verbs say so)
         except OSError as exc:
@@ -229,7 +237,12 @@ def find_store_file(store: Path, url: BucketURL | None = None) -> StoreFile | No
 
     try:
         return msgspec.convert(tomllib.loads(data.decode("utf-8")), StoreFile)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.ValidationError) as exc:
+    except (
+        tomllib.TOMLDecodeError,
+        UnicodeDecodeError,
+        msgspec.ValidationError,
+        RecursionError,
+    ) as exc:
         raise ConfigError(
             str(path), str(exc), "TOML with root, mode, include, exclude (see `manifest init`)"
         ) from exc
@@ -360,7 +373,7 @@ def load_config(
             store_path, store_source = found, "found"
         else:
             dagster = dagster_store(env, cwd, name)
-            store_path = dagster if dagster is not None else (cwd / FALLBACK_STATE_DIR).resolve()
+            store_path = dagster if dagster is not None else _real(cwd / FALLBACK_STATE_DIR)
             store_source = "--name" if name else "default"
     recorded = None if ignore_recorded else find_store_file(store_path, store_url)
     recorded_where = (
@@ -409,6 +422,19 @@ def load_config(
             )
     else:
         root_path = root_where
+    if root_url is None and root_path == Path(root_path.anchor):
+        raise ConfigError(
+            root_by or "root",
+            str(root_path),
+            "a data folder, not the file system's root (that would scan the whole machine)",
+        )
+    if store_url is None and (store_path.parent / "FORMAT").is_file():
+        raise ConfigError(
+            store_what if store_text else "store",
+            str(store_path),
+            f"a folder outside another store ({store_path.parent} is a manifest store; run "
+            "this from your project folder)",
+        )
     if (
         root_url is None
         and store_url is None

@@ -404,3 +404,33 @@ class StoreLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+SMALL_FILE_LIMIT = 1 << 20  # the store's own small files (config, markers, failure records)
+
+
+def read_small_file(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
+    """A small state file's bytes: opened without blocking (a FIFO in its place never hangs
+    the reader), refused unless a regular file, and at most ``limit`` bytes (a link to
+    /dev/zero never reads forever). Raises ``FileNotFoundError`` as ``read_bytes`` does,
+    ``OSError(EINVAL)`` naming what it is otherwise."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -670,11 +670,22 @@ class StatCache(CacheView):
 
 
 def open_index(path: Path) -> int:
-    """A read descriptor on the stat cache file, or -1 when it cannot be opened."""
+    """A read descriptor on the stat cache file, or -1 when it cannot be opened or is not a
+    regular file (opened without blocking: a FIFO in its place never hangs a status)."""
+    import stat
+
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return -1
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return -1
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
 
 
 def _write_frames(fd: int, records: Iterable[tuple[bytes, bytes]]) -> None:

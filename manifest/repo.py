@@ -31,7 +31,7 @@ from manifest.errors import (
     UnknownRevisionError,
     UnsetRefError,
 )
-from manifest.fsutil import StoreLock
+from manifest.fsutil import StoreLock, read_small_file
 from manifest.globs import PathFilter
 from manifest.index import StatCache, open_index, scan_context
 from manifest.maintenance import FsckProblem, FsckReport, GcResult
@@ -274,7 +274,7 @@ class Repository:
         if store.exists() and not store.is_dir():
             raise StoreError(str(store), "exists and is not a directory")
         try:
-            text = marker.read_text().strip()
+            text = read_small_file(marker, 64).decode("utf-8", "replace").strip()
         except FileNotFoundError:
             text = None
         except OSError as exc:
@@ -345,7 +345,7 @@ class Repository:
         if ancestry:
             sid = self.resolve(ancestry["base"])
             for step in re.findall(r"\^|~\d*", ancestry["steps"]):
-                count = 1 if step in ("^", "~") else int(step[1:])
+                count = 1 if step in ("^", "~") else _count(revision, step[1:])
                 for _ in range(count):
                     parent = self.read_snapshot(sid).parent
                     if parent is None:
@@ -360,7 +360,7 @@ class Repository:
             return sid
         match = _REFLOG_REV_RE.fullmatch(rev)
         if match:
-            return self._resolve_reflog(rev, match["ref"], int(match["n"]))
+            return self._resolve_reflog(rev, match["ref"], _count(revision, match["n"]))
         try:
             value = self.refs.find_ref(validate_ref_name(rev))
         except InvalidRefNameError:
@@ -1129,6 +1129,17 @@ def _details(changes: ChangeSet, pairs: dict[str, EntryPair]) -> tuple[Change, .
     return tuple(out)
 
 
+def _count(revision: str, digits: str) -> int:
+    """A count in ``REV~N`` or ``REF@{N}``: any number of digits is refused beyond what a
+    history can hold, with a message, not a ``ValueError``."""
+    if len(digits) > 9:
+        raise UnknownRevisionError(
+            escape_text(revision[:40]) + ("..." if len(revision) > 40 else ""),
+            f"a count of at most 9 digits ({len(digits)} given)",
+        )
+    return int(digits)
+
+
 def _find_entry(read: Callable[[str], Tree], root: str, path: str) -> TreeEntry | None:
     """A file's entry under the tree ``root`` (None if absent or a folder)."""
     tree_id = root
@@ -1171,8 +1182,10 @@ class LocalFiles:
         self.sync = sync
 
     def read(self, name: str) -> bytes | None:
+        from manifest.fsutil import read_small_file
+
         try:
-            return (self.store / name).read_bytes()
+            return read_small_file(self.store / name)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
