@@ -85,7 +85,7 @@ def mark(
     """Snapshots in ``roots`` and every tree below them (parents are history, not followed).
 
     With ``missing`` (fsck), missing and corrupt objects are collected; without it (gc), a
-    corrupt object or one that cannot be read raises: its children are unknown."""
+    missing, corrupt or unreadable object raises: its children are unknown."""
     seen: set[str] = set()
     stack: list[tuple[str, str]] = [(r, "ref") for r in sorted(roots)]
     while stack:
@@ -94,9 +94,18 @@ def mark(
             continue
         try:
             obj = repo.objects.read_object(oid)
-        except ObjectNotFoundError:
-            if missing is not None:
-                missing.append((oid, wanted_by))
+        except ObjectNotFoundError as exc:
+            if missing is None:
+                # what it references is unknown: deleting anything could delete what a
+                # restored copy of it needs, so gc fails closed (as on a damaged ref)
+                raise StoreError(
+                    repo.objects.where,
+                    f"gc stopped: object {oid} (wanted by {wanted_by}) is missing, so what "
+                    "it references is unknown and nothing was deleted; restore it from a "
+                    "backup, or run `manifest fsck` and move the refs that use it "
+                    "(`manifest reset`)",
+                ) from exc
+            missing.append((oid, wanted_by))
             continue
         except StoreError:
             if missing is None:

@@ -167,3 +167,31 @@ def test_fsck_reports_broken_tree_invariants_and_unlistable_folders(
     (tmp_path / "state" / "refs" / "last").mkdir()
     report = repo.fsck()
     assert any("is a folder" in p.message for p in report.problems)
+
+
+def test_gc_fails_closed_when_a_reachable_tree_is_missing(
+    make_repo: MakeRepo, raw: Path, tmp_path: Path
+) -> None:
+    """Issue 22.11: one tree of `last` lost: gc deletes nothing (what it reached is
+    unknown), so restoring the lost object from a backup still repairs the store."""
+    repo = make_repo()
+    repo.begin()
+    write(raw / "sub" / "deep" / "x.csv", "x\n")
+    repo.snapshot(ref="keep")
+    last = repo.find_ref("last")
+    assert last is not None
+    root = repo.read_snapshot(last).root
+    sub = next(e for e in repo.objects.read_tree(root).entries if e.kind == 1).digest.hex()
+    objects = tmp_path / "state" / "objects"
+    lost = next(p for p in objects.rglob("*") if p.is_file() and sub.endswith(p.name[-8:]))
+    backup = lost.read_bytes()
+    lost.unlink()
+    for obj in objects.rglob("*"):
+        if obj.is_file():
+            os.utime(obj, (time.time() - 7200,) * 2)
+    before = sorted(p.name for p in objects.rglob("*") if p.is_file())
+    with pytest.raises(StoreError, match="is missing, so what it references is unknown"):
+        repo.gc(grace_seconds=0)
+    assert sorted(p.name for p in objects.rglob("*") if p.is_file()) == before
+    lost.write_bytes(backup)  # the restore repairs the store
+    assert repo.fsck().ok
