@@ -1115,9 +1115,13 @@ class Repository:
 
 
 def _details(changes: ChangeSet, pairs: dict[str, EntryPair]) -> tuple[Change, ...]:
+    """Each changed *file* with its old and new fingerprint; a folder on one side is no
+    fingerprint (an added or removed folder is its files, listed each)."""
     out = []
     for path in sorted(pairs):
-        old, new = pairs[path]
+        old, new = (e if e is not None and e.kind != KIND_TREE else None for e in pairs[path])
+        if old is None and new is None:
+            continue
         out.append(
             Change(
                 path,

@@ -151,3 +151,27 @@ def test_mtime_mode_reports_no_renames(make_repo: MakeRepo, raw: Path) -> None:
     os.rename(raw / "l1", raw / "l2")
     changes = repo.status().changes
     assert changes.added == ("l2",) and changes.removed == ("l1",) and changes.renamed == ()
+
+
+def test_fingerprints_list_files_never_folders(tmp_path: Path) -> None:
+    """Issue 22.8: an added or removed folder is its files in `--fingerprints`, never a
+    `{"path": "a/sub", "change": "unchanged", "old": null, "new": null}` row."""
+    from manifest import Repository, load_config
+
+    root = tmp_path / "raw"
+    (root / "gone" / "deep").mkdir(parents=True)
+    (root / "gone" / "deep" / "x.csv").write_text("x\n")
+    (root / "keep.csv").write_text("k\n")
+    repo = Repository(load_config(root=root, store=tmp_path / "s", cooldown_sec=0, env={}))
+    repo.snapshot(ref="last")
+    import shutil
+
+    shutil.rmtree(root / "gone")
+    (root / "new" / "sub").mkdir(parents=True)
+    (root / "new" / "sub" / "y.csv").write_text("y\n")
+    details = repo.status(details=True).details
+    assert [(d.path, d.change) for d in details] == [
+        ("gone/deep/x.csv", "removed"),
+        ("new/sub/y.csv", "added"),
+    ]
+    assert all(d.old is not None or d.new is not None for d in details)
