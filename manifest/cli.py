@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 import typer
@@ -52,6 +52,7 @@ from manifest.globs import PathFilter
 from manifest.location import BucketURL, parse_location
 from manifest.maintenance import DEFAULT_EXPIRE
 from manifest.repo import GC_GRACE_SECONDS, LogEntry, Repository
+from manifest.scan import ScanResult
 from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
@@ -509,14 +510,21 @@ def snapshot(
     Example: manifest snapshot -m "before the backfill" --ref before-backfill
     """
     repo = _repo(ctx, must_exist=None)
+    scans: list[ScanResult] = []
     sid, changes = _with_progress(
         lambda progress: repo.snapshot(
-            message=message, ref=ref, on_hash=progress, on_walk=progress.walked
+            message=message,
+            ref=ref,
+            on_hash=progress,
+            on_walk=progress.walked,
+            on_scan=scans.append,
         ),
         repo,
     )
     if as_json:
-        print_json({**_where(repo), "id": sid, "ref": ref, **changes_json(changes)})
+        print_json(
+            {**_where(repo), "id": sid, "ref": ref, **changes_json(changes), **_scan_json(scans)}
+        )
     else:
         typer.echo(sid)
     if ref is None and not as_json:
@@ -587,6 +595,17 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _scan_json(scans: list[ScanResult]) -> dict[str, Any]:
+    """What a scan left out, as `status --json` says it: problems and settling paths."""
+    if not scans:
+        return {}
+    result = scans[-1]
+    return {
+        "problems": [{"path": p.path, "message": p.message} for p in result.problems],
+        "unstable": list(result.unstable),
+    }
+
+
 def _where(repo: Repository) -> dict[str, str]:
     """The store and root a command used, for its JSON."""
     return {"store": repo.config.store_text, "root": repo.config.root_text}
@@ -626,9 +645,10 @@ def diff(
     Example: manifest diff last@{1} last
     """
     repo = _repo(ctx)
-    changes, details = repo.diff_details(old, new)
+    scans: list[ScanResult] = []
+    changes, details = repo.diff_details(old, new, on_scan=scans.append)
     if as_json:
-        data = {**_where(repo), **changes_json(changes)}
+        data = {**_where(repo), **changes_json(changes), **_scan_json(scans)}
         if fingerprints:
             data["changes"] = msgspec.to_builtins(details)
         print_json(data)

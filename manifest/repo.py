@@ -635,6 +635,7 @@ class Repository:
         ref: str | None = None,
         on_hash: Callable[[int], None] | None = None,
         on_walk: Callable[[int, int], None] | None = None,
+        on_scan: Callable[[ScanResult], None] | None = None,
     ) -> tuple[SnapshotId, ChangeSet]:
         """Scan and store a snapshot and, with ``ref``, move ``ref`` to it.
 
@@ -646,6 +647,8 @@ class Repository:
             validate_ref_name(ref)
         parent = self._ref_snapshot(ref if ref is not None else REF_LAST)
         result = self.scan(base=parent, on_hash=on_hash, on_walk=on_walk)
+        if on_scan is not None:
+            on_scan(result)  # problems and settling paths, for the caller to report
         changes = self._diff_scan(parent, result)
         snap_id = self._write_snapshot(result, parent, changes, message)
         if ref is not None:
@@ -763,13 +766,20 @@ class Repository:
         return self.diff_details(old, new)[0]
 
     def diff_details(
-        self, old: str, new: str | None = None
+        self,
+        old: str,
+        new: str | None = None,
+        on_scan: Callable[[ScanResult], None] | None = None,
     ) -> tuple[ChangeSet, tuple[Change, ...]]:
-        """``diff``, and each change with its old and new fingerprint."""
+        """``diff``, and each change with its old and new fingerprint. Against the working
+        tree, ``on_scan`` receives the scan (its problems and settling paths)."""
         old_id = self.resolve(old)
         pairs: dict[str, EntryPair] = {}
         if new is None:
-            changes = self._diff_scan(old_id, self.scan(base=old_id), pairs)
+            result = self.scan(base=old_id)
+            if on_scan is not None:
+                on_scan(result)
+            changes = self._diff_scan(old_id, result, pairs)
         else:
             new_id = self.resolve(new)
             changes = diff_trees(

@@ -374,3 +374,15 @@ def test_words_one_file_and_no_placeholders(tmp_path: Path) -> None:
     for name in ["", *group.commands]:
         help_text = runner.invoke(app, [name, "--help"] if name else ["--help"]).output
         assert not re.search(r"<(str|int|float|int range|path)>", help_text), (name, help_text)
+
+
+def test_every_command_that_scans_says_what_it_left_out_in_json(raw: Path, tmp_path: Path) -> None:
+    """Issue 22.6: `snapshot --json` and `diff REV --json` (against the working tree) carry
+    the scan's problems and settling paths, as `status --json` does."""
+    _init(raw, tmp_path / "s")
+    base = ["--store", str(tmp_path / "s")]
+    assert runner.invoke(app, [*base, "snapshot", "--ref", "last"]).exit_code == 0
+    write(raw / "fresh.csv", "still being written\n", age=0)
+    for args in (["snapshot", "--json"], ["diff", "last", "--json"], ["status", "--json"]):
+        data = json.loads(runner.invoke(app, [*base, *args]).output)
+        assert data["unstable"] == ["fresh.csv"] and data["problems"] == [], args
