@@ -181,7 +181,10 @@ class BucketObjects(ObjectStore):
 
     def write_bytes(self, data: bytes) -> str:
         oid = object_id(data)
-        self.bucket.create(_object_key(oid), data)  # an existing object is the same bytes
+        if not self.bucket.create(_object_key(oid), data):
+            # it exists (the same bytes): put again, so its LastModified is new and gc's
+            # grace protects it from a gc on another host that found it unreferenced
+            self.bucket.put(_object_key(oid), data)
         return oid
 
     def write_many(self, objects: Mapping[str, bytes] | TreeSource) -> int:
@@ -190,20 +193,29 @@ class BucketObjects(ObjectStore):
         if not ids:
             return 0
         stored = set(self.iter_ids()) if len(ids) > 8 else {i for i in ids if self.contains(i)}
-        new = []
+        new: list[tuple[str, bytes]] = []
+        reused: list[tuple[str, bytes]] = []
+        built = objects if isinstance(objects, Mapping) else objects.built
         for oid in ids:
-            if oid in stored:
-                continue
+            if oid in stored and oid not in built:
+                continue  # reused from the stat cache: in the base snapshot already
             data = objects.get(oid)
             if data is None:
                 raise StoreError(self.where, f"the scan lost tree {oid}; scan again")
-            new.append((oid, data))
-        if not new:
+            (reused if oid in stored else new).append((oid, data))
+        if not new and not reused:
             return 0
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(WRITE_THREADS, len(new))) as pool:
-            for _ in pool.map(lambda item: self.bucket.create(_object_key(item[0]), item[1]), new):
+        def write(item: tuple[str, bytes], fresh: bool) -> None:
+            if fresh:
+                self.bucket.create(_object_key(item[0]), item[1])
+            else:  # freshen a reused tree (a new LastModified), as write_bytes does
+                self.bucket.put(_object_key(item[0]), item[1])
+
+        work = [(item, True) for item in new] + [(item, False) for item in reused]
+        with ThreadPoolExecutor(min(WRITE_THREADS, len(work))) as pool:
+            for _ in pool.map(lambda w: write(*w), work):
                 pass
         return len(new)
 

@@ -822,10 +822,20 @@ def gc(
         typer.Option(
             "--grace",
             metavar="SECONDS",
-            help="Keep unreferenced objects younger than this many seconds (a crashed "
-            "write's leftovers); writers are excluded while gc runs, so 0 is safe.",
+            help="Keep unreferenced objects younger than this many seconds (writers "
+            "freshen what they reuse). On a local store writers on this host are excluded "
+            "while gc runs, so 0 is safe when no other host shares the folder; on a bucket "
+            "store at least 900 (no lock reaches other hosts) unless --alone.",
         ),
     ] = f"{GC_GRACE_SECONDS:g}",
+    alone: Annotated[
+        bool,
+        typer.Option(
+            "--alone",
+            help="No process on another host writes to this store now: allow a bucket "
+            "store a grace below 900 seconds.",
+        ),
+    ] = False,
     expire: Annotated[
         str,
         typer.Option(
@@ -844,7 +854,7 @@ def gc(
     grace_seconds = parse_seconds(grace, "--grace")
     expire_seconds = parse_duration(expire, "--expire")
     repo = _repo(ctx)
-    result = repo.gc(grace_seconds=grace_seconds, expire_seconds=expire_seconds)
+    result = repo.gc(grace_seconds=grace_seconds, expire_seconds=expire_seconds, alone=alone)
     if as_json:
         print_json({**_where(repo), **msgspec.to_builtins(result)})
     else:

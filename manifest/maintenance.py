@@ -169,11 +169,15 @@ def iter_temp_files(store: Path) -> Iterator[Path]:
                 yield Path(dirpath, filename)
 
 
+BUCKET_GRACE_FLOOR = 900.0  # seconds; see gc()
+
+
 def gc(
     repo: Repository,
     *,
     grace_seconds: float,
     expire_seconds: float | None = None,
+    alone: bool = False,
 ) -> GcResult:
     """Expire old reflog lines (if ``expire_seconds``), then delete objects no ref or reflog
     line reaches and older than ``grace_seconds``, and temp files older than that.
@@ -185,6 +189,17 @@ def gc(
 
     grace = _seconds(grace_seconds, "--grace")
     expire = _seconds(expire_seconds, "--expire") if expire_seconds is not None else None
+    if repo.bucket is not None and grace < BUCKET_GRACE_FLOOR and not alone:
+        from manifest.errors import ConfigError
+
+        raise ConfigError(
+            "--grace",
+            grace,
+            f"at least {BUCKET_GRACE_FLOOR:g} seconds on a bucket store: no lock reaches "
+            "writers on other hosts, so only the grace period (writers freshen every object "
+            "they reuse) protects what a snapshot elsewhere is about to reference; a shorter "
+            "grace only with --alone, when no other host writes to this store",
+        )
     repo._check_format(create=False)
     store = repo.store
     if repo.bucket is not None:
@@ -195,7 +210,8 @@ def gc(
     with lock:
         expired = expire_reflogs(repo, expire) if expire is not None else 0
         try:
-            reachable = mark(repo, collect_roots(repo))
+            roots = collect_roots(repo)
+            reachable = mark(repo, roots)
         except StoreError as exc:
             if exc.problem.startswith("gc stopped"):
                 raise
@@ -204,8 +220,20 @@ def gc(
             ) from exc
         cutoff = time.time() - grace
         kept = removed = removed_bytes = temps = 0
+        doomed = []
         for oid, mtime, size in list(repo.objects.iter_infos(strict=True)):
             if oid in reachable or mtime > cutoff:
+                kept += 1
+            else:
+                doomed.append((oid, size))
+        # A second look at the refs right before deleting: a writer that no lock reaches (on
+        # another host) may have pointed a ref at an old object since the first (a `reset
+        # --create` to an old snapshot); what the refs reach now is never deleted.
+        again = collect_roots(repo) - roots
+        if again:
+            reachable |= mark(repo, again)
+        for oid, size in doomed:
+            if oid in reachable:
                 kept += 1
                 continue
             repo.objects.delete(oid)

@@ -68,11 +68,22 @@ class ObjectStore:
     def contains(self, oid: str) -> bool:
         return self._object_path(oid).exists()
 
+    def freshen(self, oid: str) -> bool:
+        """An existing object about to be used again gets a new mtime (git's freshening), so
+        gc's grace period protects it from a gc that found it unreferenced; False if absent."""
+        try:
+            os.utime(self._object_path(oid))
+        except FileNotFoundError:
+            return False
+        except OSError:  # read-only store: it exists; reading is all that is left to do
+            return self.contains(oid)
+        return True
+
     def write_bytes(self, data: bytes) -> str:
         """Store encoded bytes and return their id. Writing an existing object is a no-op."""
         oid = object_id(data)
         target = self._object_path(oid)
-        if target.exists():
+        if self.freshen(oid):
             return oid
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +99,11 @@ class ObjectStore:
         then made durable together by one ``syncfs`` (or, where that is unavailable, an
         fsync of each file and folder), before anything can refer to them."""
         new = []
+        built = objects if isinstance(objects, Mapping) else objects.built
         for oid in objects.keys() if isinstance(objects, Mapping) else objects.ids():
-            if self.contains(oid):
+            # a tree this scan built may be an old one again (content flipped back): freshen
+            # it; one reused from the stat cache is in the base snapshot already
+            if self.freshen(oid) if oid in built else self.contains(oid):
                 continue
             data = objects.get(oid)
             if data is None:

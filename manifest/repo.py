@@ -1113,11 +1113,18 @@ class Repository:
     # -- maintenance (manifest/maintenance.py) ------------------------------------------
 
     def gc(
-        self, *, grace_seconds: float = GC_GRACE_SECONDS, expire_seconds: float | None = None
+        self,
+        *,
+        grace_seconds: float = GC_GRACE_SECONDS,
+        expire_seconds: float | None = None,
+        alone: bool = False,
     ) -> GcResult:
         """Expire reflog lines older than ``expire_seconds`` (if given), then delete what no
-        ref or reflog line reaches. See :func:`manifest.maintenance.gc`."""
-        return maintenance.gc(self, grace_seconds=grace_seconds, expire_seconds=expire_seconds)
+        ref or reflog line reaches. ``alone``: no other host writes to this store (a bucket
+        store then allows a grace below the floor). See :func:`manifest.maintenance.gc`."""
+        return maintenance.gc(
+            self, grace_seconds=grace_seconds, expire_seconds=expire_seconds, alone=alone
+        )
 
     def fsck(self) -> FsckReport:
         """Verify every object, ref and reflog; list what is wrong."""

@@ -42,7 +42,7 @@ while True:
     if i % 4 == 0:
         repo.reset("manual", "last", message=f"by hand {i}", create=True)
     if i % 6 == 0:
-        repo.gc(grace_seconds=0, expire_seconds=0.5)
+        repo.gc(grace_seconds=0, expire_seconds=0.5, alone=True)
 """
 
 

@@ -195,3 +195,47 @@ def test_gc_fails_closed_when_a_reachable_tree_is_missing(
     assert sorted(p.name for p in objects.rglob("*") if p.is_file()) == before
     lost.write_bytes(backup)  # the restore repairs the store
     assert repo.fsck().ok
+
+
+def test_a_reused_object_is_freshened_and_gc_looks_at_the_refs_again(
+    make_repo: MakeRepo, raw: Path, tmp_path: Path
+) -> None:
+    """Issue 22.12: a tree a scan builds again (content flipped back to an old state) gets a
+    new mtime, so the grace protects it; a ref moved to an old unreferenced snapshot while
+    gc runs (a writer on another host, outside our lock) keeps it and its trees."""
+    repo = make_repo()
+    repo.begin()
+    objects = tmp_path / "state" / "objects"
+
+    def age_all() -> None:
+        for obj in objects.rglob("*"):
+            if obj.is_file():
+                os.utime(obj, (time.time() - 7200,) * 2)
+
+    write(raw / "flip" / "f.csv", "A\n")
+    old, _ = repo.snapshot(message="state A, never referenced")
+    tree_a = repo.read_snapshot(old).root
+    write(raw / "flip" / "f.csv", "B\n")
+    repo.snapshot(ref="last")
+    age_all()
+    write(raw / "flip" / "f.csv", "A\n")  # back to state A: its trees are built again
+    repo.snapshot(ref="last")
+    path = objects / tree_a[:2] / tree_a[2:]
+    assert time.time() - path.stat().st_mtime < 60  # freshened
+    # gc racing a ref move to the old, unreferenced snapshot `old`
+    age_all()
+    from manifest.objects import ObjectStore
+
+    listing = ObjectStore.iter_infos
+
+    def listing_while_another_host_resets(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        yield from listing(self, *args, **kwargs)
+        repo.refs.update_ref("keep", old, reason="reset by hand on another host")
+
+    ObjectStore.iter_infos = listing_while_another_host_resets  # type: ignore[method-assign]
+    try:
+        repo.gc(grace_seconds=0)
+    finally:
+        ObjectStore.iter_infos = listing  # type: ignore[method-assign]
+    assert repo.objects.find_snapshot(old) is not None
+    assert repo.fsck().ok
