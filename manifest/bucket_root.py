@@ -240,9 +240,22 @@ def scan_bucket(
         ids[folder] = oid
         counts[folder] = count
     unstable.sort()
+    # Trees the same as the base snapshot's at the same folder are "clean" (in the store,
+    # referenced by the base): only the others are written, or freshened when they exist.
+    changed = _changed_trees(ids, subdirs, base)
+    clean = {
+        oid: folder.encode("utf-8", "surrogateescape")
+        for folder, oid in ids.items()
+        if oid not in changed
+    }
     return ScanResult(
         root_id=ids[""],
-        trees=TreeSource(built, {}, None, mode == "content_hash"),
+        trees=TreeSource(
+            {oid: data for oid, data in built.items() if oid in changed},
+            clean,
+            None,
+            mode == "content_hash",
+        ),
         files=total_files,
         bytes=total_bytes,
         unstable=unstable,
@@ -251,6 +264,27 @@ def scan_bucket(
         hashed=hashed,
         started_ns=started,
     )
+
+
+def _changed_trees(ids: dict[str, str], subdirs: dict[str, set[str]], base: BaseTrees) -> set[str]:
+    """The new tree ids of folders whose tree differs from the base's at the same folder,
+    found top-down as a diff walks (base trees are read only along changed paths)."""
+    out: set[str] = set()
+    stack: list[tuple[str, str | None]] = [("", base.root_id)]
+    while stack:
+        folder, base_id = stack.pop()
+        new_id = ids.get(folder)
+        if new_id is None or new_id == base_id:
+            continue
+        out.add(new_id)
+        entries = base.entries_at(folder.encode("utf-8", "surrogateescape")) if base_id else None
+        for child in subdirs.get(folder, ()):
+            name = child[len(folder) : -1].encode("utf-8", "surrogateescape")
+            old = entries.get(name) if entries else None
+            stack.append(
+                (child, old.digest.hex() if old is not None and old.kind == KIND_TREE else None)
+            )
+    return out
 
 
 def _by_name(entry: TreeEntry) -> bytes:

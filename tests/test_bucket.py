@@ -339,3 +339,30 @@ def test_gc_on_a_bucket_fails_closed(urls: tuple[str, str]) -> None:
     bucket.delete("refs/keep/damaged")
     assert repo.gc(grace_seconds=0, alone=True).removed >= 1
     assert repo.objects.find_snapshot(orphan) is None
+
+
+def test_a_reused_tree_is_freshened_on_a_bucket_and_unchanged_ones_are_not(
+    urls: tuple[str, str],
+) -> None:
+    """Issue 22.12 on a bucket root and store: a tree built again after it fell out of every
+    ref is put again (a new LastModified, so gc's grace protects it); the trees the base
+    snapshot has are not written at all."""
+    raw, state = urls
+    repo = bucket_repo(raw, state)
+    upload(raw, {"flip/f.csv": b"A\n"})
+    old, _ = repo.snapshot(message="state A, never referenced")
+    upload(raw, {"flip/f.csv": b"B\n"})
+    repo.snapshot(ref="last")
+
+    def stamps() -> dict[str, float]:
+        return {oid: mtime for oid, mtime, _ in repo.objects.iter_infos()}
+
+    before = stamps()
+    time.sleep(1.1)  # LastModified has whole seconds
+    repo.snapshot(ref="last")  # nothing changed: nothing is written
+    after = stamps()
+    assert {k: after[k] for k in before} == before  # no existing object was put again
+    upload(raw, {"flip/f.csv": b"A\n"})
+    repo.snapshot(ref="last")
+    root_a = repo.read_snapshot(old).root
+    assert stamps()[root_a] > before[root_a]  # put again: freshened
