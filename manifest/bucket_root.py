@@ -13,8 +13,11 @@ Fingerprints by mode:
 * ``content_hash``: the BLAKE3 of the bytes, read only for keys whose size or ETag differs
   from the hash cache (kept in the state store, shared by every machine).
 
-The cooldown applies to last-modified: a key written less than ``cooldown`` ago keeps its
-previous entry (or is not there yet), and is listed as unstable.
+The cooldown applies to last-modified, which has whole seconds: a key is settled once
+``cooldown`` has passed since the *end* of its LastModified second (never early), else it
+keeps its previous entry (or is not there yet) and is listed as unstable. In ``mtime_size``
+mode a key also waits out its LastModified second with no cooldown: a same-size rewrite in
+that second would otherwise never be seen. Deletes are reported at once, cooldown or not.
 """
 
 from __future__ import annotations
@@ -138,7 +141,14 @@ def scan_bucket(
             continue
         mtime_ns = int(meta["last_modified"].timestamp()) * 1_000_000_000
         folder, name = folder_of(rel)
-        if now - mtime_ns < cooldown_ns:
+        # LastModified has whole seconds: the write may have been at any time in that
+        # second, so its age counts from the second's end (the cooldown is never short).
+        # mtime_size also waits that second out with no cooldown: a same-size rewrite in
+        # the same second would otherwise look unchanged forever.
+        written_by_ns = mtime_ns + 1_000_000_000
+        if (cooldown_ns and now - written_by_ns < cooldown_ns) or (
+            not cooldown_ns and mode == "mtime_size" and now < written_by_ns
+        ):
             unstable.append(rel)
             old = base.entry(folder.encode("utf-8", "surrogateescape"), name)
             if old is not None and old.kind == KIND_FILE:

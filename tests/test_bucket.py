@@ -128,6 +128,8 @@ def test_a_root_inside_its_store_is_refused_a_store_inside_its_root_is_skipped(
 def test_cycle_on_a_bucket_root_and_store(urls: tuple[str, str], mode: str) -> None:
     raw, state = urls
     repo = bucket_repo(raw, state, mode=mode)
+    if mode == "mtime_size":
+        time.sleep(1.1)  # a key waits out its LastModified second (issue 22.7)
     first = repo.begin()
     assert first.outcome == "baseline"
     assert repo.status().changes == ChangeSet()
@@ -138,6 +140,11 @@ def test_cycle_on_a_bucket_root_and_store(urls: tuple[str, str], mode: str) -> N
     upload(raw, {"links/analogy.txt": b"{concept_a} is LIKE {concept_b}\n"})  # same size
     upload(raw, {"concepts/descriptions/c3.txt": b"A stone.\n"})
     delete(raw, "concepts/descriptions/c1.txt")
+    if mode == "mtime_size":
+        settling = repo.status()  # the same second: not yet, and the delete at once
+        assert settling.changes.removed == ("concepts/descriptions/c1.txt",)
+        assert "links/analogy.txt" in settling.unstable
+        time.sleep(1.1)
     started = repo.begin()
     assert started.outcome == "started"
     assert started.changes == ChangeSet(
@@ -366,3 +373,40 @@ def test_a_reused_tree_is_freshened_on_a_bucket_and_unchanged_ones_are_not(
     repo.snapshot(ref="last")
     root_a = repo.read_snapshot(old).root
     assert stamps()[root_a] > before[root_a]  # put again: freshened
+
+
+def test_the_bucket_cooldown_counts_from_the_end_of_the_last_modified_second(
+    urls: tuple[str, str],
+) -> None:
+    """Issue 22.7: LastModified has whole seconds, so a key written at 10.9 s shows 10 s; its
+    cooldown must not end 0.9 s early."""
+    from manifest.bucket import Bucket
+    from manifest.bucket_root import scan_bucket
+    from manifest.globs import PathFilter
+    from manifest.scan import BaseTrees
+
+    raw, _state = urls
+    upload(raw, {"fresh.csv": b"x\n"})
+    where = parse_location(raw, "test")
+    assert isinstance(where, BucketURL)
+    bucket = Bucket(where)
+    (meta,) = [m for m in bucket.iter_keys() if m["path"] == "fresh.csv"]
+    second_ns = int(meta["last_modified"].timestamp()) * 10**9
+
+    def unstable(now_ns: int, cooldown_ns: int, mode: str = "etag") -> bool:
+        result = scan_bucket(
+            bucket,
+            mode=mode,
+            cooldown_ns=cooldown_ns,
+            path_filter=PathFilter((), ()),
+            base=BaseTrees(None, None),
+            hashes={},
+            now_ns=now_ns,
+        )
+        return "fresh.csv" in result.unstable
+
+    half = 5 * 10**8
+    assert unstable(second_ns + 14 * 10**8, half)  # 1.4 s after the second began: 0.4 s old
+    assert not unstable(second_ns + 16 * 10**8, half)
+    assert unstable(second_ns + 9 * 10**8, 0, "mtime_size")  # the same second: not yet
+    assert not unstable(second_ns + 9 * 10**8, 0, "etag")  # an ETag changes with the bytes

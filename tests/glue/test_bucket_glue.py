@@ -181,11 +181,11 @@ def test_component_yaml_on_buckets(s3: S3Server, monkeypatch: pytest.MonkeyPatch
         )
         with sandbox.build_all_defs() as defs, dg.instance_for_test() as instance:
             project = Project(defs, instance)
-            time.sleep(3.2)  # the Component keeps the default 3 s cooldown
+            time.sleep(4.2)  # the default 3 s cooldown, from the end of the LastModified second
             assert "baseline" in (project.tick().skip_message or "")
             upload(raw, {"customers.csv": b"id\n1\n2\n"})
             assert project.tick().run_requests == []  # still settling
-            time.sleep(3.2)
+            time.sleep(4.2)
             (request,) = project.tick().run_requests
             assert keys(request) == {"customers"}
             assert project.execute(request).success
