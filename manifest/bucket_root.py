@@ -102,6 +102,7 @@ def scan_bucket(
     started = time.time_ns()
     now = started if now_ns is None else now_ns
     metas = list_root(bucket)
+    markers = _folder_markers(bucket, metas)
     problems: list[ScanProblem] = []
     unstable: list[str] = []
     # folder path ("" or "a/b/") -> name -> entry; folders -> subfolder names
@@ -125,7 +126,7 @@ def scan_bucket(
 
     for meta in metas:
         rel = meta["path"]
-        if rel.endswith("/"):
+        if rel.endswith("/") or rel in markers:
             continue  # a "folder marker" some tools create
         if skip_prefix and (rel + "/").startswith(skip_prefix + "/"):
             continue
@@ -215,7 +216,7 @@ def scan_bucket(
                     total_files += 1
                     total_bytes += old.size
     if mode == "content_hash":
-        listed = {m["path"] for m in metas}
+        listed = {m["path"] for m in metas if m["path"] not in markers}
         for rel in [r for r in hashes if r not in listed]:
             del hashes[rel]
 
@@ -274,6 +275,38 @@ def scan_bucket(
         hashed=hashed,
         started_ns=started,
     )
+
+
+def _folder_markers(bucket: Bucket, metas: list[dict[str, Any]]) -> set[str]:
+    """Keys that are folder markers (``dir/``, written by consoles and many tools) although
+    the listing shows them without their slash, as some servers and the listing library do:
+    a listed key that is empty or also a prefix of other keys, which a HEAD of the same name
+    does not find (the real key has the slash). Real S3 lists them with the slash."""
+    folders = set()
+    for meta in metas:
+        head = meta["path"]
+        while "/" in head:
+            head = head.rpartition("/")[0]
+            if head in folders:
+                break
+            folders.add(head)
+    suspects = [
+        m["path"]
+        for m in metas
+        if not m["path"].endswith("/") and (int(m["size"]) == 0 or m["path"] in folders)
+    ]
+    if not suspects:
+        return set()
+
+    def is_marker(key: str) -> bool:
+        try:
+            return not bucket.exists(key)
+        except StoreError:
+            return False  # unknown: treat it as a key (its problems are reported later)
+
+    with ThreadPoolExecutor(min(HASH_THREADS, len(suspects))) as pool:
+        found = list(pool.map(is_marker, suspects))
+    return {key for key, marker in zip(suspects, found, strict=True) if marker}
 
 
 def _changed_trees(ids: dict[str, str], subdirs: dict[str, set[str]], base: BaseTrees) -> set[str]:

@@ -410,3 +410,26 @@ def test_the_bucket_cooldown_counts_from_the_end_of_the_last_modified_second(
     assert not unstable(second_ns + 16 * 10**8, half)
     assert unstable(second_ns + 9 * 10**8, 0, "mtime_size")  # the same second: not yet
     assert not unstable(second_ns + 9 * 10**8, 0, "etag")  # an ETag changes with the bytes
+
+
+@pytest.mark.parametrize("mode", ["mtime_size", "etag", "content_hash"])
+def test_folder_markers_are_ignored_in_every_mode(s3: S3Server, tmp_path: Path, mode: str) -> None:
+    """Issue 22.5: `dir/` keys (consoles, many tools) are no file and no problem, whether the
+    server lists them with the slash or, as this one does, without; a real empty file is
+    still a file."""
+    import urllib.request
+
+    bucket = s3.make_bucket("markers")
+    raw, state = f"s3://{bucket}/raw", f"s3://{s3.make_bucket('state')}/m"
+    for key, body in [("raw/dir/", b""), ("raw/dir/f.csv", b"f\n"), ("raw/emptydir/", b"")]:
+        request = urllib.request.Request(f"{s3.endpoint}/{bucket}/{key}", body, method="PUT")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    upload(raw, {"empty.csv": b""})
+    time.sleep(1.1)  # mtime_size waits out the LastModified second
+    repo = bucket_repo(raw, state, mode=mode)
+    status = repo.status()
+    assert status.problems == () and status.unstable == ()
+    assert status.changes.added == ("dir/f.csv", "empty.csv")
+    repo.snapshot(ref="last")
+    assert repo.status().changes == ChangeSet()
