@@ -235,7 +235,8 @@ def scan_bucket(
                 problems.append(
                     ScanProblem(
                         folder + child[len(folder) : -1],
-                        "is both a key and a prefix of other keys; the key is left out",
+                        "is both a key and a prefix of other keys; the key is left out (it "
+                        "counts as removed while the prefix exists): rename one of them",
                     )
                 )
                 total_files -= 1

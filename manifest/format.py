@@ -309,14 +309,16 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
             typer.echo(paint(f"\t... and {len(st.unstable) - len(shown)} more", "dim"))
         typer.echo("")
     if st.problems:
-        typer.echo("Scan problems (kept as they were in last):")
+        typer.echo("Scan problems (each kept as it was in last, unless it says otherwise):")
         for problem in st.problems:
             typer.echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
         typer.echo("")
     if st.stale_locks:
-        typer.echo("Stale locks (their process is gone; every update waits on them):")
+        typer.echo(
+            "Locks left by a crash (their process is gone; the next writer takes them over):"
+        )
         for lock in st.stale_locks:
-            typer.echo(paint(f"\trm {quote_path(lock)}", "red"))
+            typer.echo(paint(f"\t{quote_path(lock)}", "yellow"))
         typer.echo("")
     if not st.changes:
         typer.echo(f"nothing changed since last ({st.files} file{'' if st.files == 1 else 's'})")

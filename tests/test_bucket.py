@@ -433,3 +433,17 @@ def test_folder_markers_are_ignored_in_every_mode(s3: S3Server, tmp_path: Path, 
     assert status.changes.added == ("dir/f.csv", "empty.csv")
     repo.snapshot(ref="last")
     assert repo.status().changes == ChangeSet()
+
+
+def test_a_key_that_becomes_a_prefix_has_one_verdict(urls: tuple[str, str]) -> None:
+    """Issue 22.6: `k` in last, then `k/x` written: `k` is left out, the problem says it
+    counts as removed, and the changes say exactly that."""
+    raw, state = urls
+    upload(raw, {"k": b"file\n"})
+    repo = bucket_repo(raw, state, mode="etag")
+    repo.snapshot(ref="last")
+    upload(raw, {"k/x": b"below\n"})
+    status = repo.status()
+    assert status.changes.removed == ("k",) and status.changes.added == ("k/x",)
+    (problem,) = status.problems
+    assert problem.path == "k" and "counts as removed" in problem.message
