@@ -443,8 +443,14 @@ class BucketRefTransaction:
             read = self._doc.value if self._doc is not None else None
             wanted = read if expected is _ANY else expected
             self._loaded = False
-            actual = self._load().value
-            raise RefConflictError(self.name, wanted, actual)  # type: ignore[arg-type]
+            now = self._load()
+            if now.value == doc.value and now.log and doc.log and now.log[-1] == doc.log[-1]:
+                # Our own write: it was applied, its response was lost and the client's
+                # retry found the precondition changed by that very write. The ref holds our
+                # value with our log line (its time in nanoseconds makes it ours alone).
+                self._loaded = False
+                return
+            raise RefConflictError(self.name, wanted, now.value)  # type: ignore[arg-type]
         # the next operation in this transaction compares against what was just written
         self._loaded = False
 

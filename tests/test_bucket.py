@@ -447,3 +447,30 @@ def test_a_key_that_becomes_a_prefix_has_one_verdict(urls: tuple[str, str]) -> N
     assert status.changes.removed == ("k",) and status.changes.added == ("k/x",)
     (problem,) = status.problems
     assert problem.path == "k" and "counts as removed" in problem.message
+
+
+def test_a_ref_write_whose_response_is_lost_is_not_a_conflict(
+    urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22.13: the conditional write applied, the response was lost, the client's
+    retry failed its precondition: the ref holds the caller's own move, so it succeeded."""
+    from manifest.bucket import Bucket
+
+    raw, state = urls
+    repo = bucket_repo(raw, state)
+    repo.begin()  # the baseline
+    upload(raw, {"new.csv": b"n\n"})
+    real = Bucket.replace
+    lost = []
+
+    def replace_then_lose_the_answer(self: Bucket, key: str, data: bytes, etag: str | None) -> bool:
+        applied = real(self, key, data, etag)
+        if key.endswith("last") and applied and not lost:
+            lost.append(key)
+            return False  # what the retry of an applied write reports
+        return applied
+
+    monkeypatch.setattr(Bucket, "replace", replace_then_lose_the_answer)
+    sid, _ = repo.snapshot(ref="last", message="mine")
+    assert lost and repo.find_ref("last") == sid
+    assert repo.log("last")[0].reason == "snapshot: mine"
