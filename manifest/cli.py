@@ -56,6 +56,7 @@ from manifest.scan import ScanResult
 from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
+LOG_PAGE = 50  # moves `manifest log` shows on a terminal without -n
 
 app = typer.Typer(
     name="manifest",
@@ -551,6 +552,8 @@ def log(
     Example: manifest log last -n 5
     """
     repo = _repo(ctx)
+    if limit is None and not as_json and sys.stdout.isatty():
+        limit = LOG_PAGE  # a terminal gets a page; older moves on request
     entries = repo.log(ref, limit)
     if as_json:
         print_json([log_json(e) for e in entries])
@@ -566,6 +569,12 @@ def log(
             typer.echo(paint(f"    from {short(e.previous)}", "dim"))
             if e.runs:
                 typer.echo(paint(f"    runs {', '.join(e.runs)}", "dim"))
+        if limit is not None and len(entries) == limit:
+            total = repo.count_moves(ref)
+            if total > limit:
+                typer.echo(
+                    paint(f"... {total - limit} older moves: manifest log {ref} -n {total}", "dim")
+                )
 
 
 def _move_summary(repo: Repository, e: LogEntry) -> str:
@@ -574,7 +583,7 @@ def _move_summary(repo: Repository, e: LogEntry) -> str:
     if e.id is None:
         return "unset"
     if e.reason.startswith(("reset by hand", "deleted by hand")) or (
-        e.counts is not None and e.previous is not None and _parent(repo, e.id) != e.previous
+        e.counts is not None and e.previous is not None and e.parent != e.previous
     ):
         try:
             moved = repo.diff_snapshots(e.previous, e.id)
@@ -609,13 +618,6 @@ def _scan_json(scans: list[ScanResult]) -> dict[str, Any]:
 def _where(repo: Repository) -> dict[str, str]:
     """The store and root a command used, for its JSON."""
     return {"store": repo.config.store_text, "root": repo.config.root_text}
-
-
-def _parent(repo: Repository, sid: str) -> str | None:
-    try:
-        return repo.read_snapshot(sid).parent
-    except ManifestError:
-        return None
 
 
 @app.command()

@@ -128,6 +128,7 @@ class LogEntry(msgspec.Struct, frozen=True):
     reason: str
     counts: Counts | None
     runs: tuple[str, ...] = ()
+    parent: str | None = None  # the snapshot's own parent (None if unknown or the first)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -858,17 +859,42 @@ class Repository:
         entries = list(reversed(self.refs.read_moves(ref)))
         if limit is not None:
             entries = entries[:limit]
+
+        def find(snapshot_id: str | None) -> Snapshot | None:
+            if snapshot_id is None:
+                return None
+            try:
+                return self.objects.find_snapshot(snapshot_id)
+            except ManifestError:
+                return None
+
+        ids = list(dict.fromkeys(e.new for e in entries if e.new is not None))
+        if self.bucket is not None and len(ids) > 1:
+            from concurrent.futures import ThreadPoolExecutor  # a request each, on a bucket
+
+            with ThreadPoolExecutor(min(8, len(ids))) as pool:
+                snaps = dict(zip(ids, pool.map(find, ids), strict=True))
+        else:
+            snaps = {i: find(i) for i in ids}
         out = []
         for e in entries:
-            counts = None
-            if e.new is not None:
-                try:
-                    snap = self.objects.find_snapshot(e.new)
-                except ManifestError:
-                    snap = None
-                counts = snap.counts if snap is not None else None
-            out.append(LogEntry(e.new, e.old, e.time_ns, e.reason, counts, e.runs))
+            snap = snaps.get(e.new) if e.new is not None else None
+            out.append(
+                LogEntry(
+                    e.new,
+                    e.old,
+                    e.time_ns,
+                    e.reason,
+                    snap.counts if snap is not None else None,
+                    e.runs,
+                    parent=snap.parent if snap is not None else None,
+                )
+            )
         return out
+
+    def count_moves(self, ref: str = REF_LAST) -> int:
+        """How many moves ``ref``'s log holds (no snapshot is read)."""
+        return len(self.refs.read_moves(ref))
 
     # -- the processing cycle -----------------------------------------------------------
 
