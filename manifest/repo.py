@@ -946,11 +946,11 @@ class Repository:
                 message=f"recorded a baseline of {result.files} "
                 f"file{'' if result.files == 1 else 's'}; nothing to process",
             )
-        changes = self._diff_scan(last, result)
+        scanned = self._diff_scan(last, result)
         unfinished = self._ref_snapshot(REF_UNFINISHED)
-        carried: tuple[str, ...] = ()
-        if unfinished is not None:
-            changes, carried = self._carry(changes, unfinished, last, result)
+        changes, carried = (
+            self._carry(scanned, unfinished, last, result) if unfinished else (scanned, ())
+        )
         if not changes and rehash_all and last is not None:
             self._record_hashes(result, last)
         if not changes:
@@ -963,30 +963,48 @@ class Repository:
                 message="no changes since last"
                 + (f"; {len(unstable)} file(s) still settling" if unstable else ""),
             )
-        snap_id = self._write_snapshot(
-            result,
-            last,
-            changes,
-            "",
-            requested=tuple(sorted(set(carried) | set(changes.paths))) if carried else (),
-            labels=tuple(sorted((labels or {}).items())),
-            done=changes.done,
-            done_own=changes.done_own,
-        )
+
+        def write(changes: ChangeSet, carried: tuple[str, ...]) -> SnapshotId:
+            return self._write_snapshot(
+                result,
+                last,
+                changes,
+                "",
+                requested=tuple(sorted(set(carried) | set(changes.paths))) if carried else (),
+                labels=tuple(sorted((labels or {}).items())),
+                done=changes.done,
+                done_own=changes.done_own,
+            )
+
+        snap_id = write(changes, carried)
+        # Setting pending and taking over what unfinished carries are one step, under both
+        # locks (abandon takes them in the same order): if another cycle moved unfinished
+        # since it was read (it abandoned a pending, or carried one), what it holds now is
+        # carried instead, so no superseded change is ever dropped.
         with self.refs.transaction(REF_PENDING) as txn:
             current = txn.value
             if current is not None:
                 return self._in_flight(current, last)
-            txn.set(snap_id, expected=None, reason=f"{reason_prefix}: {_describe(changes)}")
-        if unfinished is not None:
-            # pending now carries its paths; a crash before this line only carries them twice
-            with contextlib.suppress(RefConflictError):
-                self.refs.update_ref(
-                    REF_UNFINISHED,
-                    None,
-                    expected=unfinished,
-                    reason=f"carried over into pending {snap_id[:12]}",
-                )
+            with self.refs.transaction(REF_UNFINISHED) as carry_txn:
+                now = carry_txn.value
+                if now != unfinished:
+                    unfinished = now
+                    changes, carried = (
+                        self._carry(scanned, now, last, result) if now else (scanned, ())
+                    )
+                    if not changes:  # another cycle took over all there was to do
+                        return CycleResult(
+                            "unchanged",
+                            None,
+                            last,
+                            unstable=unstable,
+                            problems=problems,
+                            message="no changes since last",
+                        )
+                    snap_id = write(changes, carried)
+                txn.set(snap_id, expected=None, reason=f"{reason_prefix}: {_describe(changes)}")
+                if unfinished is not None:
+                    carry_txn.set(None, reason=f"carried over into pending {snap_id[:12]}")
         return CycleResult(
             "started",
             snap_id,

@@ -437,3 +437,34 @@ def test_a_root_whose_path_is_not_utf8(tmp_path: Path) -> None:
     assert repo.status().changes == ChangeSet(modified=("a.csv",))
     sid, _ = repo.snapshot(ref="last")
     assert repo.read_snapshot(sid).data_root.endswith("raw-\\xff\\xfe")
+
+
+def test_two_overlapping_cycles_drop_no_change(make_repo: MakeRepo, raw: Path) -> None:
+    """Issue 22.10: while one cycle is between reading `unfinished` and setting `pending`,
+    another begins, is abandoned, and its file is restored: the first cycle's pending
+    carries the restored path, and `unfinished` is taken over in the same step."""
+    one, two = make_repo(), make_repo()
+    one.begin()  # the baseline
+    path = raw / "link_templates.csv"
+    good = path.read_text()
+    write(path, "broken\n")
+    write(raw / "other.csv", "unrelated\n")
+    real = Repository._write_snapshot
+    interleaved = []
+
+    def between_read_and_set(self: Repository, *args: object, **kwargs: object) -> object:
+        if self is one and not interleaved:
+            interleaved.append(True)
+            write(raw / "other.csv", "hidden from two\n")
+            started = two.begin()  # the other cycle: requests the broken file...
+            assert started.snapshot is not None
+            two.abandon(started.snapshot)  # ...whose run failed; the file is restored
+            write(path, good)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Repository, "_write_snapshot", between_read_and_set)
+        started = one.begin()
+    assert interleaved and started.outcome == "started"
+    assert "link_templates.csv" in started.changes.paths  # carried: never dropped
+    assert one.find_ref("unfinished") is None
