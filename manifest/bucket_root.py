@@ -105,6 +105,7 @@ def scan_bucket(
     markers = _folder_markers(bucket, metas)
     problems: list[ScanProblem] = []
     unstable: list[str] = []
+    skipped: list[str] = []
     # folder path ("" or "a/b/") -> name -> entry; folders -> subfolder names
     files: dict[str, dict[bytes, TreeEntry]] = {"": {}}
     subdirs: dict[str, set[str]] = {"": set()}
@@ -129,6 +130,8 @@ def scan_bucket(
         if rel.endswith("/") or rel in markers:
             continue  # a "folder marker" some tools create
         if skip_prefix and (rel + "/").startswith(skip_prefix + "/"):
+            if rel == skip_prefix:
+                skipped.append(rel)  # data named like the store's prefix: say it is left out
             continue
         parts = rel.split("/")
         if any(p in ("", ".", "..") for p in parts) or "\0" in rel:
@@ -272,7 +275,7 @@ def scan_bucket(
         bytes=total_bytes,
         unstable=unstable,
         problems=problems,
-        skipped=[],
+        skipped=skipped,
         hashed=hashed,
         started_ns=started,
     )

@@ -313,6 +313,14 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
         for problem in st.problems:
             typer.echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
         typer.echo("")
+    if st.skipped:
+        typer.echo(
+            "Left out (not files the store records: FIFOs, sockets, devices, or data "
+            "named like the store inside the root):"
+        )
+        for path in st.skipped:
+            typer.echo(paint(f"\t{quote_path(path)}", "dim"))
+        typer.echo("")
     if st.stale_locks:
         typer.echo(
             "Locks left by a crash (their process is gone; the next writer takes them over):"

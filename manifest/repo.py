@@ -480,7 +480,10 @@ class Repository:
         finally:
             stop_spares(spares)
         if save_cache and self.bucket is not None:
-            self._make_cache_dir()
+            try:
+                self._make_cache_dir()
+            except StoreError:
+                save_cache = False  # only a cache: reading needs none (a read-only home)
         if save_cache and self.store.is_dir():
             cache.save()
         return result

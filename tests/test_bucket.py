@@ -474,3 +474,24 @@ def test_a_ref_write_whose_response_is_lost_is_not_a_conflict(
     sid, _ = repo.snapshot(ref="last", message="mine")
     assert lost and repo.find_ref("last") == sid
     assert repo.log("last")[0].reason == "snapshot: mine"
+
+
+def test_a_key_named_like_the_store_is_named_and_reading_needs_no_cache_folder(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22.15: a data key named exactly like the store's prefix inside a bucket root is
+    listed among the skipped paths, not silently dropped; and a read-only command works
+    when this machine's cache folder cannot be created."""
+    bucket = s3.make_bucket("inside")
+    raw = f"s3://{bucket}/raw"
+    upload(raw, {"a.csv": b"a\n", ".manifest": b"data, not the store\n"})
+    repo = bucket_repo(raw, f"{raw}/.manifest")
+    repo.snapshot(ref="last")
+    status = repo.status()
+    assert status.skipped == (".manifest",) and status.changes == ChangeSet()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    monkeypatch.setenv("MANIFEST_CACHE_DIR", str(blocker / "cache"))
+    reader = bucket_repo(raw, f"{raw}/.manifest")
+    assert reader.status().changes == ChangeSet()  # no cache folder, no error
+    assert reader.log("last")
