@@ -424,9 +424,21 @@ class _Workers:
                 for _ in range(PREFETCH - 1):
                     assign(proc)
 
+        heard: dict[int, int] = {}  # pid -> when it last sent anything (monotonic ns)
+
+        def give_up_silent() -> None:
+            """A worker that stops answering (SIGSTOPped, hung) is given up like a dead one:
+            at once when the kernel says it is stopped, else after a long silence."""
+            now = time.monotonic_ns()
+            for proc in [p for p in self.procs if p.pid in busy]:
+                silent = now - heard.setdefault(proc.pid, now)
+                if (silent > STOPPED_AFTER_NS and _stopped(proc.pid)) or silent > SILENT_AFTER_NS:
+                    retire(proc)
+
         def handle(timeout: float) -> None:
             for key, _ in selector.select(timeout=timeout):
                 proc = key.data
+                heard[proc.pid] = time.monotonic_ns()
                 messages, eof = readers[proc.pid].feed(proc.stdout)
                 for message in messages:
                     if isinstance(message, Progress):
@@ -469,6 +481,7 @@ class _Workers:
                     spawned = True
                 if busy:
                     handle(0.0 if queue else 1.0)
+                    give_up_silent()
                 if queue:
                     number = queue.popleft()
                     _scan_here(scanner, *tasks[number])
@@ -526,6 +539,21 @@ def _read_message(stream: object, decoder: msgspec.msgpack.Decoder[Setup | Task]
     if len(data) < length:
         return None
     return decoder.decode(data)
+
+
+STOPPED_AFTER_NS: Final = 2_000_000_000  # a stopped worker (state T) is given up after this
+SILENT_AFTER_NS: Final = 600_000_000_000  # any worker silent this long is given up
+
+
+def _stopped(pid: int) -> bool:
+    """The kernel has process ``pid`` stopped (SIGSTOP, a debugger): state T or t."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return False
+    rest = data[data.rfind(b")") + 2 :]
+    return rest[:1] in (b"T", b"t")
 
 
 class _WorkerProgress:

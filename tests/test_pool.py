@@ -353,3 +353,26 @@ print(r2.jobs, len(r1.problems), r1.root_id == r2.root_id, r1.files, r2.files)
     jobs, problems, same, files_one, files_two = out.split()
     assert (jobs, problems) == ("2", "24")
     assert (same, files_one, files_two) == ("True", "984", "984")
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_stopped_worker_is_given_up_like_a_dead_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22.15: a worker that stops answering (SIGSTOP) would make the scan wait
+    forever; it is given up (killed, its tasks scanned here) within seconds."""
+    import time
+
+    raw = tmp_path / "raw"
+    _tree(raw)
+    (tmp_path / "one").mkdir()
+    expected = _repo(tmp_path, "one", 1).scan(base=None)
+    stopped = (
+        "import os, signal, sys; sys.stdin.buffer.read(8); os.kill(os.getpid(), signal.SIGSTOP)"
+    )
+    monkeypatch.setattr(manifest.pool, "worker_argv", lambda: [sys.executable, "-c", stopped])
+    (tmp_path / "two").mkdir()
+    started = time.monotonic()
+    got = _repo(tmp_path, "two", 2).scan(base=None)
+    assert time.monotonic() - started < 30
+    assert (got.root_id, got.files, got.bytes) == (expected.root_id, expected.files, expected.bytes)
