@@ -61,6 +61,19 @@ def describe(exc: BaseException) -> str:
     return first[:300]
 
 
+def invalid_key(exc: BaseException | None) -> str | None:
+    """The key named by the listing library's refusal of a key that is not a path it accepts
+    (``a//b``, ``./x``), or None for any other error."""
+    import re
+
+    while exc is not None:
+        if type(exc).__name__ == "InvalidPathError":
+            found = re.search(r'parsing Path "(.*?)"', str(exc), re.DOTALL)
+            return found.group(1) if found else ""
+        exc = exc.__cause__
+    return None
+
+
 def _errors() -> Any:
     import obstore.exceptions
 
@@ -154,6 +167,8 @@ class Bucket:
         try:
             next(iter(self.obs.list(self.store, None, chunk_size=1)), None)
         except Exception as exc:
+            if invalid_key(exc) is not None:
+                return  # it lists; one key is not a path the library accepts (the scan says)
             if as_root:
                 raise RootError(str(self.url), f"cannot be listed: {describe(exc)}") from exc
             raise StoreError(str(self.url), f"cannot be listed: {describe(exc)}") from exc

@@ -30,7 +30,7 @@ from typing import Any, Final
 import msgspec
 from blake3 import blake3
 
-from manifest.bucket import Bucket, describe
+from manifest.bucket import Bucket, describe, invalid_key
 from manifest.errors import RootError, StoreError
 from manifest.globs import PathFilter
 from manifest.model import KIND_FILE, KIND_TREE, Tree, TreeEntry, encode_object
@@ -73,8 +73,31 @@ def list_root(bucket: Bucket) -> list[dict[str, Any]]:
         with ThreadPoolExecutor(min(LIST_THREADS, len(prefixes))) as pool:
             parts = list(pool.map(lambda p: list(bucket.iter_keys(p.rstrip("/"))), prefixes))
     except StoreError as exc:
-        raise RootError(str(bucket.url), exc.problem) from exc
+        bad = invalid_key(exc)
+        if bad is None:
+            raise RootError(str(bucket.url), exc.problem) from exc
+        return _list_every_key(bucket, bad, exc)
     return top + [m for part in parts for m in part]
+
+
+def _list_every_key(bucket: Bucket, bad: str, exc: StoreError) -> list[dict[str, Any]]:
+    """The listing library refused the root because of one key that is not a path it
+    accepts (anyone can upload ``a//b``): list it ourselves, so the scan leaves such keys out
+    and names them, and every other key is scanned as usual."""
+    from manifest.s3list import NoCredentials, list_keys
+
+    if bucket.url.scheme == "s3":
+        try:
+            return list(list_keys(bucket.url))
+        except NoCredentials:
+            pass
+        except Exception as error:  # the listing's own faults, named like the library's
+            raise RootError(str(bucket.url), f"cannot be listed: {describe(error)}") from error
+    raise RootError(
+        str(bucket.url),
+        f"cannot be listed: the key {bad!r} is not a path the listing accepts (this one needs "
+        "S3 credentials in the environment to be left out); rename or delete that key",
+    ) from exc
 
 
 def _etag(meta: dict[str, Any]) -> str:
@@ -134,8 +157,16 @@ def scan_bucket(
                 skipped.append(rel)  # data named like the store's prefix: say it is left out
             continue
         parts = rel.split("/")
-        if any(p in ("", ".", "..") for p in parts) or "\0" in rel:
-            problems.append(ScanProblem(rel, "a key that is not a file path; it is left out"))
+        if any(p in ("", ".", "..") for p in parts) or any(
+            ord(c) < 0x20 or ord(c) == 0x7F for c in rel
+        ):
+            problems.append(
+                ScanProblem(
+                    rel,
+                    "a key that is not a file path (an empty, '.' or '..' part, or a control "
+                    "character); it is left out: rename it",
+                )
+            )
             continue
         if not path_filter.everything and not path_filter.wants_file(rel):
             continue

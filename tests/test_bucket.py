@@ -495,3 +495,31 @@ def test_a_key_named_like_the_store_is_named_and_reading_needs_no_cache_folder(
     reader = bucket_repo(raw, f"{raw}/.manifest")
     assert reader.status().changes == ChangeSet()  # no cache folder, no error
     assert reader.log("last")
+
+
+def test_one_invalid_key_does_not_stop_the_root(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22.4: keys such as `a//b`, `./x`, `x/../y` or with a tab or ESC (anyone can
+    upload them) are reported as problems, named, and left out; the rest is scanned."""
+    import urllib.parse
+    import urllib.request
+
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = s3.make_bucket("hostile")
+    raw, state = f"s3://{bucket}/raw", f"s3://{s3.make_bucket('state')}/m"
+    upload(raw, {"ok.csv": b"ok\n"})
+    hostile = ["a//b", "./x", "x/../y", "t\tab", "e\x1bsc"]
+    for key in hostile:
+        quoted = urllib.parse.quote(f"raw/{key}", safe="/")
+        request = urllib.request.Request(f"{s3.endpoint}/{bucket}/{quoted}", b"1", method="PUT")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    repo = bucket_repo(raw, state, mode="etag")
+    status = repo.status()
+    assert status.changes.added == ("ok.csv",)
+    assert sorted(p.path for p in status.problems) == sorted(hostile)
+    assert all("left out" in p.message for p in status.problems)
+    repo.snapshot(ref="last")
+    assert repo.status().changes == ChangeSet()
