@@ -80,6 +80,47 @@ class Cycle(RuleBasedStateMachine):
         self.pending_content = dict(self.working)
         self.owed = set()
 
+    @precondition(lambda self: self.pending is None)
+    @rule(path=st.sampled_from(PATHS), text=st.sampled_from(["x", "y", "zz"]))
+    def begin_while_another_cycle_runs(self, path: str, text: str) -> None:
+        """Two interleaved cycles (issue 22.10): between this begin's scan and its move of
+        pending, another process begins, is abandoned, and a file changes. Nothing the
+        other cycle requested is lost: this pending carries it."""
+        other = Repository(
+            load_config(root=self.root, store=self.dir / "state", cooldown_sec=0, env={}),
+            lock_timeout=1.0,
+        )
+        scanned = self._differs() | self.owed  # what this begin's scan sees and owes
+        content = dict(self.working)
+        real = Repository._write_snapshot
+        seen: list[bool] = []
+
+        def interleave(repo: Repository, *args: object, **kwargs: object) -> object:
+            if repo is self.repo and not seen:
+                seen.append(True)
+                started = other.begin()
+                if started.outcome == "started" and started.snapshot is not None:
+                    other.abandon(started.snapshot)
+                write(self.root / path, text)
+                self.working[path] = text
+            return real(repo, *args, **kwargs)  # type: ignore[arg-type]
+
+        Repository._write_snapshot = interleave  # type: ignore[assignment,method-assign]
+        try:
+            result = self.repo.begin()
+        finally:
+            Repository._write_snapshot = real  # type: ignore[method-assign]
+        if not scanned:
+            assert result.outcome == "unchanged"
+            return
+        assert result.outcome == "started" and result.snapshot is not None
+        assert set(result.changes.paths) == scanned  # the other cycle's request included
+        assert self.repo.find_ref("unfinished") is None  # taken over in the same step
+        self.pending = result.snapshot
+        self.pending_paths = scanned
+        self.pending_content = content
+        self.owed = set()
+
     @precondition(lambda self: self.pending is not None)
     @rule()
     def promote(self) -> None:
