@@ -956,16 +956,17 @@ class Repository:
         )
         if not changes and rehash_all and last is not None:
             self._record_hashes(result, last)
+        unchanged = CycleResult(
+            "unchanged",
+            None,
+            last,
+            unstable=unstable,
+            problems=problems,
+            message="no changes since last"
+            + (f"; {len(unstable)} file(s) still settling" if unstable else ""),
+        )
         if not changes:
-            return CycleResult(
-                "unchanged",
-                None,
-                last,
-                unstable=unstable,
-                problems=problems,
-                message="no changes since last"
-                + (f"; {len(unstable)} file(s) still settling" if unstable else ""),
-            )
+            return unchanged
 
         def write(changes: ChangeSet, carried: tuple[str, ...]) -> SnapshotId:
             return self._write_snapshot(
@@ -996,14 +997,7 @@ class Repository:
                         self._carry(scanned, now, last, result) if now else (scanned, ())
                     )
                     if not changes:  # another cycle took over all there was to do
-                        return CycleResult(
-                            "unchanged",
-                            None,
-                            last,
-                            unstable=unstable,
-                            problems=problems,
-                            message="no changes since last",
-                        )
+                        return unchanged
                     snap_id = write(changes, carried)
                 txn.set(snap_id, expected=None, reason=f"{reason_prefix}: {_describe(changes)}")
                 if unfinished is not None:
