@@ -442,8 +442,8 @@ def tick_child(root: str, state: str, runs: int) -> None:
     t_import = time.perf_counter()
     import dagster as dg
 
-    from dagster_glue.definitions import build
-    from dagster_glue.settings import GlueSettings
+    from dagster_glue.sample.definitions import build
+    from dagster_glue.sample.settings import GlueSettings
 
     import_s = time.perf_counter() - t_import
     result: dict[str, object] = {"import_s": import_s}

@@ -2,13 +2,15 @@
 needs. ``change_detection(...)`` in Python, ``ChangeDetectionComponent`` in a ``defs.yaml``."""
 
 from dagster_glue.component import ChangeDetectionComponent
-from dagster_glue.factory import change_detection
+from dagster_glue.factory import ASSET_MODES, change_detection, parse_cron
 from dagster_glue.resource import SOURCE_PATH, ManifestResource, resource_key
 
 __all__ = [
+    "ASSET_MODES",
     "SOURCE_PATH",
     "ChangeDetectionComponent",
     "ManifestResource",
     "change_detection",
+    "parse_cron",
     "resource_key",
 ]

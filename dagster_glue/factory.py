@@ -22,7 +22,8 @@ def _value(value: Any) -> Any:
     return value.get_value() if isinstance(value, dg.EnvVar) else value
 
 
-def _cron(value: Any, variable: str) -> str:
+def parse_cron(value: Any, variable: str) -> str:
+    """A 5-field cron expression (a ``dg.EnvVar`` is read now), or a ``ConfigError``."""
     text = str(_value(value) or "").strip()
     try:
         with warnings.catch_warnings():
@@ -185,13 +186,13 @@ def change_detection(
     schedules = [
         schedule(
             schedule_name,
-            _cron(cron, "cron"),
+            parse_cron(cron, "cron"),
             f"Scan {shown_root} and request one run for what changed since last.",
             rehash_all=False,
         ),
         schedule(
             f"{name}_full_hash_check",
-            _cron(full_hash_cron, "full_hash_cron"),
+            parse_cron(full_hash_cron, "full_hash_cron"),
             f"Re-hash every file under {shown_root}, ignoring the stat cache, and request "
             "whatever content differs from last.",
             rehash_all=True,

@@ -14,8 +14,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from dagster_glue.definitions import build
-from dagster_glue.settings import GlueSettings
+from dagster_glue.sample.definitions import build
+from dagster_glue.sample.settings import GlueSettings
 from manifest import Repository, load_config
 
 SAMPLE = Path(__file__).parents[2] / "data" / "1_raw"

@@ -39,7 +39,7 @@ def _sample_deployment(tmp_path: Path) -> tuple[Path, Path, Path]:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: dagster_glue.definitions\n"
+        "load_from:\n  - python_module:\n      module_name: dagster_glue.sample.definitions\n"
         f"      working_directory: {REPO_ROOT}\n"
     )
     return root, home, workspace

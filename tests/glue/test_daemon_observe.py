@@ -40,7 +40,7 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
         "load_from:\n"
-        "  - python_module:\n      module_name: dagster_glue.definitions\n"
+        "  - python_module:\n      module_name: dagster_glue.sample.definitions\n"
         f"      working_directory: {REPO_ROOT}\n"
         "  - python_module:\n      module_name: tests.glue.projects.flaky_observe\n"
         f"      working_directory: {REPO_ROOT}\n"

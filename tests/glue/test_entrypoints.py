@@ -27,7 +27,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     before = sorted(p.stat().st_mtime_ns for p in (REPO_ROOT / "data" / "1_raw").rglob("*"))
     proc = subprocess.run(
-        [sys.executable, "-m", "dagster_glue.demo"],
+        [sys.executable, "-m", "dagster_glue.sample.demo"],
         cwd=REPO_ROOT,
         env=_env(tmp_path),
         capture_output=True,

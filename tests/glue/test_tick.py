@@ -12,10 +12,10 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from dagster_glue.assets import RAW_FILES
-from dagster_glue.definitions import defs as sample_defs
 from dagster_glue.planning import find_watched, match
-from dagster_glue.settings import load_glue_settings
+from dagster_glue.sample.assets import RAW_FILES
+from dagster_glue.sample.definitions import defs as sample_defs
+from dagster_glue.sample.settings import load_glue_settings
 from manifest.errors import ConfigError
 
 from .harness import edit
@@ -281,7 +281,7 @@ def test_bad_glue_settings_name_the_variable(variable: str, value: str) -> None:
 
 
 def test_schedule_is_stopped_unless_enabled() -> None:
-    from dagster_glue.definitions import build
+    from dagster_glue.sample.definitions import build
 
     off = build(load_glue_settings({}))
     on = build(load_glue_settings({"RAW_SCHEDULE_ENABLED": "true", "RAW_SCAN_CRON": "* * * * *"}))

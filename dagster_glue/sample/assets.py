@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_glue import SOURCE_PATH, ManifestResource
-from dagster_glue import sample as S
+from dagster_glue.sample import pipeline as S
 
 RAW_FILES: dict[str, str] = {
     "raw_concepts": S.CONCEPTS_CSV,

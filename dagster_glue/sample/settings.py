@@ -10,7 +10,7 @@ from typing import Literal
 
 import msgspec
 
-from dagster_glue.factory import ASSET_MODES, _cron
+from dagster_glue import ASSET_MODES, parse_cron
 from manifest.config import parse_seconds
 from manifest.errors import ConfigError
 
@@ -64,11 +64,11 @@ def load_glue_settings(env: Mapping[str, str] | None = None) -> GlueSettings:
         raise ConfigError(ENV_ENABLED, enabled_text, "true or false")
     return GlueSettings(
         asset_mode=mode,  # type: ignore[arg-type]
-        cron=_cron(env.get(ENV_CRON, "").strip() or DEFAULT_CRON, ENV_CRON),
+        cron=parse_cron(env.get(ENV_CRON, "").strip() or DEFAULT_CRON, ENV_CRON),
         enabled=enabled_text in ("true", "1", "yes"),
         max_attempts=_positive_int(env, ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS),
         batch_size=_positive_int(env, ENV_BATCH_SIZE, DEFAULT_BATCH_SIZE),
-        full_hash_cron=_cron(
+        full_hash_cron=parse_cron(
             env.get(ENV_FULL_HASH_CRON, "").strip() or DEFAULT_FULL_HASH_CRON, ENV_FULL_HASH_CRON
         ),
         run_grace_sec=parse_seconds(env.get(ENV_RUN_GRACE) or DEFAULT_RUN_GRACE_SEC, ENV_RUN_GRACE),

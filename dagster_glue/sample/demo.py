@@ -1,4 +1,4 @@
-"""``python -m dagster_glue.demo``: the whole story on a copy of the bundled sample data.
+"""``python -m dagster_glue.sample.demo``: the whole story on a copy of the bundled sample data.
 
 Baseline tick; full materialization; one edited CSV; the next tick requests exactly one run
 for that file's asset and its downstream; the run executes in process; `last` is promoted;
@@ -34,8 +34,8 @@ def main() -> int:
         old = time.time_ns() - 3600 * 10**9
         for path in root.rglob("*"):
             os.utime(path, ns=(old, old))
-        from dagster_glue.definitions import build
-        from dagster_glue.settings import load_glue_settings
+        from dagster_glue.sample.definitions import build
+        from dagster_glue.sample.settings import load_glue_settings
         from manifest import Repository, load_config
 
         env = {"RAW_DATA_DIR": str(root), "RAW_STATE_DIR": str(Path(tmp) / "state")}

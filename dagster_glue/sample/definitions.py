@@ -10,9 +10,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_glue.assets import sample_assets
-from dagster_glue.factory import change_detection
-from dagster_glue.settings import GlueSettings, load_glue_settings
+from dagster_glue import change_detection
+from dagster_glue.sample.assets import sample_assets
+from dagster_glue.sample.settings import GlueSettings, load_glue_settings
 from manifest import Config, load_config
 
 
