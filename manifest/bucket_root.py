@@ -315,8 +315,9 @@ def scan_bucket(
 def _folder_markers(bucket: Bucket, metas: list[dict[str, Any]]) -> set[str]:
     """Keys that are folder markers (``dir/``, written by consoles and many tools) although
     the listing shows them without their slash, as some servers and the listing library do:
-    a listed key that is empty or also a prefix of other keys, which a HEAD of the same name
-    does not find (the real key has the slash). Real S3 lists them with the slash."""
+    a listed key that is also a prefix of other keys (or, on such a server, empty), which a
+    HEAD of the same name does not find (the real key has the slash). Real S3 lists them with
+    the slash, so there only keys that are also prefixes cost a HEAD."""
     folders = set()
     for meta in metas:
         head = meta["path"]
@@ -325,13 +326,6 @@ def _folder_markers(bucket: Bucket, metas: list[dict[str, Any]]) -> set[str]:
             if head in folders:
                 break
             folders.add(head)
-    suspects = [
-        m["path"]
-        for m in metas
-        if not m["path"].endswith("/") and (int(m["size"]) == 0 or m["path"] in folders)
-    ]
-    if not suspects:
-        return set()
 
     def is_marker(key: str) -> bool:
         try:
@@ -339,9 +333,25 @@ def _folder_markers(bucket: Bucket, metas: list[dict[str, Any]]) -> set[str]:
         except StoreError:
             return False  # unknown: treat it as a key (its problems are reported later)
 
-    with ThreadPoolExecutor(min(HASH_THREADS, len(suspects))) as pool:
-        found = list(pool.map(is_marker, suspects))
-    return {key for key, marker in zip(suspects, found, strict=True) if marker}
+    def probe(keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        with ThreadPoolExecutor(min(HASH_THREADS, len(keys))) as pool:
+            found = list(pool.map(is_marker, keys))
+        return {key for key, marker in zip(keys, found, strict=True) if marker}
+
+    # Keys that are also prefixes are rare: always probed. Empty keys (_SUCCESS, .keep) are
+    # many: probed only on a server shown, by such a probe, to drop markers' slashes.
+    markers = probe([m["path"] for m in metas if m["path"] in folders])
+    if markers:
+        markers |= probe(
+            [
+                m["path"]
+                for m in metas
+                if int(m["size"]) == 0 and m["path"] not in folders and m["path"][-1:] != "/"
+            ]
+        )
+    return markers
 
 
 def _changed_trees(ids: dict[str, str], subdirs: dict[str, set[str]], base: BaseTrees) -> set[str]:

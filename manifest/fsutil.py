@@ -4,6 +4,7 @@ fsync of the folder. Readers see the old bytes or the new bytes, never a mix."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -67,8 +68,15 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True, exclusive: bool 
                 os.link(tmp, path)
             except FileExistsError:
                 return False
+            except OSError as exc:  # no hard links here: the best this filesystem allows
+                if exc.errno not in _NO_LINKS or path.exists():
+                    if path.exists():
+                        return False
+                    raise
+                os.replace(tmp, path)
             finally:
-                os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         else:
             os.replace(tmp, path)
     except BaseException:
@@ -78,6 +86,9 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True, exclusive: bool 
     if sync:
         fsync_dir(path.parent)
     return True
+
+
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 
 
 class LockFile:
@@ -148,6 +159,11 @@ class LockFile:
             except FileExistsError:
                 os.close(fd)
                 return None
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                os.close(fd)
+                return self._create_without_links()
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
@@ -156,6 +172,27 @@ class LockFile:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _create_without_links(self) -> int | None:
+        """A filesystem without hard links (exFAT, some network and FUSE filesystems): the
+        lock file itself, ``O_CREAT|O_EXCL``, then flocked (a waiter may see it for an
+        instant before its flock: takeover then needs its process to be provably gone)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return None
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            write_all(fd, owner_line())
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise
+        return fd
 
     def release(self) -> None:
         if self.fd is not None:

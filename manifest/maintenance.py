@@ -229,10 +229,16 @@ def gc(
         # A second look at the refs right before deleting: a writer that no lock reaches (on
         # another host) may have pointed a ref at an old object since the first (a `reset
         # --create` to an old snapshot); what the refs reach now is never deleted.
-        again = collect_roots(repo) - roots
-        if again:
-            reachable |= mark(repo, again)
+        # And again at least every second while deleting (a bucket deletes one request at
+        # a time): the window for a ref moved by a writer no lock reaches stays that short.
+        looked = 0.0
         for oid, size in doomed:
+            if time.monotonic() - looked >= 1.0:
+                again = collect_roots(repo) - roots
+                if again:
+                    reachable |= mark(repo, again)
+                    roots |= again
+                looked = time.monotonic()
             if oid in reachable:
                 kept += 1
                 continue

@@ -989,6 +989,11 @@ class Repository:
             current = txn.value
             if current is not None:
                 return self._in_flight(current, last)
+            moved = self.refs.find_ref(REF_LAST)
+            if moved != last:
+                # another cycle promoted (or someone reset last) during this scan: this
+                # snapshot's diff base is stale; the next tick scans against the new last
+                raise RefConflictError(REF_LAST, last, moved)
             with self.refs.transaction(REF_UNFINISHED) as carry_txn:
                 now = carry_txn.value
                 if now != unfinished:

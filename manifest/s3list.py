@@ -38,6 +38,32 @@ def _sign(key: bytes, message: str) -> bytes:
     return hmac.new(key, message.encode(), hashlib.sha256).digest()
 
 
+def decode_key(text: str) -> str:
+    """A key as ``encoding-type=url`` sends it: S3 writes a space as ``+`` and ``+`` as
+    ``%2B`` (botocore decodes with ``unquote_plus`` too); undecodable bytes stay escaped
+    as surrogates, as file names are."""
+    return urllib.parse.unquote_plus(text, errors="surrogateescape")
+
+
+def _fetch(request: urllib.request.Request, attempts: int = 3) -> bytes:
+    """The response body; a server error or a dropped connection is tried again."""
+    import time
+    import urllib.error
+
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == attempts - 1:
+                raise
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            if attempt == attempts - 1:
+                raise
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def list_keys(url: BucketURL, env: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """Every key below ``url`` as the listing library shows them (``path`` relative to the
     prefix, ``size``, ``last_modified``, ``e_tag``), whatever its name."""
@@ -52,6 +78,9 @@ def list_keys(url: BucketURL, env: Mapping[str, str] | None = None) -> Iterator[
         parts = urllib.parse.urlsplit(endpoint)
         host, base = parts.netloc, f"{parts.scheme}://{parts.netloc}"
         path = f"{parts.path.rstrip('/')}/{_quote(url.bucket)}"
+    elif "." in url.bucket:  # a dotted name breaks the wildcard certificate: path-style
+        host = f"s3.{region}.amazonaws.com"
+        base, path = f"https://{host}", f"/{_quote(url.bucket)}"
     else:
         host = f"{url.bucket}.s3.{region}.amazonaws.com"
         base, path = f"https://{host}", "/"
@@ -95,10 +124,9 @@ def list_keys(url: BucketURL, env: Mapping[str, str] | None = None) -> Iterator[
             f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, "
             f"Signature={signature}",
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            root = ElementTree.fromstring(response.read())
+        root = ElementTree.fromstring(_fetch(request))
         for item in root.iter(f"{_NS}Contents"):
-            name = urllib.parse.unquote(item.findtext(f"{_NS}Key") or "", errors="surrogateescape")
+            name = decode_key(item.findtext(f"{_NS}Key") or "")
             modified = item.findtext(f"{_NS}LastModified") or ""
             yield {
                 "path": name[len(prefix) :],

@@ -523,3 +523,34 @@ def test_one_invalid_key_does_not_stop_the_root(
     assert all("left out" in p.message for p in status.problems)
     repo.snapshot(ref="last")
     assert repo.status().changes == ChangeSet()
+
+
+def test_keys_listed_url_encoded_decode_as_s3_sends_them() -> None:
+    from manifest.s3list import decode_key
+
+    assert decode_key("a+b.txt") == "a b.txt"  # S3 sends a space as "+"
+    assert decode_key("a%2Bb.txt") == "a+b.txt"
+    assert decode_key("t%09ab") == "t\tab"
+
+
+def test_empty_keys_cost_no_request_where_markers_keep_their_slash(
+    urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty keys (Spark's _SUCCESS, .keep) are probed for being folder markers only on a
+    server shown to drop markers' slashes; otherwise a scan makes no request per key."""
+    from manifest.bucket import Bucket
+
+    raw, state = urls
+    upload(raw, {f"out/part{i}/_SUCCESS": b"" for i in range(20)})
+    heads: list[str] = []
+    real = Bucket.exists
+
+    def counting(self: Bucket, key: str) -> bool:
+        heads.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(Bucket, "exists", counting)
+    time.sleep(1.1)
+    status = bucket_repo(raw, state, mode="etag").status()
+    assert "out/part0/_SUCCESS" in status.changes.added
+    assert not any(k.endswith("_SUCCESS") for k in heads)

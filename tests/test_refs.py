@@ -268,3 +268,24 @@ def test_a_holder_killed_with_sigkill_blocks_nobody(refs: RefStore, tmp_path: Pa
     refs.lock_timeout = 0.0
     refs.update_ref("last", "a" * 64, reason="x")  # no person needed
     assert refs.find_ref("last") == "a" * 64
+
+
+def test_locks_work_where_hard_links_do_not(
+    refs: RefStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exFAT, some network and FUSE filesystems have no hard links: locks fall back to
+    O_CREAT|O_EXCL on the lock file itself, and still exclude each other."""
+    import errno as _errno
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(_errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    refs.update_ref("last", "a" * 64, reason="x")
+    assert refs.find_ref("last") == "a" * 64
+    from manifest.fsutil import LockFile
+
+    with LockFile(tmp_path / "refs" / "last", timeout=0.0):
+        refs.lock_timeout = 0.0
+        with pytest.raises(LockHeldError):
+            refs.update_ref("last", "b" * 64, reason="x")

@@ -468,3 +468,32 @@ def test_two_overlapping_cycles_drop_no_change(make_repo: MakeRepo, raw: Path) -
     assert interleaved and started.outcome == "started"
     assert "link_templates.csv" in started.changes.paths  # carried: never dropped
     assert one.find_ref("unfinished") is None
+
+
+def test_a_begin_whose_last_moved_during_its_scan_sets_no_stale_pending(
+    make_repo: MakeRepo, raw: Path
+) -> None:
+    """Review of issue 22.10: another cycle promotes while this begin scans; its snapshot's
+    diff base is then stale, so it sets nothing (retryable) and the next begin is exact."""
+    from manifest.errors import RefConflictError
+
+    one, two = make_repo(), make_repo()
+    one.begin()
+    write(raw / "x.csv", "v1\n")
+    real = Repository._write_snapshot
+    interleaved: list[bool] = []
+
+    def full_cycle_meanwhile(self: Repository, *args: object, **kwargs: object) -> object:
+        if self is one and not interleaved:
+            interleaved.append(True)
+            started = two.begin()
+            assert started.snapshot is not None
+            two.promote(started.snapshot)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Repository, "_write_snapshot", full_cycle_meanwhile)
+        with pytest.raises(RefConflictError):
+            one.begin()
+    assert one.find_ref("pending") is None
+    assert one.begin().outcome == "unchanged"  # x.csv was processed by the other cycle
