@@ -178,7 +178,7 @@ def test_content_hash_reads_only_objects_whose_etag_changed(urls: tuple[str, str
 def test_cooldown_applies_to_last_modified(urls: tuple[str, str]) -> None:
     raw, state = urls
     bucket_repo(raw, state).begin()
-    time.sleep(3.2)  # the sample is now older than the cooldown below
+    time.sleep(4.2)  # older than the cooldown below, from the end of its LastModified second
     upload(raw, {"links/new.txt": b"fresh\n"})
     status = bucket_repo(raw, state, cooldown_sec=2.5).status()
     assert status.unstable == ("links/new.txt",)
