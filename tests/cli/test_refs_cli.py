@@ -105,7 +105,8 @@ def test_unset_last_messages_never_suggest_last(raw: Path, tmp_path: Path) -> No
     assert "No `last` yet" in status and 'use "manifest diff last"' not in status
 
 
-def test_requeue_refuses_a_path_that_is_not_in_last(tmp_path: Path) -> None:
+def _one_file_store(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A root with a.csv and an initialised store; the CLI arguments that reach them."""
     from typer.testing import CliRunner
 
     from manifest.cli import app
@@ -114,8 +115,17 @@ def test_requeue_refuses_a_path_that_is_not_in_last(tmp_path: Path) -> None:
     raw.mkdir()
     (raw / "a.csv").write_text("x\n")
     base = ["--store", str(tmp_path / "s"), "--cooldown", "0"]
+    assert CliRunner().invoke(app, [*base, "init", "--root", str(raw)]).exit_code == 0
+    return raw, base
+
+
+def test_requeue_refuses_a_path_that_is_not_in_last(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from manifest.cli import app
+
+    _raw, base = _one_file_store(tmp_path)
     runner = CliRunner()
-    assert runner.invoke(app, [*base, "init", "--root", str(raw)]).exit_code == 0
     assert runner.invoke(app, [*base, "snapshot", "--ref", "last"]).exit_code == 0
     out = runner.invoke(app, [*base, "requeue", "data/1_raw/a.csv"])
     assert out.exit_code == 3 and "data/1_raw/a.csv" in out.output
@@ -132,12 +142,8 @@ def test_log_reads_only_the_moves_it_shows(tmp_path: Path, monkeypatch: pytest.M
     from manifest.cli import app
     from manifest.objects import ObjectStore
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "a.csv").write_text("x\n")
-    base = ["--store", str(tmp_path / "s"), "--cooldown", "0"]
+    raw, base = _one_file_store(tmp_path)
     runner = CliRunner()
-    assert runner.invoke(app, [*base, "init", "--root", str(raw)]).exit_code == 0
     one = runner.invoke(app, [*base, "snapshot", "--ref", "last"]).output.strip()
     (raw / "a.csv").write_text("y\n")
     two = runner.invoke(app, [*base, "snapshot", "--ref", "last"]).output.strip()
