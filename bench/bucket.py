@@ -97,7 +97,8 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
     from blake3 import blake3
 
     from manifest import Repository, load_config
-    from manifest.location import BucketURL, open_bucket
+    from manifest.location import BucketURL
+    from manifest.store.s3 import open_bucket
 
     bucket, state = f"bench-raw-{args.keys}", f"bench-state-{time.time_ns()}"
     for name in (bucket, state):

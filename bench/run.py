@@ -63,8 +63,8 @@ def byte_compile(before: Path | None) -> None:
 
 
 def python_jobs() -> int:
-    """How many processes a big scan uses here (``manifest.pool.choose_jobs``)."""
-    from manifest.pool import choose_jobs
+    """How many processes a big scan uses here (``manifest.root.pool.choose_jobs``)."""
+    from manifest.root.pool import choose_jobs
 
     return choose_jobs(None, None)
 
@@ -358,7 +358,7 @@ def appended_folders(index: Path, start: int) -> list[bytes] | None:
     tail does not parse."""
     import msgspec
 
-    from manifest.index import RECORD_FRAME as frame
+    from manifest.root.index import RECORD_FRAME as frame
 
     data = index.read_bytes()[start:]
     out: list[bytes] = []

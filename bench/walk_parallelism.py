@@ -6,7 +6,7 @@ row per entry, one BLAKE3 of the msgpack rows per folder) and prints the wall ti
 ``serial``, ``threadsN`` (a thread pool of N) or ``procsN`` (N spawned processes, the folders
 dealt out in 8N chunks). docs/benchmarks.md quotes its figures: on this 2-core machine two
 threads were no faster than one, usually slower (the GIL is handed over at every system
-call); two processes were ~2x faster. That is why ``manifest.pool`` uses processes.
+call); two processes were ~2x faster. That is why ``manifest.root.pool`` uses processes.
 
 MODE ``floorN`` is the Python stat floor ``bench/run.py`` measures as a peer: any tree, the
 top-level folders dealt out to N spawned processes, each walking its subtrees the same way

@@ -17,7 +17,8 @@ from manifest import Repository, TreeEntry, load_config
 from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC
 from manifest.errors import ConfigError
 from manifest.globs import compile_globs
-from manifest.location import BucketURL, parse_location
+from manifest.location import absolute_location
+from manifest.root import Root, open_root
 from manifest.text import escape_path, unescape_path
 
 SOURCE_PATH = "source_path"
@@ -107,30 +108,29 @@ class ManifestResource(dg.ConfigurableResource):
         )
         return Repository(config, lock_timeout=self.lock_timeout_sec)
 
-    def _bucket_root(self) -> BucketURL | None:
-        where = parse_location(self.root, "root")
-        return where if isinstance(where, BucketURL) else None
+    def _root(self) -> Root:
+        """The root, opened to read and list files."""
+        return open_root(absolute_location(self.root, "root", Path.cwd()))
 
     def root_location(self) -> str:
         """The root as text: a local folder's absolute path, or its bucket URL."""
-        url = self._bucket_root()
-        return str(url) if url is not None else str(self.root_path())
+        return self._root().text
 
     def location(self, rel_path: str) -> str:
         """Where a file under the root is (``rel_path`` as in ``source_path``), as text."""
-        return f"{self.root_location()}/{rel_path}"
+        return self._root().location_of(rel_path)
 
     def root_path(self) -> Path:
         """The root folder. A root on a bucket has none: use ``read_bytes``/``location``."""
-        where = parse_location(self.root, "root")
-        if isinstance(where, BucketURL):
+        root = self._root()
+        if root.local_path is None:
             raise ConfigError(
                 "root",
-                str(where),
+                root.text,
                 "a local folder for root_path()/path(); this root is on a bucket, so read "
                 "its files with read_bytes(rel_path) or read_text(rel_path)",
             )
-        return Path(os.path.realpath(os.path.expanduser(where)))
+        return root.local_path
 
     def path(self, rel_path: str) -> Path:
         """The absolute path of a file under a local root (``rel_path`` as in
@@ -139,30 +139,14 @@ class ManifestResource(dg.ConfigurableResource):
 
     def read_bytes(self, rel_path: str) -> bytes:
         """A file's bytes under the root, local or on a bucket."""
-        url = self._bucket_root()
-        if url is None:
-            return self.path(rel_path).read_bytes()
-        from manifest.bucket import Bucket
-
-        got = Bucket(url).get(rel_path)
-        if got is None:
-            raise FileNotFoundError(f"{url}/{rel_path}")
-        return got[0]
+        return self._root().read_bytes(rel_path)
 
     def read_text(self, rel_path: str, encoding: str = "utf-8") -> str:
         return self.read_bytes(rel_path).decode(encoding)
 
     def list_files(self, prefix: str = "") -> list[str]:
         """Relative paths of the files under ``prefix`` (a folder under the root), sorted."""
-        url = self._bucket_root()
-        if url is None:
-            base = self.root_path()
-            top = base / prefix if prefix else base
-            return sorted(p.relative_to(base).as_posix() for p in top.rglob("*") if p.is_file())
-        from manifest.bucket import Bucket
-
-        keys = Bucket(url).iter_keys(prefix.strip("/") or None)
-        return sorted(m["path"] for m in keys if not m["path"].endswith("/"))
+        return self._root().list_files(prefix)
 
     # -- helpers for the user's raw assets -----------------------------------------------
 

@@ -10,8 +10,7 @@ import dagster as dg
 from dagster_glue import tags as T
 from dagster_glue.resource import ManifestResource
 from dagster_glue.tick import Glue
-from manifest import ManifestError
-from manifest.refs import REF_PENDING
+from manifest import REF_PENDING, ManifestError
 
 
 def promotion_sensor(glue: Glue, job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:

@@ -18,9 +18,8 @@ import dagster as dg
 from dagster_glue import planning
 from dagster_glue import tags as T
 from dagster_glue.resource import ManifestResource, observation_version, resource_key
-from manifest import ChangeSet, ManifestError, Repository
+from manifest import REF_LAST, REF_PENDING, ChangeSet, ManifestError, Repository
 from manifest.reconcile import Decision, RunInfo, RunState, reconcile
-from manifest.refs import REF_LAST, REF_PENDING
 from manifest.text import escape_path
 
 AssetMode = Literal["materialize", "observe"]

@@ -2,7 +2,7 @@
 
 The engine imports only the standard library, ``msgspec`` and ``blake3`` (and ``obstore``
 when a root or store is a bucket URL, only then). The names below
-are imported on first use (PEP 562), so a scan worker process (``manifest.pool``) starts
+are imported on first use (PEP 562), so a scan worker process (``manifest.root.pool``) starts
 without loading the verbs it does not need.
 """
 
@@ -21,9 +21,9 @@ _EXPORTS = {
     "Snapshot": "manifest.model",
     "SnapshotId": "manifest.model",
     "TreeEntry": "manifest.model",
-    "REF_LAST": "manifest.refs",
-    "REF_PENDING": "manifest.refs",
-    "REF_UNFINISHED": "manifest.refs",
+    "REF_LAST": "manifest.store.refs",
+    "REF_PENDING": "manifest.store.refs",
+    "REF_UNFINISHED": "manifest.store.refs",
     "CycleResult": "manifest.repo",
     "FsckReport": "manifest.repo",
     "GcResult": "manifest.repo",
@@ -55,8 +55,8 @@ if TYPE_CHECKING:
     from manifest.config import Config, load_config
     from manifest.errors import ManifestError
     from manifest.model import ChangeSet, Snapshot, SnapshotId, TreeEntry
-    from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED
     from manifest.repo import CycleResult, FsckReport, GcResult, LogEntry, Repository, Status
+    from manifest.store.refs import REF_LAST, REF_PENDING, REF_UNFINISHED
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,7 @@ from manifest.config import (
     parse_seconds,
 )
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
-from manifest.errors import ManifestError, NoStoreError, RootError
+from manifest.errors import ManifestError, NoStoreError
 from manifest.format import (
     HashProgress,
     changes_json,
@@ -49,10 +49,10 @@ from manifest.format import (
     status_json,
 )
 from manifest.globs import PathFilter
-from manifest.location import BucketURL, parse_location
+from manifest.location import absolute_location
 from manifest.maintenance import DEFAULT_EXPIRE
 from manifest.repo import GC_GRACE_SECONDS, LogEntry, Repository
-from manifest.scan import ScanResult
+from manifest.scanresult import ScanResult
 from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
@@ -422,8 +422,7 @@ def init(
     cwd = Path.cwd()
     named = options.store or os.environ.get(ENV_STATE_DIR, "").strip()
     if named:
-        where = parse_location(named, "--store")
-        store_arg: str | Path = str(where) if isinstance(where, BucketURL) else cwd / where
+        store_arg: str | Path = str(absolute_location(named, "--store", cwd))
     elif options.name:
         store_arg = default_store(os.environ, cwd, options.name)
     else:
@@ -446,14 +445,7 @@ def init(
         ignore_recorded=True,
     )
     PathFilter(config.include, config.exclude)  # refuse bad globs before writing anything
-    repo = Repository(config)
-    if config.root_url is not None:
-        from manifest.bucket import Bucket
-
-        Bucket(config.root_url).check(as_root=True)
-    elif not config.root.is_dir():
-        raise RootError(str(config.root), "is not an existing folder; create it or pass --root")
-    repo.init(force=force)
+    Repository(config).init(force=force)
     typer.echo(
         f"Initialized a manifest store in {quote_path(config.store_text)} "
         f"(root {quote_path(config.root_text)}, {config.mode})"

@@ -15,8 +15,8 @@ from typing import Literal
 
 import msgspec
 
-from manifest.errors import ConfigError
-from manifest.location import BucketURL, parse_location
+from manifest.errors import ConfigError, StoreError
+from manifest.location import BucketURL, Location, parse_location
 
 HashMode = Literal["content_hash", "mtime_size", "etag"]
 Bootstrap = Literal["baseline", "all"]
@@ -42,8 +42,6 @@ ENV_LOCK_TIMEOUT = "RAW_LOCK_TIMEOUT_SEC"
 DEFAULT_LOCK_TIMEOUT_SEC = 5.0
 # Processes that walk a big tree: a number, or "auto" (one per core for big trees)
 ENV_JOBS = "MANIFEST_JOBS"
-# Where a bucket store keeps this machine's stat cache (default: $XDG_CACHE_HOME/manifest)
-ENV_CACHE_DIR = "MANIFEST_CACHE_DIR"
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -61,7 +59,7 @@ class Config(msgspec.Struct, frozen=True):
     exclude: tuple[str, ...] = ()
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
     lock_timeout_sec: float = DEFAULT_LOCK_TIMEOUT_SEC
-    jobs: int | None = None  # scan processes; None: automatic (manifest.pool.choose_jobs)
+    jobs: int | None = None  # scan processes; None: automatic (manifest.root.pool.choose_jobs)
     # how the store was chosen: --store, RAW_STATE_DIR, found (walking up), default
     store_source: str = "default"
     searched: tuple[Path, ...] = ()
@@ -71,6 +69,16 @@ class Config(msgspec.Struct, frozen=True):
     recorded: bool = False
     # where the root came from: an argument or variable (its name), the store, the default
     root_source: str = "default"
+
+    @property
+    def root_location(self) -> Location:
+        """The root: its bucket URL, else its folder."""
+        return self.root_url if self.root_url is not None else self.root
+
+    @property
+    def store_location(self) -> Location:
+        """The store: its bucket URL, else its folder."""
+        return self.store_url if self.store_url is not None else self.store
 
     @property
     def root_text(self) -> str:
@@ -212,27 +220,19 @@ def find_store(start: Path) -> tuple[Path | None, tuple[Path, ...]]:
     return None, tuple(searched)
 
 
-def find_store_file(store: Path, url: BucketURL | None = None) -> StoreFile | None:
-    """The settings the store records in its ``config.toml`` (on the bucket for a bucket
-    store), or None when it records none."""
-    path: str | Path = store / CONFIG_FILE
-    if url is not None:
-        from manifest.bucket import Bucket  # only for a bucket store
+def find_store_file(store: Location) -> StoreFile | None:
+    """The settings the store at ``store`` (a folder or a bucket URL) records in its
+    ``config.toml``, or None when it records none."""
+    from manifest.store import open_store
 
-        path = f"{url}/{CONFIG_FILE}"
-        got = Bucket(url).get(CONFIG_FILE)
-        if got is None:
-            return None
-        data = got[0]
-    else:
-        from manifest.fsutil import read_small_file
-
-        try:
-            data = read_small_file(store / CONFIG_FILE)
-        except (FileNotFoundError, NotADirectoryError):
-            return None  # no config file (or no store folder: the verbs say so)
-        except OSError as exc:
-            raise ConfigError(str(path), exc.strerror, "a readable file") from exc
+    files = open_store(store).files
+    path = files.where(CONFIG_FILE)
+    try:
+        data = files.read(CONFIG_FILE)
+    except StoreError as exc:
+        raise ConfigError(path, exc.problem, "a readable file") from exc
+    if data is None:
+        return None  # no config file (or no store folder: the verbs say so)
     import tomllib  # only when a store has a config file
 
     try:
@@ -246,20 +246,6 @@ def find_store_file(store: Path, url: BucketURL | None = None) -> StoreFile | No
         raise ConfigError(
             str(path), str(exc), "TOML with root, mode, include, exclude (see `manifest init`)"
         ) from exc
-
-
-def bucket_cache_dir(url: BucketURL) -> Path:
-    """This machine's folder for a bucket store's stat cache: ``$MANIFEST_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/manifest``, else ``~/.cache/manifest``; one subfolder per store URL."""
-    from blake3 import blake3
-
-    env = os.environ  # a property of this machine, like the credentials
-    base = env.get(ENV_CACHE_DIR, "").strip()
-    if not base:
-        xdg = env.get("XDG_CACHE_HOME", "").strip()
-        base = os.path.join(xdg, "manifest") if xdg else "~/.cache/manifest"
-    name = f"{url.bucket}-{blake3(str(url).encode()).hexdigest()[:16]}"
-    return Path(os.path.realpath(os.path.expanduser(base))) / name
 
 
 def store_file_text(settings: StoreFile) -> bytes:
@@ -361,8 +347,10 @@ def load_config(
     if store_text:
         where = parse_location(store_text, store_what)
         if isinstance(where, BucketURL):
+            from manifest.store import cache_dir_of
+
             store_url = where
-            store_path = bucket_cache_dir(where)
+            store_path = cache_dir_of(where)
         else:
             store_path = Path(os.path.realpath(cwd / os.path.expanduser(where)))
         store_source = store_what
@@ -375,7 +363,7 @@ def load_config(
             dagster = dagster_store(env, cwd, name)
             store_path = dagster if dagster is not None else _real(cwd / FALLBACK_STATE_DIR)
             store_source = "--name" if name else "default"
-    recorded = None if ignore_recorded else find_store_file(store_path, store_url)
+    recorded = None if ignore_recorded else find_store_file(store_url or store_path)
     recorded_where = (
         f"{store_url}/{CONFIG_FILE}" if store_url is not None else str(store_path / CONFIG_FILE)
     )

@@ -14,16 +14,16 @@ from manifest.model import (
     decode_object,
     path_to_text,
 )
-from manifest.objects import ObjectStore
+from manifest.store.objects import Objects
 
 if TYPE_CHECKING:
-    from manifest.scan import TreeSource
+    from manifest.scanresult import TreeSource
 
 TreeReader = Callable[[str], Tree]
 
 
 def tree_reader(
-    objects: ObjectStore, extra: Mapping[str, bytes] | TreeSource | None = None
+    objects: Objects, extra: Mapping[str, bytes] | TreeSource | None = None
 ) -> TreeReader:
     """Read trees from ``extra`` (a scan's in-memory trees) first, then from the store."""
 

@@ -1,6 +1,6 @@
 """File fingerprints: the BLAKE3 of a file's bytes, read safely.
 
-The stat cache that spares re-hashing unchanged files is ``manifest.index``. ``RACY_NS`` is
+The stat cache that spares re-hashing unchanged files is ``manifest.root.index``. ``RACY_NS`` is
 its racy window (git's racy-git problem: an mtime not safely older than the moment the stat
 was taken may hide a same-size edit made in the same timestamp tick).
 """

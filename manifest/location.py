@@ -13,13 +13,10 @@ allowed only for a loopback endpoint.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -80,73 +77,14 @@ def parse_location(text: str, what: str) -> Path | BucketURL:
     return BucketURL(scheme, bucket, prefix)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+Location = Path | BucketURL
+"""Where a root or a store is: a local folder (absolute) or a bucket URL."""
 
 
-def s3_endpoint(env: Mapping[str, str]) -> tuple[str | None, bool]:
-    """The custom endpoint from the environment and whether plain http is allowed for it."""
-    for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        endpoint = env.get(variable, "").strip()
-        if not endpoint:
-            continue
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(variable, endpoint, "an endpoint URL such as https://host:port")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ConfigError(
-                variable,
-                endpoint,
-                "an https:// endpoint (plain http is allowed only for a loopback address)",
-            )
-        return endpoint, parts.scheme == "http"
-    return None, False
-
-
-# Fail in seconds, not minutes, when a bucket is unreachable (the library's default retries
-# for three minutes); a tick retries on the next schedule anyway.
-RETRY: Final[dict[str, Any]] = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
-
-
-def open_bucket(url: BucketURL, env: Mapping[str, str] | None = None) -> Any:
-    """An obstore store rooted at ``url`` (its prefix applied to every key)."""
-    from obstore.store import AzureStore, GCSStore, S3Store  # only for bucket URLs
-
-    env = os.environ if env is None else env
-    prefix = url.prefix or None
-    if url.scheme == "s3":
-        endpoint, http = s3_endpoint(env)
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            kwargs["endpoint"] = endpoint
-        if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
-            kwargs["region"] = "us-east-1"
-        provider = None
-        if env.get("AWS_PROFILE") and not env.get("AWS_ACCESS_KEY_ID"):
-            provider = _boto3_provider()
-        return S3Store(
-            url.bucket,
-            prefix=prefix,
-            client_options={"allow_http": http} if http else None,
-            retry_config=RETRY,  # type: ignore[arg-type]
-            credential_provider=provider,
-            **kwargs,
-        )
-    if url.scheme == "gs":
-        return GCSStore(url.bucket, prefix=prefix, retry_config=RETRY)  # type: ignore[arg-type]
-    return AzureStore(url.bucket, prefix=prefix, retry_config=RETRY)  # type: ignore[arg-type]
-
-
-def _boto3_provider() -> Any:
-    """Credentials of ``AWS_PROFILE`` (the library reads environment and instance roles
-    itself, but not profiles): through boto3's chain when boto3 is installed."""
-    try:
-        from obstore.auth.boto3 import Boto3CredentialProvider
-    except ImportError:
-        return None
-    return Boto3CredentialProvider()
+def absolute_location(text: str, what: str, cwd: Path) -> Location:
+    """``parse_location``, with a folder made absolute (from ``cwd``, ``~`` expanded,
+    symlinks resolved)."""
+    where = parse_location(text, what)
+    if isinstance(where, BucketURL):
+        return where
+    return Path(os.path.realpath(cwd / os.path.expanduser(where)))

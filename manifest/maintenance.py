@@ -25,11 +25,11 @@ from manifest.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from manifest.fsutil import StoreLock, lock_age, lock_owner
+from manifest.fsutil import lock_age, lock_owner
 from manifest.model import FORMAT_VERSION, KIND_TREE, ReflogEntry, Snapshot, Tree
 
 if TYPE_CHECKING:
-    from manifest.repo import Repository
+    from manifest.store import Store
 
 DEFAULT_EXPIRE: Final = "90d"  # reflog lines older than this are dropped by `manifest gc`
 TEMP_PREFIX: Final = ".tmp-"
@@ -69,9 +69,9 @@ def _seconds(value: float, name: str) -> float:
 # -- reachability ------------------------------------------------------------------------
 
 
-def collect_roots(repo: Repository) -> set[str]:
+def collect_roots(store: Store) -> set[str]:
     """Every snapshot a ref or a reflog line names. Strict: raises on anything unreadable."""
-    refs = repo.refs
+    refs = store.refs
     roots = {v for _, v in refs.iter_refs(strict=True) if v is not None}
     for name in refs.iter_reflog_names(strict=True):
         for entry in refs.read_reflog(name, strict=True):
@@ -79,9 +79,7 @@ def collect_roots(repo: Repository) -> set[str]:
     return roots
 
 
-def mark(
-    repo: Repository, roots: set[str], missing: list[tuple[str, str]] | None = None
-) -> set[str]:
+def mark(store: Store, roots: set[str], missing: list[tuple[str, str]] | None = None) -> set[str]:
     """Snapshots in ``roots`` and every tree below them (parents are history, not followed).
 
     With ``missing`` (fsck), missing and corrupt objects are collected; without it (gc), a
@@ -93,13 +91,13 @@ def mark(
         if oid in seen:
             continue
         try:
-            obj = repo.objects.read_object(oid)
+            obj = store.objects.read_object(oid)
         except ObjectNotFoundError as exc:
             if missing is None:
                 # what it references is unknown: deleting anything could delete what a
                 # restored copy of it needs, so gc fails closed (as on a damaged ref)
                 raise StoreError(
-                    repo.objects.where,
+                    store.objects.where,
                     f"gc stopped: object {oid} (wanted by {wanted_by}) is missing, so what "
                     "it references is unknown and nothing was deleted; restore it from a "
                     "backup, or run `manifest fsck` and move the refs that use it "
@@ -115,7 +113,7 @@ def mark(
         except CorruptObjectError as exc:
             if missing is None:
                 raise StoreError(
-                    repo.objects.where,
+                    store.objects.where,
                     f"gc stopped: object {oid} (wanted by {wanted_by}) is corrupt, so what it "
                     f"references is unknown ({exc.detail}); run `manifest fsck`, then "
                     "`manifest reset` the refs that use it",
@@ -135,10 +133,10 @@ def mark(
 # -- expiry ------------------------------------------------------------------------------
 
 
-def expire_reflogs(repo: Repository, expire_seconds: float, now_ns: int | None = None) -> int:
+def expire_reflogs(store: Store, expire_seconds: float, now_ns: int | None = None) -> int:
     """Drop reflog lines older than ``expire_seconds``. The newest line of every reflog and
     every line that set a ref's current value are kept. Returns the lines dropped."""
-    refs = repo.refs
+    refs = store.refs
     cutoff = (now_ns if now_ns is not None else time.time_ns()) - int(expire_seconds * 1e9)
     dropped = 0
     for name in list(refs.iter_reflog_names(strict=True)):
@@ -161,9 +159,9 @@ def expire_reflogs(repo: Repository, expire_seconds: float, now_ns: int | None =
 # -- gc ----------------------------------------------------------------------------------
 
 
-def iter_temp_files(store: Path) -> Iterator[Path]:
+def iter_temp_files(folder: Path) -> Iterator[Path]:
     """Leftovers of interrupted writes anywhere in the store (``.tmp-*``)."""
-    for dirpath, _dirnames, filenames in os.walk(store):
+    for dirpath, _dirnames, filenames in os.walk(folder):
         for filename in filenames:
             if filename.startswith(TEMP_PREFIX):
                 yield Path(dirpath, filename)
@@ -173,7 +171,7 @@ BUCKET_GRACE_FLOOR = 900.0  # seconds; see gc()
 
 
 def gc(
-    repo: Repository,
+    store: Store,
     *,
     grace_seconds: float,
     expire_seconds: float | None = None,
@@ -185,11 +183,9 @@ def gc(
     Holds the store exclusively: writers hold it shared from their first object to the ref
     that protects it, so even a zero grace cannot delete something about to be referenced.
     """
-    from manifest.repo import STORE_LOCK
-
     grace = _seconds(grace_seconds, "--grace")
     expire = _seconds(expire_seconds, "--expire") if expire_seconds is not None else None
-    if repo.bucket is not None and grace < BUCKET_GRACE_FLOOR and not alone:
+    if not store.caps.locks_reach_all_writers and grace < BUCKET_GRACE_FLOOR and not alone:
         from manifest.errors import ConfigError
 
         raise ConfigError(
@@ -200,18 +196,15 @@ def gc(
             "they reuse) protects what a snapshot elsewhere is about to reference; a shorter "
             "grace only with --alone, when no other host writes to this store",
         )
-    repo._check_format(create=False)
-    store = repo.store
-    if repo.bucket is not None:
-        repo._make_cache_dir()  # the same-host lock lives there; the bucket has none
-    elif not store.is_dir():
+    store.check_format(create=False)
+    if not store.exists():
         return GcResult(0, 0, 0, 0)
-    lock = StoreLock(store / STORE_LOCK, exclusive=True, timeout=repo.refs.lock_timeout)
+    lock = store.lock(exclusive=True)
     with lock:
-        expired = expire_reflogs(repo, expire) if expire is not None else 0
+        expired = expire_reflogs(store, expire) if expire is not None else 0
         try:
-            roots = collect_roots(repo)
-            reachable = mark(repo, roots)
+            roots = collect_roots(store)
+            reachable = mark(store, roots)
         except StoreError as exc:
             if exc.problem.startswith("gc stopped"):
                 raise
@@ -221,7 +214,7 @@ def gc(
         cutoff = time.time() - grace
         kept = removed = removed_bytes = temps = 0
         doomed = []
-        for oid, mtime, size in list(repo.objects.iter_infos(strict=True)):
+        for oid, mtime, size in list(store.objects.iter_infos(strict=True)):
             if oid in reachable or mtime > cutoff:
                 kept += 1
             else:
@@ -234,18 +227,18 @@ def gc(
         looked = 0.0
         for oid, size in doomed:
             if time.monotonic() - looked >= 1.0:
-                again = collect_roots(repo) - roots
+                again = collect_roots(store) - roots
                 if again:
-                    reachable |= mark(repo, again)
+                    reachable |= mark(store, again)
                     roots |= again
                 looked = time.monotonic()
             if oid in reachable:
                 kept += 1
                 continue
-            repo.objects.delete(oid)
+            store.objects.delete(oid)
             removed += 1
             removed_bytes += size
-        for tmp in iter_temp_files(store):
+        for tmp in iter_temp_files(store.cache_dir):
             age = lock_age(tmp)
             if age is not None and age >= grace:
                 tmp.unlink(missing_ok=True)
@@ -256,21 +249,21 @@ def gc(
 # -- fsck --------------------------------------------------------------------------------
 
 
-def fsck(repo: Repository) -> FsckReport:
+def fsck(store: Store) -> FsckReport:
     """Verify every object, ref and reflog; list what is wrong (never stops at the first)."""
-    repo._check_format(create=False)
+    store.check_format(create=False)
     problems: list[FsckProblem] = []
     snapshots = 0
     count = 0
     try:
-        ids = list(repo.objects.iter_ids(problems=problems_sink(problems)))
+        ids = list(store.objects.iter_ids(problems=problems_sink(problems)))
     except StoreError as exc:
         problems.append(FsckProblem("error", exc.path, f"{exc.problem}; no object was checked"))
         ids = []
     for oid in ids:
         count += 1
         try:
-            obj = repo.objects.read_object(oid)
+            obj = store.objects.read_object(oid)
         except CorruptObjectError as exc:
             problems.append(
                 FsckProblem(
@@ -296,36 +289,36 @@ def fsck(repo: Repository) -> FsckReport:
                 problems.append(FsckProblem("error", f"tree {oid}", detail))
     missing: list[tuple[str, str]] = []
     try:
-        roots = collect_roots(repo)
+        roots = collect_roots(store)
     except StoreError as exc:
         problems.append(FsckProblem("error", exc.path, exc.problem))
-        roots = {v for _, v in repo.refs.iter_refs() if v is not None}
-    mark(repo, roots, missing)
+        roots = {v for _, v in store.refs.iter_refs() if v is not None}
+    mark(store, roots, missing)
     for oid, wanted_by in missing:
         problems.append(FsckProblem("error", f"object {oid}", f"missing, wanted by {wanted_by}"))
     refs = 0
-    for name, value in repo.refs.iter_refs():
+    for name, value in store.refs.iter_refs():
         refs += 1
         if value is None:
             problems.append(FsckProblem("error", f"ref {name}", "does not hold a snapshot id"))
             continue
         try:
-            found = repo.objects.find_snapshot(value) is not None
+            found = store.objects.find_snapshot(value) is not None
             detail = "which is not a stored snapshot"
         except ManifestError as exc:
             found, detail = False, f"which cannot be read ({exc})"
         if not found:
             problems.append(FsckProblem("error", f"ref {name}", f"points at {value}, {detail}"))
-        if _reflog_or_none(repo, name) == []:
+        if _reflog_or_none(store, name) == []:
             problems.append(
                 FsckProblem("warning", f"ref {name}", f"holds {value[:12]} with no reflog line")
             )
-    for name in repo.refs.iter_reflog_names():
-        for detail in repo.refs.iter_reflog_problems(name):
+    for name in store.refs.iter_reflog_names():
+        for detail in store.refs.iter_reflog_problems(name):
             problems.append(FsckProblem("warning", f"reflog {name}", detail))
-        for detail in _moves_that_never_happened(repo, name):
+        for detail in _moves_that_never_happened(store, name):
             problems.append(FsckProblem("warning", f"reflog {name}", detail))
-    for lock in iter_locks(repo):
+    for lock in iter_locks(store):
         owner = lock_owner(lock)
         age = lock_age(lock)
         if owner is not None and owner.gone:
@@ -358,7 +351,7 @@ def fsck(repo: Repository) -> FsckReport:
                 else "lock file present",
             )
         )
-    for tmp in iter_temp_files(repo.store) if repo.store.is_dir() else ():
+    for tmp in iter_temp_files(store.cache_dir) if store.cache_dir.is_dir() else ():
         problems.append(
             FsckProblem(
                 "warning", str(tmp), "leftover of an interrupted write; `manifest gc` removes it"
@@ -367,27 +360,27 @@ def fsck(repo: Repository) -> FsckReport:
     return FsckReport(count, snapshots, refs, tuple(problems))
 
 
-def iter_locks(repo: Repository) -> Iterator[Path]:
+def iter_locks(store: Store) -> Iterator[Path]:
     """Every ``.lock`` file: the refs' and the stat cache's."""
-    yield from repo.refs.iter_lock_files()
-    index_lock = repo.store / "index.lock"
+    yield from store.refs.iter_lock_files()
+    index_lock = store.cache_dir / "index.lock"
     if index_lock.exists():
         yield index_lock
 
 
-def stale_locks(repo: Repository) -> list[Path]:
+def stale_locks(store: Store) -> list[Path]:
     """Locks whose process is gone (on this host): they never clear by themselves."""
-    return [lock for lock in iter_locks(repo) if (o := lock_owner(lock)) is not None and o.stale]
+    return [lock for lock in iter_locks(store) if (o := lock_owner(lock)) is not None and o.stale]
 
 
-def _moves_that_never_happened(repo: Repository, name: str) -> Iterator[str]:
+def _moves_that_never_happened(store: Store, name: str) -> Iterator[str]:
     """Lines whose ``new`` is not what the ref held next: written, then the ref update
     failed or was interrupted (the line is written first, so a ref never moves unlogged)."""
-    entries = _reflog_or_none(repo, name)
+    entries = _reflog_or_none(store, name)
     if not entries:
         return
     try:
-        current = repo.refs.find_ref(name)
+        current = store.refs.find_ref(name)
     except ManifestError:
         return
     for number, entry in enumerate(entries, 1):
@@ -400,9 +393,9 @@ def _moves_that_never_happened(repo: Repository, name: str) -> Iterator[str]:
             )
 
 
-def _reflog_or_none(repo: Repository, name: str) -> list[ReflogEntry] | None:
+def _reflog_or_none(store: Store, name: str) -> list[ReflogEntry] | None:
     try:
-        return list(repo.refs.read_reflog(name))
+        return list(store.refs.read_reflog(name))
     except ManifestError:
         return None
 

@@ -97,7 +97,7 @@ StoredObject = Tree | Snapshot
 
 class IndexEntry(msgspec.Struct, frozen=True, array_like=True):
     """A file as the stat cache knows it (like a line of git's index): its ``digest`` is
-    reused while the stat is unchanged. ``manifest.index.Recorded.entry`` builds these from
+    reused while the stat is unchanged. ``manifest.root.index.Recorded.entry`` builds these from
     a positional payload; stat caches of layout 2 stored lists of them.
 
     ``ino`` is -1 for a smudged (racy) entry, which never matches and is re-hashed.

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -21,22 +19,16 @@ from manifest.errors import (
     AmbiguousRevisionError,
     ConfigError,
     DanglingRefError,
-    FormatVersionError,
     InvalidRefNameError,
     ManifestError,
     ProtectedRefError,
     RefConflictError,
-    StoreError,
     UnknownRefError,
     UnknownRevisionError,
     UnsetRefError,
 )
-from manifest.fsutil import StoreLock, read_small_file
-from manifest.globs import PathFilter
-from manifest.index import StatCache, open_index, scan_context
 from manifest.maintenance import FsckProblem, FsckReport, GcResult
 from manifest.model import (
-    FORMAT_VERSION,
     KIND_TREE,
     Change,
     ChangeSet,
@@ -50,18 +42,14 @@ from manifest.model import (
     path_to_text,
     text_to_path,
 )
-from manifest.objects import ObjectStore, is_id_prefix, is_object_id
-from manifest.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, RefStore, validate_ref_name
-from manifest.scan import BaseTrees, Scanner, ScanProblem, ScanResult
+from manifest.root import Root, open_root
+from manifest.scanresult import BaseTrees, ScanProblem, ScanResult
+from manifest.store import Store, open_store
+from manifest.store.objects import is_id_prefix, is_object_id
+from manifest.store.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, validate_ref_name
 from manifest.text import escape_path, escape_text
 
-if TYPE_CHECKING:
-    import subprocess
-
-    from manifest.bucket import Bucket, BucketFiles, BucketRefs
-
 GC_GRACE_SECONDS: Final = 3600.0
-STORE_LOCK: Final = "store.flock"
 FAILURE_FILE: Final = "pending.failed"
 _REFLOG_REV_RE = re.compile(r"(?P<ref>.+)@\{(?P<n>\d+)\}")
 _ANCESTRY_RE = re.compile(r"(?P<base>.+?)(?P<steps>(?:\^|~\d*)+)")
@@ -156,47 +144,46 @@ def _describe(changes: ChangeSet) -> str:
 
 
 class Repository:
-    """A data root and the state store that records its snapshots."""
+    """A data root and the state store that records its snapshots.
+
+    ``Repository(config)`` builds its parts from the settings (``open_store``,
+    ``open_root``); ``Repository(store, root, settings)`` is given them."""
 
     def __init__(
-        self, config: Config, *, sync: bool = True, lock_timeout: float | None = None
+        self,
+        config: Config | Store,
+        root: Root | None = None,
+        settings: Config | None = None,
+        *,
+        sync: bool = True,
+        lock_timeout: float | None = None,
     ) -> None:
-        self.config = config
-        self.store = config.store  # a bucket store: this machine's cache folder for it
-        timeout = config.lock_timeout_sec if lock_timeout is None else lock_timeout
-        self.objects: ObjectStore
-        self.refs: RefStore | BucketRefs
-        self.files: LocalFiles | BucketFiles
-        self.bucket: Bucket | None = None
-        if config.store_url is not None:
-            from manifest.bucket import Bucket, BucketFiles, BucketObjects, BucketRefs
-
-            self.bucket = Bucket(config.store_url)
-            self.objects = BucketObjects(self.bucket)
-            self.refs = BucketRefs(self.bucket, lock_timeout=timeout)
-            self.files = BucketFiles(self.bucket)
+        if isinstance(config, Config):
+            settings = config
+            timeout = config.lock_timeout_sec if lock_timeout is None else lock_timeout
+            store = open_store(config.store_location, sync=sync, lock_timeout=timeout)
+            root = open_root(config.root_location, config, store)
         else:
-            self.objects = ObjectStore(self.store / "objects", sync=sync)
-            self.refs = RefStore(self.store, sync=sync, lock_timeout=timeout)
-            self.files = LocalFiles(self.store, sync=sync)
-        self.sync = sync
-        self._renames = config.mode == "content_hash"  # renames are content-mode only
-        self._checked_format = False
+            store = config
+            if root is None or settings is None:
+                raise TypeError("Repository(store, root, settings): give all three")
+        self.config = settings
+        self.store = store
+        self.root = root
+        self.objects = store.objects
+        self.refs = store.refs
+        self.files = store.files
+        self.sync = store.sync
+        self._renames = settings.mode == "content_hash"  # renames are content-mode only
         self._settings_recorded = False
-        self._created = False  # this process created the store (its FORMAT marker)
-        self._write_lock = StoreLock(
-            self.store / STORE_LOCK, exclusive=False, timeout=self.refs.lock_timeout
-        )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Hold the store shared while writing objects and moving refs: gc (exclusive)
         then never deletes an object between its write and the ref that protects it."""
-        self._check_format(create=True)
-        if self.bucket is not None:
-            self._make_cache_dir()
+        self.store.check_format(create=True)
         self._record_settings()
-        with self._write_lock:
+        with self.store.lock(exclusive=False):
             yield
 
     def _record_settings(self, *, force: bool = False) -> None:
@@ -209,7 +196,8 @@ class Repository:
         from manifest.config import CONFIG_FILE, settings_of, store_file_text
 
         if force or (
-            not self.config.recorded and (self._created or self.config.root_source != "default")
+            not self.config.recorded
+            and (self.store.created or self.config.root_source != "default")
         ):
             data = store_file_text(settings_of(self.config))
             if force:
@@ -246,80 +234,17 @@ class Repository:
                 f"a store not yet initialised (it has {self.files.where(CONFIG_FILE)}; "
                 "pass --force to record new settings)",
             )
-        self._check_format(create=True)
-        if self.bucket is not None:
-            self._make_cache_dir()
+        self.root.check()
+        self.store.check_format(create=True)
+        self.store.make_cache_dir()
         self._record_settings(force=True)
 
-    def _make_cache_dir(self) -> None:
-        """A bucket store's local folder on this machine (stat cache, a same-host lock)."""
-        try:
-            self.store.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                str(self.store),
-                f"this machine's cache folder for {self.config.store_text} cannot be created "
-                f"({exc.strerror}); set MANIFEST_CACHE_DIR to a writable folder",
-            ) from exc
-
-    # -- store --------------------------------------------------------------------------
-
     def _check_format(self, *, create: bool) -> None:
-        if self._checked_format:
-            return
-        if self.bucket is not None:
-            self._check_bucket_format(create=create)
-            return
-        store = self.store
-        marker = store / "FORMAT"
-        if store.exists() and not store.is_dir():
-            raise StoreError(str(store), "exists and is not a directory")
-        try:
-            text = read_small_file(marker, 64).decode("utf-8", "replace").strip()
-        except FileNotFoundError:
-            text = None
-        except OSError as exc:
-            raise StoreError(str(store), f"cannot be read ({exc.strerror})") from exc
-        if text is not None:
-            self._accept_format(text, str(marker))
-            return
-        if not create:
-            return
-        try:
-            for sub in ("objects", "refs", "logs/refs"):
-                (store / sub).mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"{FORMAT_VERSION}\n")
-            self._created = True
-        except OSError as exc:
-            raise StoreError(str(store), f"cannot be created ({exc.strerror})") from exc
-        self._checked_format = True
-
-    def _check_bucket_format(self, *, create: bool) -> None:
-        assert self.bucket is not None
-        files = self.files
-        self.exists()  # names a missing bucket as such
-        data = files.read("FORMAT")
-        if data is None and create:
-            self._created = files.create("FORMAT", f"{FORMAT_VERSION}\n".encode())
-            data = files.read("FORMAT")
-        if data is not None:
-            self._accept_format(data.decode("utf-8", "replace").strip(), files.where("FORMAT"))
-
-    def _accept_format(self, text: str, marker: str) -> None:
-        if not text.isdigit():
-            raise StoreError(marker, f"holds {text[:40]!r}, not a format version")
-        if int(text) > FORMAT_VERSION:
-            raise FormatVersionError(f"store {self.config.store_text}", text, FORMAT_VERSION)
-        self._checked_format = True
+        self.store.check_format(create=create)
 
     def exists(self) -> bool:
         """The store has been created (its FORMAT marker is there)."""
-        if self.bucket is not None:
-            if self.files.read("FORMAT") is not None:
-                return True
-            self.bucket.check()  # a missing bucket reads as a missing key: name it
-            return False
-        return (self.store / "FORMAT").is_file()
+        return self.store.exists()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -434,103 +359,15 @@ class Repository:
         on_walk: Callable[[int, int], None] | None = None,
     ) -> ScanResult:
         """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
-        from manifest.pool import choose_jobs, start_spares, stop_spares
-
-        config = self.config
         base_snap = self.read_snapshot(base) if base else None
-        if config.root_url is not None:
-            return self._scan_bucket(base_snap, rehash_all, on_hash, on_walk, save_cache)
-
-        def jobs_for(expected: int | None) -> int:
-            # scan workers read base trees from a local object store only
-            return choose_jobs(expected, config.jobs) if self.bucket is None else 1
-
-        expected = base_snap.counts.files if base_snap is not None else None
-        jobs = jobs_for(expected)
-        index_path = self.store / "index"
-        index_fd = open_index(index_path)
-        spares: list[subprocess.Popen[bytes]] = []
-        if jobs > 1 and (expected is not None or config.jobs is not None):
-            # A big tree, known from its last snapshot: start the workers now, so their
-            # start-up overlaps loading the stat cache.
-            spares = start_spares(jobs - 1, index_fd)
-        try:
-            cache = StatCache(index_path, config.mode, scan_context(config), fd=index_fd)
-            if cache.records:
-                expected = len(cache)
-                jobs = jobs_for(expected)
-            skip = frozenset({os.fsencode(self.store)})
-            scanner = Scanner(
-                os.fsencode(config.root),
-                mode=config.mode,
-                cooldown_ns=int(config.cooldown_sec * 1e9),
-                path_filter=PathFilter(config.include, config.exclude),
-                skip_dirs=skip,
-                cache=cache,
-                base=BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
-                rehash_all=rehash_all,
-                on_hash=on_hash,
-                on_walk=on_walk,
-                jobs=jobs,
-                expected_files=expected,
-                jobs_forced=config.jobs is not None,
-            )
-            scanner.spares = spares
-            result = scanner.scan()
-        finally:
-            stop_spares(spares)
-        if save_cache and self.bucket is not None:
-            try:
-                self._make_cache_dir()
-            except StoreError:
-                save_cache = False  # only a cache: reading needs none (a read-only home)
-        if save_cache and self.store.is_dir():
-            cache.save()
-        return result
-
-    def _scan_bucket(
-        self,
-        base_snap: Snapshot | None,
-        rehash_all: bool,
-        on_hash: Callable[[int], None] | None,
-        on_walk: Callable[[int, int], None] | None,
-        save_cache: bool,
-    ) -> ScanResult:
-        """Scan a root on a bucket (``manifest.bucket_root``): one listing, then only the
-        objects whose size or ETag changed are read (content_hash)."""
-        from manifest.bucket import Bucket
-        from manifest.bucket_root import (
-            HASH_CACHE,
-            decode_hash_cache,
-            encode_hash_cache,
-            scan_bucket,
-        )
-
-        config = self.config
-        assert config.root_url is not None
-        root = Bucket(config.root_url)
-        root.check(as_root=True)
-        content = config.mode == "content_hash"
-        hashes = decode_hash_cache(self.files.read(HASH_CACHE)) if content else {}
-        before = dict(hashes)
-        skip = None
-        if config.store_url is not None and config.root_url.contains(config.store_url):
-            skip = config.store_url.prefix[len(config.root_url.prefix) :].strip("/")
-        result = scan_bucket(
-            root,
-            mode=config.mode,
-            cooldown_ns=int(config.cooldown_sec * 1e9),
-            path_filter=PathFilter(config.include, config.exclude),
-            base=BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
-            hashes=hashes,
+        return self.root.scan(
+            BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
+            expected_files=base_snap.counts.files if base_snap is not None else None,
             rehash_all=rehash_all,
-            skip_prefix=skip,
             on_hash=on_hash,
             on_walk=on_walk,
+            save_cache=save_cache,
         )
-        if content and save_cache and hashes != before and self.exists():
-            self.files.write(HASH_CACHE, encode_hash_cache(hashes))
-        return result
 
     def _diff_scan(
         self,
@@ -577,7 +414,7 @@ class Repository:
             hashed=result.hashed,
             last_moved_ns=self._moved_ns(REF_LAST),
             pending_moved_ns=self._moved_ns(REF_PENDING),
-            stale_locks=tuple(str(p) for p in maintenance.stale_locks(self)),
+            stale_locks=tuple(str(p) for p in maintenance.stale_locks(self.store)),
             details=_details(changes, pairs) if pairs is not None else (),
             pending_failure=self.find_failure(),
             pending_reason=self._moved_reason(REF_PENDING) if pending else None,
@@ -612,9 +449,7 @@ class Repository:
             parent=parent,
             created_ns=time.time_ns(),
             mode=self.config.mode,
-            data_root=self.config.root_text
-            if self.config.root_url is not None
-            else escape_path(os.fsdecode(os.fsencode(self.config.root))),
+            data_root=self.root.describe(),
             counts=Counts(
                 files=result.files,
                 bytes=result.bytes,
@@ -872,7 +707,7 @@ class Repository:
                 return None
 
         ids = list(dict.fromkeys(e.new for e in entries if e.new is not None))
-        if self.bucket is not None and len(ids) > 1:
+        if self.store.caps.remote and len(ids) > 1:
             from concurrent.futures import ThreadPoolExecutor  # a request each, on a bucket
 
             with ThreadPoolExecutor(min(8, len(ids))) as pool:
@@ -1047,10 +882,14 @@ class Repository:
         return changes, carried
 
     def _carried_paths(self, unfinished: str, last: str | None) -> tuple[str, ...]:
-        """What a superseded pending snapshot asked to process: its diff against ``last``
-        and the paths it had carried itself."""
+        """What a superseded pending snapshot asked to process: its diff against its own
+        parent (the ``last`` it was begun from: a ``last`` moved by hand since does not
+        shrink the request its runs failed to finish), its diff against ``last``, and the
+        paths it had carried itself."""
         snap = self.read_snapshot(unfinished)
         paths = set(snap.requested) | set(self.diff_snapshots(last, unfinished).paths)
+        if snap.parent != last:
+            paths |= set(self.diff_snapshots(snap.parent, unfinished).paths)
         return tuple(sorted(paths))
 
     def _record_hashes(self, result: ScanResult, last: str) -> None:
@@ -1169,12 +1008,12 @@ class Repository:
         ref or reflog line reaches. ``alone``: no other host writes to this store (a bucket
         store then allows a grace below the floor). See :func:`manifest.maintenance.gc`."""
         return maintenance.gc(
-            self, grace_seconds=grace_seconds, expire_seconds=expire_seconds, alone=alone
+            self.store, grace_seconds=grace_seconds, expire_seconds=expire_seconds, alone=alone
         )
 
     def fsck(self) -> FsckReport:
         """Verify every object, ref and reflog; list what is wrong."""
-        return maintenance.fsck(self)
+        return maintenance.fsck(self.store)
 
 
 def _details(changes: ChangeSet, pairs: dict[str, EntryPair]) -> tuple[Change, ...]:
@@ -1238,42 +1077,3 @@ __all__ = [
     "Repository",
     "Status",
 ]
-
-
-class LocalFiles:
-    """The store's small files (``FORMAT``, ``config.toml``, ``pending.failed``, a bucket
-    root's hash cache), each replaced atomically."""
-
-    def __init__(self, store: Path, *, sync: bool = True) -> None:
-        self.store = store
-        self.sync = sync
-
-    def read(self, name: str) -> bytes | None:
-        from manifest.fsutil import read_small_file
-
-        try:
-            return read_small_file(self.store / name)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise StoreError(str(self.store / name), f"cannot read: {exc.strerror}") from exc
-
-    def write(self, name: str, data: bytes) -> None:
-        from manifest.fsutil import atomic_write
-
-        try:
-            atomic_write(self.store / name, data, sync=self.sync)
-        except OSError as exc:
-            raise StoreError(str(self.store / name), f"cannot write: {exc.strerror}") from exc
-
-    def create(self, name: str, data: bytes) -> bool:
-        """Write ``name`` only if it does not exist; False if another writer got there."""
-        from manifest.fsutil import atomic_write
-
-        try:
-            return atomic_write(self.store / name, data, sync=self.sync, exclusive=True)
-        except OSError as exc:
-            raise StoreError(str(self.store / name), f"cannot write: {exc.strerror}") from exc
-
-    def where(self, name: str) -> str:
-        return str(self.store / name)

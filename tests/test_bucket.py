@@ -13,7 +13,6 @@ import obstore
 import pytest
 
 from manifest import Repository, load_config
-from manifest.bucket import Bucket, BucketRefs
 from manifest.errors import (
     ConfigError,
     CorruptObjectError,
@@ -21,8 +20,10 @@ from manifest.errors import (
     RootError,
     StoreError,
 )
-from manifest.location import BucketURL, open_bucket, parse_location
+from manifest.location import BucketURL, parse_location
 from manifest.model import ChangeSet
+from manifest.store.bucket import BucketRefs
+from manifest.store.s3 import Bucket, open_bucket
 from tests.s3server import S3Server
 
 SAMPLE = {
@@ -195,7 +196,7 @@ def test_local_root_with_a_bucket_store(s3: S3Server, raw: Path) -> None:
     assert started.changes == ChangeSet(modified=("links/analogy.txt",))
     assert repo.promote(started.snapshot or "").outcome == "promoted"
     assert repo.fsck().ok
-    assert (repo.store / "index").is_file()  # the stat cache stays on this machine
+    assert (repo.store.cache_dir / "index").is_file()  # the stat cache stays on this machine
 
 
 # -- objects and refs on the bucket ------------------------------------------------------
@@ -320,13 +321,13 @@ def test_a_fresh_machine_needs_nothing_local(urls: tuple[str, str]) -> None:
     raw, state = urls
     first = bucket_repo(raw, state)
     first.begin()
-    shutil.rmtree(first.store)
+    shutil.rmtree(first.store.cache_dir)
     other = bucket_repo(raw, state)
     assert other.find_ref("last") == first.find_ref("last")  # a read first
     upload(raw, {"links/pod.txt": b"from another pod\n"})
     started = other.begin()
     assert started.changes == ChangeSet(added=("links/pod.txt",))
-    shutil.rmtree(other.store)
+    shutil.rmtree(other.store.cache_dir)
     assert bucket_repo(raw, state).gc(grace_seconds=0, alone=True).kept > 0
 
 
@@ -380,10 +381,10 @@ def test_the_bucket_cooldown_counts_from_the_end_of_the_last_modified_second(
 ) -> None:
     """Issue 22.7: LastModified has whole seconds, so a key written at 10.9 s shows 10 s; its
     cooldown must not end 0.9 s early."""
-    from manifest.bucket import Bucket
-    from manifest.bucket_root import scan_bucket
     from manifest.globs import PathFilter
-    from manifest.scan import BaseTrees
+    from manifest.root.bucket import scan_bucket
+    from manifest.scanresult import BaseTrees
+    from manifest.store.s3 import Bucket
 
     raw, _state = urls
     upload(raw, {"fresh.csv": b"x\n"})
@@ -454,7 +455,7 @@ def test_a_ref_write_whose_response_is_lost_is_not_a_conflict(
 ) -> None:
     """Issue 22.13: the conditional write applied, the response was lost, the client's
     retry failed its precondition: the ref holds the caller's own move, so it succeeded."""
-    from manifest.bucket import Bucket
+    from manifest.store.s3 import Bucket
 
     raw, state = urls
     repo = bucket_repo(raw, state)
@@ -526,7 +527,7 @@ def test_one_invalid_key_does_not_stop_the_root(
 
 
 def test_keys_listed_url_encoded_decode_as_s3_sends_them() -> None:
-    from manifest.s3list import decode_key
+    from manifest.store.s3list import decode_key
 
     assert decode_key("a+b.txt") == "a b.txt"  # S3 sends a space as "+"
     assert decode_key("a%2Bb.txt") == "a+b.txt"
@@ -538,7 +539,7 @@ def test_empty_keys_cost_no_request_where_markers_keep_their_slash(
 ) -> None:
     """Empty keys (Spark's _SUCCESS, .keep) are probed for being folder markers only on a
     server shown to drop markers' slashes; otherwise a scan makes no request per key."""
-    from manifest.bucket import Bucket
+    from manifest.store.s3 import Bucket
 
     raw, state = urls
     upload(raw, {f"out/part{i}/_SUCCESS": b"" for i in range(20)})

@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import manifest.refs
+import manifest.store.refs
 from manifest import ChangeSet, Repository, load_config
 from manifest.errors import ManifestError
 
@@ -157,23 +157,26 @@ class Cycle(RuleBasedStateMachine):
     def promote_fails(self, where: str) -> None:
         """A write fails mid-promotion (disk full, I/O error): nothing moves half-way."""
         assert self.pending is not None
-        real_append, real_write = manifest.refs.RefStore._append_reflog, manifest.refs.atomic_write
+        real_append, real_write = (
+            manifest.store.refs.RefStore._append_reflog,
+            manifest.store.refs.atomic_write,
+        )
 
         def fail(*args: object, **kwargs: object) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         if where == "reflog":
-            manifest.refs.RefStore._append_reflog = fail  # type: ignore[method-assign]
+            manifest.store.refs.RefStore._append_reflog = fail  # type: ignore[method-assign]
         else:
-            manifest.refs.atomic_write = fail  # type: ignore[assignment]
+            manifest.store.refs.atomic_write = fail  # type: ignore[assignment]
         try:
             self.repo.promote(self.pending)
             raise AssertionError("the promotion should have failed")
         except ManifestError:
             pass
         finally:
-            manifest.refs.RefStore._append_reflog = real_append  # type: ignore[method-assign]
-            manifest.refs.atomic_write = real_write
+            manifest.store.refs.RefStore._append_reflog = real_append  # type: ignore[method-assign]
+            manifest.store.refs.atomic_write = real_write
         assert self.repo.find_ref("last") == self.last
         assert self.repo.find_ref("pending") == self.pending
 

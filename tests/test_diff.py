@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from manifest.diff import diff_trees, iter_files
 from manifest.model import KIND_FILE, KIND_TREE, ChangeSet, Tree, TreeEntry, encode_object
-from manifest.objects import object_id
+from manifest.store.objects import object_id
 
 from .conftest import MakeRepo
 

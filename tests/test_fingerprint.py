@@ -13,9 +13,9 @@ import manifest.fingerprint
 from manifest import ChangeSet
 from manifest.fingerprint import RACY_NS, hash_file
 from manifest.globs import PathFilter
-from manifest.index import StatCache
 from manifest.model import IndexEntry
-from manifest.scan import Scanner
+from manifest.root.index import StatCache
+from manifest.root.scan import Scanner
 
 from .conftest import MakeRepo, touch, write
 

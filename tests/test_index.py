@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from manifest import ChangeSet, Repository, load_config
-from manifest.index import (
+from manifest.model import IndexEntry
+from manifest.root.index import (
     INDEX_MAGIC,
     FolderHead,
     Row,
@@ -26,7 +27,6 @@ from manifest.index import (
     payload_of,
     scan_context,
 )
-from manifest.model import IndexEntry
 
 from .conftest import write
 
@@ -470,8 +470,8 @@ def test_a_cache_of_another_mode_lends_no_digest(tmp_path: Path, first: str, the
 
 
 def _deny(monkeypatch: pytest.MonkeyPatch, rel_dir: bytes) -> None:
-    import manifest.repo
-    from manifest.scan import Scanner
+    import manifest.root.scan
+    from manifest.root.scan import Scanner
 
     class Denied(Scanner):
         def _list_dir(self, dir_fd: int, rel: bytes) -> list[os.DirEntry[str]]:
@@ -479,7 +479,7 @@ def _deny(monkeypatch: pytest.MonkeyPatch, rel_dir: bytes) -> None:
                 raise PermissionError(13, "Permission denied")
             return super()._list_dir(dir_fd, rel)
 
-    monkeypatch.setattr(manifest.repo, "Scanner", Denied)
+    monkeypatch.setattr(manifest.root.scan, "Scanner", Denied)
 
 
 @pytest.mark.usefixtures("fine_timestamps")

@@ -50,7 +50,7 @@ def _collector(raw: str, store: str, stop_after: float) -> None:
 
 def test_gc_racing_snapshots_never_leaves_a_dangling_ref(repo: Repository, raw: Path) -> None:
     repo.snapshot(ref="last", message="start")
-    store = str(repo.store)
+    store = repo.store.text
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(raw), store, f"w{n}", 40)) for n in range(2)] + [
         ctx.Process(target=_collector, args=(str(raw), store, 8.0))
@@ -224,7 +224,7 @@ def test_a_reused_object_is_freshened_and_gc_looks_at_the_refs_again(
     assert time.time() - path.stat().st_mtime < 60  # freshened
     # gc racing a ref move to the old, unreferenced snapshot `old`
     age_all()
-    from manifest.objects import ObjectStore
+    from manifest.store.objects import ObjectStore
 
     listing = ObjectStore.iter_infos
 

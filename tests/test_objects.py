@@ -16,7 +16,7 @@ from manifest.model import (
     decode_object,
     encode_object,
 )
-from manifest.objects import ObjectStore, object_id
+from manifest.store.objects import ObjectStore, object_id
 
 entries = st.builds(
     TreeEntry,
@@ -79,7 +79,7 @@ def test_missing_and_malformed_ids(tmp_path: Path) -> None:
 def test_bulk_writes_are_complete_and_idempotent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs_available: bool
 ) -> None:
-    import manifest.objects
+    import manifest.store.objects
 
     calls: list[Path] = []
 
@@ -87,11 +87,11 @@ def test_bulk_writes_are_complete_and_idempotent(
         calls.append(folder)
         return syncfs_available
 
-    monkeypatch.setattr(manifest.objects, "sync_filesystem", fake_syncfs)
+    monkeypatch.setattr(manifest.store.objects, "sync_filesystem", fake_syncfs)
     store = ObjectStore(tmp_path / "objects")
     trees = [
         Tree(entries=(TreeEntry(f"f{i}".encode(), 0, i, 0, bytes([i % 256]) * 32),))
-        for i in range(manifest.objects.BULK_WRITE_THRESHOLD + 5)
+        for i in range(manifest.store.objects.BULK_WRITE_THRESHOLD + 5)
     ]
     encoded = {object_id(encode_object(t)): encode_object(t) for t in trees}
     assert store.write_many(encoded) == len(trees)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import manifest.pool
+import manifest.root.pool
 from manifest import ChangeSet, Repository, load_config
-from manifest.pool import choose_jobs
+from manifest.root.pool import choose_jobs
 
 from .conftest import write
 
@@ -90,7 +90,7 @@ def test_a_worker_that_dies_leaves_its_subtrees_to_the_parent(
     suicide = (
         "import os, signal, sys; sys.stdin.buffer.read(8); os.kill(os.getpid(), signal.SIGKILL)"
     )
-    monkeypatch.setattr(manifest.pool, "worker_argv", lambda: [sys.executable, "-c", suicide])
+    monkeypatch.setattr(manifest.root.pool, "worker_argv", lambda: [sys.executable, "-c", suicide])
     (tmp_path / "two").mkdir()
     got = _repo(tmp_path, "two", 2).scan(base=None)
     assert (got.root_id, got.files, got.bytes, got.hashed) == (
@@ -143,21 +143,21 @@ def test_a_worker_can_send_a_big_result_without_waiting_to_be_read() -> None:
     pipe holds it, so the worker goes on to its next subtree while this process is busy."""
     import fcntl
 
-    proc = manifest.pool.start_worker(-1)
+    proc = manifest.root.pool.start_worker(-1)
     assert proc is not None and proc.stdout is not None
     try:
         size = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ)
         max_size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-        assert size == min(manifest.pool.PIPE_BYTES, max_size) > 64 * 1024
+        assert size == min(manifest.root.pool.PIPE_BYTES, max_size) > 64 * 1024
     finally:
-        manifest.pool.stop_spares([proc])
+        manifest.root.pool.stop_spares([proc])
 
 
 def test_choose_jobs() -> None:
     assert choose_jobs(10, None) == 1  # small: one process
     assert choose_jobs(10, 3) == 3  # MANIFEST_JOBS wins
     cores = len(os.sched_getaffinity(0))
-    assert choose_jobs(2_000_000, None) == max(1, min(cores, manifest.pool.MAX_JOBS))
+    assert choose_jobs(2_000_000, None) == max(1, min(cores, manifest.root.pool.MAX_JOBS))
 
 
 @pytest.mark.usefixtures("fine_timestamps")
@@ -209,7 +209,7 @@ def test_workers_started_early_are_used_or_stopped(
     repo = _repo(tmp_path, "state", 2)
     repo.snapshot(ref="last")
     started: list[object] = []
-    real_start = manifest.pool.start_worker
+    real_start = manifest.root.pool.start_worker
 
     def recording(index_fd: int) -> object:
         proc = real_start(index_fd)
@@ -217,14 +217,14 @@ def test_workers_started_early_are_used_or_stopped(
         return proc
 
     spares_seen: list[int] = []
-    real_spares = manifest.pool.start_spares
+    real_spares = manifest.root.pool.start_spares
 
     def spares(count: int, index_fd: int) -> object:
         spares_seen.append(count)
         return real_spares(count, index_fd)
 
-    monkeypatch.setattr(manifest.pool, "start_worker", recording)
-    monkeypatch.setattr(manifest.pool, "start_spares", spares)
+    monkeypatch.setattr(manifest.root.pool, "start_worker", recording)
+    monkeypatch.setattr(manifest.root.pool, "start_spares", spares)
     write(raw / "d02" / "s2" / "f1.csv", "edited\n")
     status = repo.status()
     assert status.changes == ChangeSet(modified=("d02/s2/f1.csv",))
@@ -290,8 +290,8 @@ def test_a_big_task_and_a_big_result_at_once_do_not_deadlock(tmp_path: Path) -> 
                 write(path, f"{s} {f} {x}\n")
     body = """
 import os, time
-import manifest.pool
-manifest.pool.widen_pipe = lambda fd: None
+import manifest.root.pool
+manifest.root.pool.widen_pipe = lambda fd: None
 store = sys.argv[3]
 serial = repo(store + "-serial", 1)
 parallel = repo(store, 2)
@@ -370,7 +370,7 @@ def test_a_stopped_worker_is_given_up_like_a_dead_one(
     stopped = (
         "import os, signal, sys; sys.stdin.buffer.read(8); os.kill(os.getpid(), signal.SIGSTOP)"
     )
-    monkeypatch.setattr(manifest.pool, "worker_argv", lambda: [sys.executable, "-c", stopped])
+    monkeypatch.setattr(manifest.root.pool, "worker_argv", lambda: [sys.executable, "-c", stopped])
     (tmp_path / "two").mkdir()
     started = time.monotonic()
     got = _repo(tmp_path, "two", 2).scan(base=None)

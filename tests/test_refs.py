@@ -17,7 +17,7 @@ from manifest.errors import (
     RefConflictError,
     StoreError,
 )
-from manifest.refs import RefStore, validate_ref_name
+from manifest.store.refs import RefStore, validate_ref_name
 
 from .conftest import write
 
@@ -175,12 +175,12 @@ def test_a_failed_ref_write_after_its_line_is_skipped_and_reported(
     repo_with_two: tuple[Repository, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo, first, second = repo_with_two
-    import manifest.refs
+    import manifest.store.refs
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(manifest.refs, "atomic_write", broken)
+    monkeypatch.setattr(manifest.store.refs, "atomic_write", broken)
     with pytest.raises(StoreError, match="last not moved"):
         repo.reset("last", first)
     monkeypatch.undo()

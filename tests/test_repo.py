@@ -388,7 +388,7 @@ def test_concurrent_snapshots_record_the_value_they_replaced(repo: Repository, r
     repo.snapshot(ref="last", message="start")
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_snapshot_loop, args=(str(raw), str(repo.store), 15)) for _ in range(3)
+        ctx.Process(target=_snapshot_loop, args=(str(raw), repo.store.text, 15)) for _ in range(3)
     ]
     for p in procs:
         p.start()

@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manifest.repo
-import manifest.scan
+import manifest.root.scan
 from manifest import ChangeSet, Repository, load_config
 from manifest.errors import RootError
 from manifest.model import path_to_text, text_to_path
-from manifest.scan import Scanner, ScanProblem
+from manifest.root.scan import Scanner
+from manifest.scanresult import ScanProblem
 
 from .conftest import MakeRepo, touch, write
 
@@ -108,7 +109,7 @@ def test_vanished_file_is_simply_absent(
                 victim.unlink()  # gone between listing and stat
             return listing
 
-    monkeypatch.setattr(manifest.repo, "Scanner", Racing)
+    monkeypatch.setattr(manifest.root.scan, "Scanner", Racing)
     repo = make_repo(bootstrap="all")
     result = repo.begin()
     assert "link_templates.csv" not in result.changes.added
@@ -122,7 +123,7 @@ def test_unreadable_file_is_a_problem_not_a_removal(
     repo.begin()
     target = raw / "concepts" / "concepts_metadata.csv"
     write(target, "concept_id,name\nc1,tide\n")  # modified, but we cannot read it
-    real_hash = manifest.scan.hash_file
+    real_hash = manifest.root.scan.hash_file
 
     def deny(
         path: bytes | str | os.PathLike[str], **kwargs: object
@@ -131,7 +132,7 @@ def test_unreadable_file_is_a_problem_not_a_removal(
             raise PermissionError(13, "Permission denied")
         return real_hash(path, **kwargs)  # type: ignore[arg-type]
 
-    real_read = manifest.scan._read_small
+    real_read = manifest.root.scan._read_small
 
     def deny_small(name: bytes, dir_fd: int, size: int) -> bytes | None:
         # the inlined read of a small file gives up, as an open refused would make it
@@ -139,8 +140,8 @@ def test_unreadable_file_is_a_problem_not_a_removal(
             return None
         return real_read(name, dir_fd, size)
 
-    monkeypatch.setattr(manifest.scan, "hash_file", deny)
-    monkeypatch.setattr(manifest.scan, "_read_small", deny_small)
+    monkeypatch.setattr(manifest.root.scan, "hash_file", deny)
+    monkeypatch.setattr(manifest.root.scan, "_read_small", deny_small)
     status = repo.status()
     assert status.changes == ChangeSet()
     assert status.problems == (ScanProblem("concepts/concepts_metadata.csv", "Permission denied"),)
@@ -175,7 +176,7 @@ def test_unreadable_directory_is_a_problem_and_keeps_its_files(
                 raise PermissionError(13, "Permission denied")
             return super()._list_dir(dir_fd, rel_dir)
 
-    monkeypatch.setattr(manifest.repo, "Scanner", Denied)
+    monkeypatch.setattr(manifest.root.scan, "Scanner", Denied)
     status = repo.status()
     assert status.changes == ChangeSet()
     assert status.problems == (ScanProblem("concepts/descriptions", "Permission denied"),)
@@ -328,7 +329,7 @@ def test_a_folder_swapped_for_a_symlink_mid_scan_is_not_followed(
                 os.symlink(outside, folder)
             return listing
 
-    monkeypatch.setattr(manifest.repo, "Scanner", Swapping)
+    monkeypatch.setattr(manifest.root.scan, "Scanner", Swapping)
     status = repo.status()
     assert [p.path for p in status.problems] == ["concepts"]
     assert status.changes == ChangeSet()  # its last entry is carried over, nothing from outside
@@ -371,12 +372,12 @@ def test_inlined_fast_paths_agree_with_the_general_path(
         repo = Repository(
             load_config(root=root, store=base / store, mode=mode, cooldown_sec=0, env={})
         )
-        original = manifest.repo.Scanner
-        manifest.repo.Scanner = scanner  # type: ignore[misc]
+        original = manifest.root.scan.Scanner
+        manifest.root.scan.Scanner = scanner  # type: ignore[misc]
         try:
             result = repo.scan(base=None)
         finally:
-            manifest.repo.Scanner = original  # type: ignore[misc]
+            manifest.root.scan.Scanner = original  # type: ignore[misc]
         return result.root_id, result.files, result.hashed, result.bytes
 
     # first scans fill each store's stat cache; then some files are touched; then compare
@@ -422,7 +423,7 @@ def test_a_folder_without_a_signature_settles_its_unchanged_files_in_the_lean_lo
                 root=root, store=tmp_path / store, mode="content_hash", cooldown_sec=0, env={}
             )
         )
-        monkeypatch.setattr(manifest.repo, "Scanner", scanner)
+        monkeypatch.setattr(manifest.root.scan, "Scanner", scanner)
         result = repo.scan(base=None)
         return result.root_id, result.files, result.hashed
 

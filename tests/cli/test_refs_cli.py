@@ -140,7 +140,7 @@ def test_log_reads_only_the_moves_it_shows(tmp_path: Path, monkeypatch: pytest.M
     from typer.testing import CliRunner
 
     from manifest.cli import app
-    from manifest.objects import ObjectStore
+    from manifest.store.objects import ObjectStore
 
     raw, base = _one_file_store(tmp_path)
     runner = CliRunner()
