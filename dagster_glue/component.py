@@ -23,15 +23,19 @@ from dagster_glue.resource import ManifestResource, setting_of
 def settings_model() -> type[dg.Model]:
     """A ``dg.Model`` whose fields are ``ManifestResource``'s: the same names, defaults and
     descriptions; a setting with choices is a ``Literal`` of them, so the YAML schema lists
-    them. The Component's attributes are this model's fields, never written out again."""
+    them, and one the resource reads from text also takes text (globs separated by commas,
+    as from a variable). The Component's attributes are this model's fields, never written
+    out again."""
     fields: dict[str, Any] = {}
     for name, field in ManifestResource.model_fields.items():
         annotation: Any = field.annotation
-        choices = setting_of(field).choices
-        if choices:
-            annotation = Literal[choices]
+        setting = setting_of(field)
+        if setting.choices:
+            annotation = Literal[setting.choices]
             if field.default is None:
                 annotation = annotation | None
+        elif setting.parse is not None:
+            annotation = annotation | str  # text (`"{{ env.X }}"`), read as the factory reads it
         fields[name] = (
             # the Resolver carries the description into the YAML schema (`dg` shows it)
             Annotated[annotation, dg.Resolver.default(description=field.description)],

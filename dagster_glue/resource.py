@@ -155,8 +155,9 @@ class ManifestResource(dg.ConfigurableResource):
 
     root: Annotated[str, Setting(ENV_DATA_DIR, read_at_use=True)] = Field(
         description="The folder to watch, or a bucket URL (`s3://bucket/prefix`). A relative "
-        "path is resolved against the current folder of the process that uses it (`dagster "
-        "dev`'s, the daemon's): prefer an absolute path or a `dg.EnvVar`."
+        "path is resolved against the current folder of the process that loads the "
+        "definitions (`dagster dev`'s, the daemon's): prefer an absolute path or a "
+        "`dg.EnvVar`."
     )
     state_dir: Annotated[str | None, Setting(ENV_STATE_DIR, read_at_use=True)] = Field(
         default=None,
@@ -170,8 +171,8 @@ class ManifestResource(dg.ConfigurableResource):
     )
     asset_mode: Annotated[str, Setting("RAW_ASSET_MODE", choices=ASSET_MODES)] = Field(
         default="materialize",
-        description="`materialize`: the watched assets are materialized, with their "
-        "downstream; `observe`: they are observable sources, observed.",
+        description="`materialize`: the watched assets are materialized with their "
+        "downstream; `observe`: they are observable sources, and are observed.",
     )
     selection: Annotated[str | None, Setting()] = Field(
         default=None,
@@ -213,11 +214,6 @@ class ManifestResource(dg.ConfigurableResource):
         default=None,
         description="Globs of the files the store leaves out. None: the store's, else none.",
     )
-    bootstrap: Annotated[str, Setting(ENV_BOOTSTRAP, choices=BOOTSTRAPS)] = Field(
-        default=DEFAULT_BOOTSTRAP,
-        description="The first tick, with no `last` yet: `baseline` records the files and "
-        "runs nothing; `all` requests every file as added.",
-    )
     batch_size: Annotated[int, Setting("RAW_BATCH_SIZE", parse=parse_count)] = Field(
         default=50, description="Unpartitioned raw assets per run."
     )
@@ -227,6 +223,11 @@ class ManifestResource(dg.ConfigurableResource):
     run_grace_sec: Annotated[float, Setting("RAW_RUN_GRACE_SEC", parse=parse_seconds)] = Field(
         default=300.0,
         description="How long anyone but the requesting schedule waits for a requested run.",
+    )
+    bootstrap: Annotated[str, Setting(ENV_BOOTSTRAP, choices=BOOTSTRAPS)] = Field(
+        default=DEFAULT_BOOTSTRAP,
+        description="The first tick, with no `last` yet: `baseline` records the files and "
+        "runs nothing; `all` requests every file as added.",
     )
     lock_timeout_sec: Annotated[float, Setting(ENV_LOCK_TIMEOUT, parse=parse_seconds)] = Field(
         default=DEFAULT_LOCK_TIMEOUT_SEC,
