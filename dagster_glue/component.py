@@ -10,13 +10,44 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import dagster as dg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+from pydantic_core import PydanticUndefined
 
 from dagster_glue.factory import change_detection
-from manifest.config import DEFAULT_COOLDOWN_SEC
+from dagster_glue.resource import ManifestResource, setting_of
+
+
+def settings_model() -> type[dg.Model]:
+    """A ``dg.Model`` whose fields are ``ManifestResource``'s: the same names, defaults and
+    descriptions; a setting with choices is a ``Literal`` of them, so the YAML schema lists
+    them, and one the resource reads from text also takes text (globs separated by commas,
+    as from a variable). The Component's attributes are this model's fields, never written
+    out again."""
+    fields: dict[str, Any] = {}
+    for name, field in ManifestResource.model_fields.items():
+        annotation: Any = field.annotation
+        setting = setting_of(field)
+        if setting.choices:
+            annotation = Literal[setting.choices]
+            if field.default is None:
+                annotation = annotation | None
+        elif setting.parse is not None:
+            annotation = annotation | str  # text (`"{{ env.X }}"`), read as the factory reads it
+        fields[name] = (
+            # the Resolver carries the description into the YAML schema (`dg` shows it)
+            Annotated[annotation, dg.Resolver.default(description=field.description)],
+            Field(default=... if field.default is PydanticUndefined else field.default),
+        )
+    return create_model("ChangeDetectionSettings", __base__=dg.Model, **fields)
+
+
+if TYPE_CHECKING:
+    _Settings = dg.Model
+else:
+    _Settings = settings_model()
 
 
 class ChangeDetectionScaffoldParams(BaseModel):
@@ -26,7 +57,10 @@ class ChangeDetectionScaffoldParams(BaseModel):
         default="data/1_raw",
         description="The raw root to watch: a folder (relative to the project root) or a URL.",
     )
-    name: str = Field(default="raw", description="Prefix of the schedules, sensor and job.")
+    name: str = Field(
+        default=ManifestResource.model_fields["name"].default,
+        description=ManifestResource.model_fields["name"].description,
+    )
 
 
 class ChangeDetectionScaffolder(dg.Scaffolder[ChangeDetectionScaffoldParams]):
@@ -46,41 +80,10 @@ class ChangeDetectionScaffolder(dg.Scaffolder[ChangeDetectionScaffoldParams]):
 
 
 @dg.scaffold_with(ChangeDetectionScaffolder)
-class ChangeDetectionComponent(dg.Component, dg.Model, dg.Resolvable):
+class ChangeDetectionComponent(dg.Component, _Settings, dg.Resolvable):
     """Watch a raw root: every asset of this code location whose metadata has
-    ``source_path`` (narrowed by ``selection``) is requested when its file changes."""
-
-    root: str
-    state_dir: str | None = None
-    name: str = "raw"
-    asset_mode: Literal["materialize", "observe"] = "materialize"
-    selection: str | None = None
-    cron: str = "*/5 * * * *"
-    full_hash_cron: str = "30 2 * * *"
-    enabled: bool = False
-    hash_mode: Literal["content_hash", "mtime_size", "etag"] | None = None
-    cooldown_sec: float = DEFAULT_COOLDOWN_SEC
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-    batch_size: int = 50
-    max_attempts: int = 3
-    run_grace_sec: float = 300
+    ``source_path`` (narrowed by ``selection``) is requested when its file changes. The
+    attributes are ``ManifestResource``'s fields, the arguments of ``change_detection``."""
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        return change_detection(
-            root=self.root,
-            state_dir=self.state_dir,
-            name=self.name,
-            asset_mode=self.asset_mode,
-            selection=self.selection,
-            cron=self.cron,
-            full_hash_cron=self.full_hash_cron,
-            enabled=self.enabled,
-            hash_mode=self.hash_mode,
-            cooldown_sec=self.cooldown_sec,
-            include=self.include,
-            exclude=self.exclude,
-            batch_size=self.batch_size,
-            max_attempts=self.max_attempts,
-            run_grace_sec=self.run_grace_sec,
-        )
+        return change_detection(**self.model_dump())

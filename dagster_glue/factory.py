@@ -1,4 +1,8 @@
-"""``change_detection(...)``: what a Dagster project adds to watch one raw root."""
+"""``change_detection(...)``: what a Dagster project adds to watch one raw root.
+
+Its keyword arguments are ``ManifestResource``'s fields, with their defaults (a test holds
+the two, and the Component, to exactly the same settings): it reads the ``dg.EnvVar``s read
+at load, builds the resource, which checks every value, and derives the rest from it."""
 
 from __future__ import annotations
 
@@ -8,43 +12,23 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_glue.resource import ManifestResource, resource_key, validate_name
+from dagster_glue.resource import (
+    ASSET_MODES,
+    ManifestResource,
+    parse_cron,
+    resource_key,
+    setting_of,
+)
 from dagster_glue.sensors import automation_sensor, promotion_sensor
 from dagster_glue.tick import Glue
-from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC, parse_seconds
-from manifest.errors import ConfigError
+from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC
 
-ASSET_MODES = ("materialize", "observe")
+__all__ = ["ASSET_MODES", "change_detection", "parse_cron"]
 
 
 def _value(value: Any) -> Any:
-    """Definition-time settings (cron, enabled, mode) may be ``dg.EnvVar``s: read them now."""
+    """A ``dg.EnvVar`` for a setting read at load: read it now."""
     return value.get_value() if isinstance(value, dg.EnvVar) else value
-
-
-def parse_cron(value: Any, variable: str) -> str:
-    """A 5-field cron expression (a ``dg.EnvVar`` is read now), or a ``ConfigError``."""
-    text = str(_value(value) or "").strip()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dg.ScheduleDefinition(name="_check", cron_schedule=text, target="*")
-    except Exception as exc:  # Dagster raises its own error types for a bad cron string
-        raise ConfigError(
-            variable, text, "a 5-field cron expression such as '*/5 * * * *'"
-        ) from exc
-    return text
-
-
-def _globs(value: Sequence[str] | dg.EnvVar | None) -> list[str] | None:
-    """A list of globs, or an ``EnvVar`` holding them separated by commas or newlines; None
-    (or an unset variable): the store's."""
-    if isinstance(value, dg.EnvVar):
-        text = value.get_value()
-        if text is None:
-            return None
-        return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
-    return None if value is None else list(value)
 
 
 def _shown(root: str | dg.EnvVar) -> str:
@@ -55,29 +39,14 @@ def _shown(root: str | dg.EnvVar) -> str:
     return f"{value} (${root.env_var_name})" if value else f"${root.env_var_name}"
 
 
-def _count(value: Any, variable: str) -> int:
-    value = _value(value)
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ConfigError(variable, value, "a whole number >= 1") from None
-    if number < 1:
-        raise ConfigError(variable, value, "a whole number >= 1")
-    return number
-
-
-def _seconds(value: Any, variable: str) -> float:
-    return parse_seconds(_value(value), variable)
-
-
-def _bool(value: Any, variable: str) -> bool:
-    value = _value(value)
-    if isinstance(value, bool):
+def _setting(name: str, value: Any) -> Any:
+    """An argument as ``ManifestResource`` takes it: an ``AssetSelection`` as Dagster's text
+    for it, a ``dg.EnvVar`` read now unless the setting is read when the resource is used."""
+    if name == "selection" and isinstance(value, dg.AssetSelection):
+        return str(value)
+    if setting_of(ManifestResource.model_fields[name]).read_at_use:
         return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(variable, value, "true or false")
-    return text in ("true", "1", "yes")
+    return _value(value)
 
 
 def change_detection(
@@ -85,7 +54,7 @@ def change_detection(
     root: str | dg.EnvVar,
     state_dir: str | dg.EnvVar | None = None,
     name: str | dg.EnvVar = "raw",
-    asset_mode: str = "materialize",
+    asset_mode: str | dg.EnvVar = "materialize",
     selection: dg.AssetSelection | str | None = None,
     cron: str | dg.EnvVar = "*/5 * * * *",
     full_hash_cron: str | dg.EnvVar = "30 2 * * *",
@@ -96,38 +65,23 @@ def change_detection(
     exclude: Sequence[str] | dg.EnvVar | None = None,
     batch_size: int | dg.EnvVar = 50,
     max_attempts: int | dg.EnvVar = 3,
-    run_grace_sec: float | dg.EnvVar = 300,
+    run_grace_sec: float | dg.EnvVar = 300.0,
     bootstrap: str | dg.EnvVar = "baseline",
     lock_timeout_sec: float | dg.EnvVar = DEFAULT_LOCK_TIMEOUT_SEC,
 ) -> dg.Definitions:
     """The job, ``{name}_schedule``, ``{name}_full_hash_check``, ``{name}_promotion_sensor``
     (and in observe mode ``{name}_automation_sensor``) and the ``{name}_manifest`` resource
     that watch ``root``. Merge it with your own definitions; your assets declare their file
-    with ``source_path`` metadata.
+    with ``source_path`` metadata. Each argument is the ``ManifestResource`` field of the
+    same name (see its descriptions).
 
     Every setting may be a ``dg.EnvVar``: ``root``, ``state_dir`` and ``hash_mode`` are read
     when the resource is used; the others when the definitions load. The store records its
     root, mode and filters when it is created; ``hash_mode``, ``include`` and ``exclude``
     left as None take the store's, and any that differ from the store's are an error."""
-    name = validate_name(str(_value(name)))
-    mode = str(_value(asset_mode))
-    if mode not in ASSET_MODES:
-        raise ConfigError("asset_mode", mode, " or ".join(ASSET_MODES))
-    resource = ManifestResource(
-        root=root,
-        state_dir=state_dir,
-        name=name,
-        asset_mode=mode,
-        hash_mode=hash_mode,
-        cooldown_sec=_seconds(cooldown_sec, "cooldown_sec"),
-        include=_globs(include),
-        exclude=_globs(exclude),
-        batch_size=_count(batch_size, "batch_size"),
-        max_attempts=_count(max_attempts, "max_attempts"),
-        run_grace_sec=_seconds(run_grace_sec, "run_grace_sec"),
-        bootstrap=bootstrap,
-        lock_timeout_sec=_seconds(lock_timeout_sec, "lock_timeout_sec"),
-    )
+    arguments = dict(locals())  # first, so exactly the keyword arguments: one per setting
+    resource = ManifestResource(**{key: _setting(key, v) for key, v in arguments.items()})
+    name, mode = resource.name, resource.asset_mode
     observe = mode == "observe"
     job_selection: dg.AssetSelection
     with warnings.catch_warnings():
@@ -161,9 +115,7 @@ def change_detection(
         selection=selection,
     )
     status = (
-        dg.DefaultScheduleStatus.RUNNING
-        if _bool(enabled, "enabled")
-        else dg.DefaultScheduleStatus.STOPPED
+        dg.DefaultScheduleStatus.RUNNING if resource.enabled else dg.DefaultScheduleStatus.STOPPED
     )
     key = resource_key(name)
 
@@ -186,13 +138,13 @@ def change_detection(
     schedules = [
         schedule(
             schedule_name,
-            parse_cron(cron, "cron"),
+            resource.cron,
             f"Scan {shown_root} and request one run for what changed since last.",
             rehash_all=False,
         ),
         schedule(
             f"{name}_full_hash_check",
-            parse_cron(full_hash_cron, "full_hash_cron"),
+            resource.full_hash_cron,
             f"Re-hash every file under {shown_root}, ignoring the stat cache, and request "
             "whatever content differs from last.",
             rehash_all=True,

@@ -1,20 +1,46 @@
 """``ManifestResource``: one watched root's settings, shared by the schedule, the sensors and
-the user's own assets. Every field may be a ``dg.EnvVar``; nothing here reads ``RAW_*``."""
+the user's own assets, and the one place those settings are declared: ``change_detection``
+and ``ChangeDetectionComponent`` take exactly its fields. Each field says its type, default,
+description and, in its ``Setting``, the environment variable the bundled sample (and the CLI,
+for the engine's settings) reads it from, how text becomes its value, and when a
+``dg.EnvVar`` given for it is read. Nothing here reads ``RAW_*``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Iterator, Mapping
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
 
 from dagster_glue import tags as T
 from manifest import Repository, TreeEntry, load_config
-from manifest.config import DEFAULT_COOLDOWN_SEC, DEFAULT_LOCK_TIMEOUT_SEC
+from manifest.config import (
+    BOOTSTRAPS,
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_COOLDOWN_SEC,
+    DEFAULT_LOCK_TIMEOUT_SEC,
+    ENV_BOOTSTRAP,
+    ENV_COOLDOWN,
+    ENV_DATA_DIR,
+    ENV_EXCLUDE,
+    ENV_HASH_MODE,
+    ENV_INCLUDE,
+    ENV_LOCK_TIMEOUT,
+    ENV_STATE_DIR,
+    HASH_MODES,
+    StoreFile,
+    bucket_cache_dir,
+    find_store_file,
+    parse_seconds,
+)
 from manifest.errors import ConfigError
 from manifest.globs import compile_globs
 from manifest.location import absolute_location
@@ -23,13 +49,12 @@ from manifest.text import escape_path, unescape_path
 
 SOURCE_PATH = "source_path"
 MISSING_VERSION = "missing"
+ASSET_MODES = ("materialize", "observe")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.fullmatch(name):
-        raise ConfigError("name", name, "letters, digits and '_', not starting with a digit")
-    return name
+    return parse_name(name, "name")
 
 
 def resource_key(name: str) -> str:
@@ -42,35 +67,198 @@ def observation_version(entry: TreeEntry | None) -> str:
     return entry.fingerprint if entry is not None else MISSING_VERSION
 
 
+# -- how text (an environment variable, a dg.EnvVar, YAML) becomes a setting's value ----------
+
+
+def parse_cron(value: Any, variable: str) -> str:
+    """A 5-field cron expression (a ``dg.EnvVar`` is read now), or a ``ConfigError``."""
+    text = str(_read_now(value) or "").strip()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg.ScheduleDefinition(name="_check", cron_schedule=text, target="*")
+    except Exception as exc:  # Dagster raises its own error types for a bad cron string
+        raise ConfigError(
+            variable, text, "a 5-field cron expression such as '*/5 * * * *'"
+        ) from exc
+    return text
+
+
+def parse_name(value: Any, variable: str) -> str:
+    text = str(value)
+    if not _NAME_RE.fullmatch(text):
+        raise ConfigError(variable, text, "letters, digits and '_', not starting with a digit")
+    return text
+
+
+def parse_count(value: Any, variable: str) -> int:
+    """A whole number >= 1."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(variable, value, "a whole number >= 1") from None
+    if number < 1:
+        raise ConfigError(variable, value, "a whole number >= 1")
+    return number
+
+
+def parse_flag(value: Any, variable: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(variable, value, "true or false")
+    return text in ("true", "1", "yes")
+
+
+def parse_globs(value: Any, variable: str) -> list[str]:
+    """A list of globs, or text holding them separated by commas or newlines."""
+    if isinstance(value, str):
+        return [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
+    if isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
+        return list(value)
+    raise ConfigError(variable, value, "a list of globs, or globs separated by commas")
+
+
+def _read_now(value: Any) -> Any:
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What ``ManifestResource`` says of a field beyond its type, default and description.
+
+    ``env_var``: the variable the bundled sample reads it from (for the engine's settings the
+    same one the CLI reads; the library itself reads none). ``parse``: text or a value to the
+    field's type, raising a ``ConfigError`` that names the variable. ``choices``: the values
+    allowed. ``read_at_use``: a ``dg.EnvVar`` given to ``change_detection`` is read whenever
+    the resource is used (else once, when the definitions load)."""
+
+    env_var: str | None = None
+    parse: Callable[[Any, str], Any] | None = None
+    choices: tuple[str, ...] = ()
+    read_at_use: bool = False
+
+    def read(self, value: Any, variable: str) -> Any:
+        """``value`` as the field holds it."""
+        if self.choices and value not in self.choices:
+            raise ConfigError(variable, value, " or ".join(self.choices))
+        return self.parse(value, variable) if self.parse is not None else value
+
+
+def setting_of(field: FieldInfo) -> Setting:
+    """The ``Setting`` a field of ``ManifestResource`` carries."""
+    return next((m for m in field.metadata if isinstance(m, Setting)), Setting())
+
+
 class ManifestResource(dg.ConfigurableResource):
     """Where a watched root and its state store are, and how to scan and process it."""
 
-    root: str = Field(description="The raw data folder to watch.")
-    state_dir: str | None = Field(
-        default=None, description="The state store; default $DAGSTER_HOME/state/<name>."
+    root: Annotated[str, Setting(ENV_DATA_DIR, read_at_use=True)] = Field(
+        description="The folder to watch, or a bucket URL (`s3://bucket/prefix`). A relative "
+        "path is resolved against the current folder of the process that loads the "
+        "definitions (`dagster dev`'s, the daemon's): prefer an absolute path or a "
+        "`dg.EnvVar`."
     )
-    name: str = Field(default="raw", description="Prefix of jobs, schedules, tags, run keys.")
-    asset_mode: str = Field(default="materialize", description="materialize or observe.")
-    hash_mode: str | None = Field(
+    state_dir: Annotated[str | None, Setting(ENV_STATE_DIR, read_at_use=True)] = Field(
         default=None,
-        description="content_hash, mtime_size or etag; default: the store's, else content_hash.",
+        description="The manifest store (refs, snapshots, stat cache): a folder or a bucket "
+        "URL. None: `$DAGSTER_HOME/state/<name>`, where the CLI finds it too (`manifest --name "
+        "<name> status`, or plain `manifest status` when it is the only one).",
     )
-    cooldown_sec: float = Field(
-        default=DEFAULT_COOLDOWN_SEC, description="Files modified more recently wait a tick."
+    name: Annotated[str, Setting(parse=parse_name)] = Field(
+        default="raw",
+        description="Prefix of every job, schedule, sensor, tag and run key; one per root.",
     )
-    include: list[str] | None = Field(
-        default=None, description="Globs of files to record; default: the store's, else all."
+    asset_mode: Annotated[str, Setting("RAW_ASSET_MODE", choices=ASSET_MODES)] = Field(
+        default="materialize",
+        description="`materialize`: the watched assets are materialized with their "
+        "downstream; `observe`: they are observable sources, and are observed.",
     )
-    exclude: list[str] | None = Field(
-        default=None, description="Globs of files to ignore; default: the store's, else none."
+    selection: Annotated[str | None, Setting()] = Field(
+        default=None,
+        description="Narrows the watched assets: a selection string such as `group:raw` "
+        "(sources included). From Python also an `AssetSelection` (build it with "
+        "`include_sources=True` to reach observable sources; the resource holds Dagster's "
+        "text for it). None: all assets.",
     )
-    bootstrap: str = Field(default="baseline", description="First tick: baseline or all.")
-    batch_size: int = Field(default=50, description="Raw assets per run.")
-    max_attempts: int = Field(default=3, description="Runs per batch before giving up.")
-    run_grace_sec: float = Field(
-        default=300.0, description="How long another instigator waits for a requested run."
+    cron: Annotated[str, Setting("RAW_SCAN_CRON", parse=parse_cron)] = Field(
+        default="*/5 * * * *",
+        description="When `<name>_schedule` ticks: reconcile the run in flight, else scan, "
+        "diff and request.",
     )
-    lock_timeout_sec: float = Field(default=DEFAULT_LOCK_TIMEOUT_SEC)
+    full_hash_cron: Annotated[str, Setting("RAW_FULL_HASH_CRON", parse=parse_cron)] = Field(
+        default="30 2 * * *",
+        description="When `<name>_full_hash_check` ticks: the same, re-hashing every file.",
+    )
+    enabled: Annotated[bool, Setting("RAW_SCHEDULE_ENABLED", parse=parse_flag)] = Field(
+        default=False,
+        description="Whether the two schedules start running (else switch them on in the UI).",
+    )
+    hash_mode: Annotated[
+        str | None, Setting(ENV_HASH_MODE, choices=HASH_MODES, read_at_use=True)
+    ] = Field(
+        default=None,
+        description="`content_hash` (BLAKE3, re-hashing only what changed stat), `mtime_size`, "
+        "or `etag` (bucket roots). None: the store's, else `content_hash`.",
+    )
+    cooldown_sec: Annotated[float, Setting(ENV_COOLDOWN, parse=parse_seconds)] = Field(
+        default=DEFAULT_COOLDOWN_SEC,
+        description="A file modified more recently than this waits for a later tick.",
+    )
+    include: Annotated[list[str] | None, Setting(ENV_INCLUDE, parse=parse_globs)] = Field(
+        default=None,
+        description="Globs of the files the store records (as text: separated by commas or "
+        "newlines). None: the store's, else all files.",
+    )
+    exclude: Annotated[list[str] | None, Setting(ENV_EXCLUDE, parse=parse_globs)] = Field(
+        default=None,
+        description="Globs of the files the store leaves out. None: the store's, else none.",
+    )
+    batch_size: Annotated[int, Setting("RAW_BATCH_SIZE", parse=parse_count)] = Field(
+        default=50, description="Unpartitioned raw assets per run."
+    )
+    max_attempts: Annotated[int, Setting("RAW_MAX_ATTEMPTS", parse=parse_count)] = Field(
+        default=3, description="Runs per batch before the schedule stops retrying."
+    )
+    run_grace_sec: Annotated[float, Setting("RAW_RUN_GRACE_SEC", parse=parse_seconds)] = Field(
+        default=300.0,
+        description="How long anyone but the requesting schedule waits for a requested run.",
+    )
+    bootstrap: Annotated[str, Setting(ENV_BOOTSTRAP, choices=BOOTSTRAPS)] = Field(
+        default=DEFAULT_BOOTSTRAP,
+        description="The first tick, with no `last` yet: `baseline` records the files and "
+        "runs nothing; `all` requests every file as added.",
+    )
+    lock_timeout_sec: Annotated[float, Setting(ENV_LOCK_TIMEOUT, parse=parse_seconds)] = Field(
+        default=DEFAULT_LOCK_TIMEOUT_SEC,
+        description="How long an update of the store waits for another holder of its lock "
+        "before the tick skips, to retry on the next.",
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _read_setting(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every value passes its ``Setting``: the factory, the Component and a resource
+        built by hand check alike. A ``dg.EnvVar`` is checked when Dagster resolves it."""
+        assert info.field_name is not None
+        field = cls.model_fields[info.field_name]
+        if isinstance(value, dg.EnvVar) or (value is None and field.default is None):
+            return value
+        return setting_of(field).read(value, info.field_name)
+
+    @classmethod
+    def settings_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        """The settings ``env`` sets through the variables the fields declare (a blank
+        variable is unset), read and checked: keyword arguments for ``change_detection``. A
+        bad value is a ``ConfigError`` naming its variable."""
+        out = {}
+        for name, field in cls.model_fields.items():
+            setting = setting_of(field)
+            text = env.get(setting.env_var, "").strip() if setting.env_var else ""
+            if text:
+                out[name] = setting.read(text, setting.env_var or name)
+        return out
 
     # -- the engine ----------------------------------------------------------------------
 
@@ -94,19 +282,46 @@ class ManifestResource(dg.ConfigurableResource):
         """The engine for this root. Settings come from these fields and the store's own
         record of its root, mode and filters (a field that disagrees with the record is an
         error naming both); credentials and a custom endpoint for a bucket come from the
-        process environment."""
-        config = load_config(
-            root=self.root,
-            store=self.store_location(),
-            mode=self.hash_mode,
-            cooldown_sec=self.cooldown_sec,
-            include=tuple(self.include) if self.include is not None else None,
-            exclude=tuple(self.exclude) if self.exclude is not None else None,
-            bootstrap=self.bootstrap,
-            env={},
-            origin=f"change_detection(name={self.name!r})",
+        process environment.
+
+        Built once per process and thread for these settings, working directory and
+        environment, and again only when the store's record (``config.toml``) changes, as
+        ``manifest init --force`` or a new store makes it: a tick, the helpers its runs call
+        and the promotion sensor share one. (One per thread: Dagster evaluates schedules and
+        sensors on a thread pool, and a ``Repository`` keeps per-instance state.)"""
+        arguments: dict[str, Any] = {
+            "root": self.root,
+            "store": self.store_location(),
+            "mode": self.hash_mode,
+            "cooldown_sec": self.cooldown_sec,
+            "include": tuple(self.include) if self.include is not None else None,
+            "exclude": tuple(self.exclude) if self.exclude is not None else None,
+            "bootstrap": self.bootstrap,
+            "origin": f"change_detection(name={self.name!r})",
+        }
+        key = (
+            os.getpid(),
+            os.getcwd(),
+            tuple(arguments.items()),
+            self.lock_timeout_sec,
+            tuple(sorted(os.environ.items())),  # DAGSTER_HOME, credentials, cache folder
         )
-        return Repository(config, lock_timeout=self.lock_timeout_sec)
+        built: dict[tuple[Any, ...], _Built] = _BUILT.__dict__.setdefault("repositories", {})
+        found = built.pop(key, None)
+        if found is None or found.record != find_store_file(*found.where):
+            where = found.where if found is not None else _record_where(arguments["store"])
+            # The record is read before load_config reads it: one written in between is
+            # seen (and built with) by the next call, never missed.
+            record = find_store_file(*where)
+            config = load_config(**arguments, env={})
+            if (config.store, config.store_url) != where:  # not where it was looked for
+                where = (config.store, config.store_url)
+                record = find_store_file(*where)
+            found = _Built(Repository(config, lock_timeout=self.lock_timeout_sec), where, record)
+        built[key] = found  # the most recently used last
+        while len(built) > _MAX_BUILT:
+            del built[next(iter(built))]
+        return found.repository
 
     def _root(self) -> Root:
         """The root, opened to read and list files."""
@@ -256,3 +471,25 @@ def _declared_source(context: dg.AssetExecutionContext) -> str:
 
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
+
+
+# -- the Repository each process (and thread) builds once ----------------------------------
+
+_MAX_BUILT = 16  # settings this thread keeps a Repository for (a process watches a few roots)
+_BUILT = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    repository: Repository
+    where: tuple[Path, BucketURL | None]  # the store whose record it was built with
+    record: StoreFile | None  # that record (config.toml), None when it had none
+
+
+def _record_where(store: str) -> tuple[Path, BucketURL | None]:
+    """Where ``load_config`` reads the record of the store ``store`` names: a folder
+    resolved against the working directory, or a bucket (and this machine's cache of it)."""
+    where = parse_location(store, "state_dir")
+    if isinstance(where, BucketURL):
+        return bucket_cache_dir(where), where
+    return Path(os.path.realpath(Path.cwd() / os.path.expanduser(where))), None

@@ -20,11 +20,12 @@ def promotion_sensor(glue: Glue, job: dg.UnresolvedAssetJobDefinition) -> dg.Sen
             return dg.SkipReason(f"run was not started by {glue.schedule_name}")
         res = resources[glue.resource_key]
         try:
-            if res.repository().find_ref(REF_PENDING) != snapshot:
+            repo = res.repository()  # one for the whole promotion
+            if repo.find_ref(REF_PENDING) != snapshot:
                 return dg.SkipReason(f"{snapshot[:12]} is no longer pending")
             repository_def = context.repository_def
             assert repository_def is not None
-            message = glue.promote_if_done(res, repository_def, context.instance, snapshot)
+            message = glue.promote_if_done(res, repo, repository_def, context.instance, snapshot)
         except ManifestError as exc:
             if not exc.retryable:
                 raise

@@ -278,11 +278,11 @@ class Glue:
     def promote_if_done(
         self,
         res: ManifestResource,
+        repo: Repository,
         repository_def: dg.RepositoryDefinition,
         instance: dg.DagsterInstance,
         pending: str,
     ) -> str:
-        repo = res.repository()
         decision, planned, changes = self.decide(res, repo, repository_def, instance, pending)
         if decision.action != "promote":
             return f"not promoted yet: {decision.message}"

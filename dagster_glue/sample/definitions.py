@@ -7,45 +7,43 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from dagster_glue import change_detection
+from dagster_glue import ManifestResource, change_detection, resource_key
 from dagster_glue.sample.assets import sample_assets
-from dagster_glue.sample.settings import GlueSettings, load_glue_settings
+from dagster_glue.sample.settings import load_glue_settings
 from manifest import Config, load_config
 
 
 def build(
-    settings: GlueSettings | None = None,
+    settings: Mapping[str, Any] | None = None,
     config: Config | None = None,
     env: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
-    """The sample definitions for ``settings`` and the engine ``config`` (default: both
-    from the environment)."""
+    """The sample definitions for ``settings`` (keyword arguments of ``change_detection``)
+    and the engine ``config`` (default: both from the environment). The engine's settings
+    (root, store, hash mode, cooldown, globs, bootstrap, lock timeout) come from ``config``,
+    resolved as the CLI resolves them, so both find the same store."""
     settings = settings if settings is not None else load_glue_settings(env)
     config = config if config is not None else load_config(env=env, name=_store_name(env))
-    return dg.Definitions.merge(
-        dg.Definitions(assets=sample_assets(settings.asset_mode)),
-        change_detection(
-            root=config.root_text,
-            state_dir=config.store_text,
-            name="raw",
-            asset_mode=settings.asset_mode,
-            cron=settings.cron,
-            full_hash_cron=settings.full_hash_cron,
-            enabled=settings.enabled,
-            hash_mode=config.mode,
-            cooldown_sec=config.cooldown_sec,
-            include=config.include,
-            exclude=config.exclude,
-            bootstrap=config.bootstrap,
-            lock_timeout_sec=config.lock_timeout_sec,
-            batch_size=settings.batch_size,
-            max_attempts=settings.max_attempts,
-            run_grace_sec=settings.run_grace_sec,
-        ),
+    watch = change_detection(
+        **{
+            **settings,
+            "root": config.root_text,
+            "state_dir": config.store_text,
+            "name": "raw",
+            "hash_mode": config.mode,
+            "cooldown_sec": config.cooldown_sec,
+            "include": config.include,
+            "exclude": config.exclude,
+            "bootstrap": config.bootstrap,
+            "lock_timeout_sec": config.lock_timeout_sec,
+        }
     )
+    resource: ManifestResource = (watch.resources or {})[resource_key("raw")]
+    return dg.Definitions.merge(dg.Definitions(assets=sample_assets(resource.asset_mode)), watch)
 
 
 def _store_name(env: Mapping[str, str] | None) -> str | None:

@@ -106,7 +106,8 @@ class Harness(Project):
         self.root = root
         self.store = store
         self.settings = settings
-        name = "observe_raw_sources" if settings.asset_mode == "observe" else "raw_reload_job"
+        observe = settings.get("asset_mode") == "observe"
+        name = "observe_raw_sources" if observe else "raw_reload_job"
         self.job = self.repository_def.get_job(name)
 
     @property
