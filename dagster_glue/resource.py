@@ -37,13 +37,12 @@ from manifest.config import (
     ENV_STATE_DIR,
     HASH_MODES,
     StoreFile,
-    bucket_cache_dir,
     find_store_file,
     parse_seconds,
 )
 from manifest.errors import ConfigError
 from manifest.globs import compile_globs
-from manifest.location import absolute_location
+from manifest.location import Location, absolute_location
 from manifest.root import Root, open_root
 from manifest.text import escape_path, unescape_path
 
@@ -308,15 +307,15 @@ class ManifestResource(dg.ConfigurableResource):
         )
         built: dict[tuple[Any, ...], _Built] = _BUILT.__dict__.setdefault("repositories", {})
         found = built.pop(key, None)
-        if found is None or found.record != find_store_file(*found.where):
+        if found is None or found.record != find_store_file(found.where):
             where = found.where if found is not None else _record_where(arguments["store"])
             # The record is read before load_config reads it: one written in between is
             # seen (and built with) by the next call, never missed.
-            record = find_store_file(*where)
+            record = find_store_file(where)
             config = load_config(**arguments, env={})
-            if (config.store, config.store_url) != where:  # not where it was looked for
-                where = (config.store, config.store_url)
-                record = find_store_file(*where)
+            if config.store_location != where:  # not where it was looked for
+                where = config.store_location
+                record = find_store_file(where)
             found = _Built(Repository(config, lock_timeout=self.lock_timeout_sec), where, record)
         built[key] = found  # the most recently used last
         while len(built) > _MAX_BUILT:
@@ -482,14 +481,11 @@ _BUILT = threading.local()
 @dataclasses.dataclass(frozen=True)
 class _Built:
     repository: Repository
-    where: tuple[Path, BucketURL | None]  # the store whose record it was built with
+    where: Location  # the store whose record it was built with
     record: StoreFile | None  # that record (config.toml), None when it had none
 
 
-def _record_where(store: str) -> tuple[Path, BucketURL | None]:
-    """Where ``load_config`` reads the record of the store ``store`` names: a folder
-    resolved against the working directory, or a bucket (and this machine's cache of it)."""
-    where = parse_location(store, "state_dir")
-    if isinstance(where, BucketURL):
-        return bucket_cache_dir(where), where
-    return Path(os.path.realpath(Path.cwd() / os.path.expanduser(where))), None
+def _record_where(store: str) -> Location:
+    """Where ``load_config`` reads the record of the store ``store`` names (a folder
+    resolved against the working directory, or a bucket URL)."""
+    return absolute_location(store, "state_dir", Path.cwd())

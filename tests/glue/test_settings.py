@@ -28,7 +28,7 @@ from dagster_glue.resource import setting_of
 from manifest import Repository, load_config
 from manifest.errors import SettingsMismatchError
 from manifest.fsutil import StoreLock
-from manifest.repo import STORE_LOCK
+from manifest.store import STORE_LOCK
 from tests.s3server import S3Server
 from tests.test_bucket import upload
 
