@@ -34,7 +34,7 @@ from manifest.errors import RootError, StoreError
 from manifest.globs import PathFilter
 from manifest.location import BucketURL
 from manifest.model import KIND_FILE, KIND_TREE, Tree, TreeEntry, encode_object
-from manifest.root import Root
+from manifest.root.base import Root
 from manifest.scanresult import BaseTrees, ScanProblem, ScanResult, TreeSource
 from manifest.store.s3 import Bucket, describe, invalid_key
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from manifest.globs import PathFilter
-from manifest.root import Root
+from manifest.root.base import Root
 from manifest.text import escape_path
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from manifest.errors import (
 )
 from manifest.location import BucketURL
 from manifest.model import ReflogEntry
-from manifest.store import Capabilities, Files, Store
+from manifest.store.base import Capabilities, Files, Store
 from manifest.store.objects import Objects, is_object_id, object_id
 from manifest.store.refs import Refs, RefTransaction, validate_ref_name
 from manifest.store.s3 import Bucket

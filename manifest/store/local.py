@@ -8,7 +8,7 @@ from pathlib import Path
 
 from manifest.errors import StoreError
 from manifest.fsutil import atomic_write, read_small_file
-from manifest.store import Capabilities, Files, Store
+from manifest.store.base import Capabilities, Files, Store
 from manifest.store.objects import ObjectStore
 from manifest.store.refs import RefStore
 
