@@ -15,14 +15,11 @@ import pytest
 from manifest import Repository, load_config
 from manifest.errors import (
     ConfigError,
-    CorruptObjectError,
-    RefConflictError,
     RootError,
     StoreError,
 )
 from manifest.location import BucketURL, parse_location
 from manifest.model import ChangeSet
-from manifest.store.bucket import BucketRefs
 from manifest.store.s3 import Bucket, open_bucket
 from tests.s3server import S3Server
 
@@ -200,42 +197,6 @@ def test_local_root_with_a_bucket_store(s3: S3Server, raw: Path) -> None:
 
 
 # -- objects and refs on the bucket ------------------------------------------------------
-
-
-def test_objects_are_verified_on_read(urls: tuple[str, str]) -> None:
-    raw, state = urls
-    repo = bucket_repo(raw, state)
-    snap = repo.begin().snapshot or ""
-    key = f"objects/{snap[:2]}/{snap[2:]}"
-    bucket = Bucket(parse_location(state, "t"))  # type: ignore[arg-type]
-    assert not bucket.create(key, b"other bytes")  # written once: a second create is refused
-    bucket.put(key, b"garbage")  # damage behind the store's back
-    with pytest.raises(CorruptObjectError, match=snap):
-        bucket_repo(raw, state).read_snapshot(snap)
-    report = bucket_repo(raw, state).fsck()
-    assert not report.ok
-    assert any(p.subject == f"object {snap}" and "corrupt" in p.message for p in report.problems)
-
-
-def test_a_lost_race_is_a_retryable_conflict_and_the_log_is_the_ref(
-    urls: tuple[str, str],
-) -> None:
-    raw, state = urls
-    one, two = bucket_repo(raw, state), bucket_repo(raw, state)
-    base = one.begin().snapshot
-    upload(raw, {"links/x.txt": b"x\n"})
-    snap, _ = one.snapshot(message="a")
-    other, _ = one.snapshot(message="b")
-    with one.refs.transaction("last") as mine:
-        assert mine.value == base
-        two.refs.update_ref("last", snap, expected=base, reason="the other process")
-        with pytest.raises(RefConflictError) as info:
-            mine.set(other, reason="too late")
-    assert info.value.retryable
-    assert (info.value.expected, info.value.actual) == (base, snap)
-    moves = [(e.old, e.new) for e in one.refs.read_reflog("last")]
-    assert moves == [(None, base), (base, snap)]  # every move has its line, nothing else
-    assert isinstance(one.refs, BucketRefs)
 
 
 def test_gc_and_expiry_on_a_bucket(urls: tuple[str, str]) -> None:

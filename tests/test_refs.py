@@ -1,10 +1,12 @@
+"""The local store's refs beyond what every store guarantees (tests/store/test_conformance.py):
+lock files and their takeover, torn and failed reflog writes, ref names."""
+
 from __future__ import annotations
 
 import errno
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,39 +29,6 @@ A, B, C = "a" * 64, "b" * 64, "c" * 64
 @pytest.fixture
 def refs(tmp_path: Path) -> RefStore:
     return RefStore(tmp_path, lock_timeout=0.2)
-
-
-def test_update_and_read(refs: RefStore) -> None:
-    assert refs.find_ref("last") is None
-    assert refs.update_ref("last", A, reason="first") is None
-    assert refs.find_ref("last") == A
-    assert refs.update_ref("last", B, reason="second", expected=A) == A
-    assert refs.find_ref("last") == B
-
-
-def test_compare_and_swap_refuses_a_stale_expectation(refs: RefStore) -> None:
-    refs.update_ref("last", A, reason="x")
-    with pytest.raises(RefConflictError) as info:
-        refs.update_ref("last", C, reason="y", expected=B)
-    assert info.value.actual == A and info.value.exit_code == 4
-    assert refs.find_ref("last") == A
-    with pytest.raises(RefConflictError):
-        refs.update_ref("pending", C, reason="y", expected=A)  # expected set, is unset
-
-
-def test_delete_and_reflog(refs: RefStore) -> None:
-    refs.update_ref("pending", A, reason="begin")
-    refs.update_ref("pending", None, reason="promoted")
-    assert refs.find_ref("pending") is None
-    log = refs.read_reflog("pending")
-    assert [(e.old, e.new, e.reason) for e in log] == [(None, A, "begin"), (A, None, "promoted")]
-    assert log[0].time_ns <= log[1].time_ns
-
-
-def test_no_op_update_writes_no_reflog_line(refs: RefStore) -> None:
-    refs.update_ref("last", A, reason="x")
-    refs.update_ref("last", A, reason="again")
-    assert len(refs.read_reflog("last")) == 1
 
 
 @pytest.mark.parametrize(
@@ -114,28 +83,6 @@ def test_lock_is_released_after_an_error(refs: RefStore, tmp_path: Path) -> None
         refs.update_ref("last", A, reason="x", expected=B)
     assert not (tmp_path / "refs" / "last.lock").exists()
     refs.update_ref("last", A, reason="x")
-
-
-def test_concurrent_compare_and_swap_has_one_winner(tmp_path: Path) -> None:
-    refs = RefStore(tmp_path, lock_timeout=10)
-    outcomes: list[str] = []
-    barrier = threading.Barrier(8)
-
-    def contend(value: str) -> None:
-        barrier.wait()
-        try:
-            refs.update_ref("pending", value, reason="begin", expected=None)
-            outcomes.append("won")
-        except RefConflictError:
-            outcomes.append("lost")
-
-    threads = [threading.Thread(target=contend, args=(f"{i:x}" * 64,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
-    assert len(refs.read_reflog("pending")) == 1
 
 
 def test_torn_reflog_line_is_skipped(refs: RefStore, tmp_path: Path) -> None:

@@ -211,22 +211,23 @@ class RefStore(Refs):
             return
         if strict:
             _refuse_folders(self.refs_dir, "a ref file")
-        for dirpath, dirnames, filenames in os.walk(
+        names = []
+        for dirpath, _dirnames, filenames in os.walk(
             self.refs_dir, onerror=_raise_store_error if strict else None
         ):
-            dirnames.sort()
-            for filename in sorted(filenames):
+            for filename in filenames:
                 if filename.endswith(".lock") or filename.startswith(".tmp-"):
                     continue
-                rel = Path(dirpath, filename).relative_to(self.refs_dir).as_posix()
-                try:
-                    yield rel, self.find_ref(rel)
-                except (DanglingRefError, InvalidRefNameError) as exc:
-                    if strict:
-                        raise StoreError(
-                            str(self.refs_dir / rel), f"does not hold a snapshot id ({exc})"
-                        ) from exc
-                    yield rel, None
+                names.append(Path(dirpath, filename).relative_to(self.refs_dir).as_posix())
+        for rel in sorted(names):  # by full name, as every backend lists them
+            try:
+                yield rel, self.find_ref(rel)
+            except (DanglingRefError, InvalidRefNameError) as exc:
+                if strict:
+                    raise StoreError(
+                        str(self.refs_dir / rel), f"does not hold a snapshot id ({exc})"
+                    ) from exc
+                yield rel, None
 
     def iter_lock_files(self) -> Iterator[Path]:
         if not self.refs_dir.exists():
