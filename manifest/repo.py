@@ -43,7 +43,7 @@ from manifest.model import (
     text_to_path,
 )
 from manifest.root import Root, open_root
-from manifest.scanresult import BaseTrees, ScanProblem, ScanResult
+from manifest.scanresult import BaseTrees, ScanOptions, ScanProblem, ScanResult
 from manifest.store import Store, open_store
 from manifest.store.objects import is_id_prefix, is_object_id
 from manifest.store.refs import REF_LAST, REF_PENDING, REF_UNFINISHED, validate_ref_name
@@ -362,11 +362,13 @@ class Repository:
         base_snap = self.read_snapshot(base) if base else None
         return self.root.scan(
             BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
-            expected_files=base_snap.counts.files if base_snap is not None else None,
-            rehash_all=rehash_all,
-            on_hash=on_hash,
-            on_walk=on_walk,
-            save_cache=save_cache,
+            ScanOptions(
+                expected_files=base_snap.counts.files if base_snap is not None else None,
+                rehash_all=rehash_all,
+                on_hash=on_hash,
+                on_walk=on_walk,
+                save_cache=save_cache,
+            ),
         )
 
     def _diff_scan(

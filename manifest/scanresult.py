@@ -4,7 +4,8 @@ against (``BaseTrees``). The object stores write these trees; the roots produce 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
@@ -72,6 +73,20 @@ def recorded_files(recorded: Recorded | None, content: bool) -> list[TreeEntry] 
         return recorded.tree_files(content)
     except msgspec.DecodeError:
         return None
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How a scan is run (``Root.scan``), beyond the settings it was opened with."""
+
+    expected_files: int | None = None  # the base snapshot's count: a hint for the walk
+    rehash_all: bool = False  # read every file again (the nightly full-hash check)
+    on_hash: Callable[[int], None] | None = None  # bytes hashed, as they are
+    on_walk: Callable[[int, int], None] | None = None  # files and bytes seen, as they are
+    save_cache: bool = True  # keep what this scan learned in the stat or hash cache
+
+
+DEFAULT_SCAN: Final = ScanOptions()
 
 
 class ScanResult(msgspec.Struct):

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from manifest.scanresult import DEFAULT_SCAN, ScanOptions
 
 if TYPE_CHECKING:
     from manifest.config import Config
@@ -54,18 +55,9 @@ class Root(ABC):
         """Raise ``RootError`` unless the root can be read."""
 
     @abstractmethod
-    def scan(
-        self,
-        base: BaseTrees,
-        *,
-        expected_files: int | None = None,
-        rehash_all: bool = False,
-        on_hash: Callable[[int], None] | None = None,
-        on_walk: Callable[[int, int], None] | None = None,
-        save_cache: bool = True,
-    ) -> ScanResult:
+    def scan(self, base: BaseTrees, options: ScanOptions = DEFAULT_SCAN) -> ScanResult:
         """Every file's fingerprint, as trees; files still settling or unreadable keep
-        their ``base`` entry. ``expected_files``: the base snapshot's count (a hint)."""
+        their ``base`` entry."""
 
     @abstractmethod
     def read_bytes(self, rel_path: str) -> bytes:

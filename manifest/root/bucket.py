@@ -35,7 +35,14 @@ from manifest.globs import PathFilter
 from manifest.location import BucketURL
 from manifest.model import KIND_FILE, KIND_TREE, Tree, TreeEntry, encode_object
 from manifest.root.base import Root
-from manifest.scanresult import BaseTrees, ScanProblem, ScanResult, TreeSource
+from manifest.scanresult import (
+    DEFAULT_SCAN,
+    BaseTrees,
+    ScanOptions,
+    ScanProblem,
+    ScanResult,
+    TreeSource,
+)
 from manifest.store.s3 import Bucket, describe, invalid_key
 
 if TYPE_CHECKING:
@@ -418,16 +425,7 @@ class BucketRoot(Root):
     def check(self) -> None:
         self.bucket.check(as_root=True)
 
-    def scan(
-        self,
-        base: BaseTrees,
-        *,
-        expected_files: int | None = None,
-        rehash_all: bool = False,
-        on_hash: Callable[[int], None] | None = None,
-        on_walk: Callable[[int, int], None] | None = None,
-        save_cache: bool = True,
-    ) -> ScanResult:
+    def scan(self, base: BaseTrees, options: ScanOptions = DEFAULT_SCAN) -> ScanResult:
         config, store = self.settings, self.store
         self.check()
         content = config.mode == "content_hash"
@@ -444,12 +442,12 @@ class BucketRoot(Root):
             path_filter=PathFilter(config.include, config.exclude),
             base=base,
             hashes=hashes,
-            rehash_all=rehash_all,
+            rehash_all=options.rehash_all,
             skip_prefix=skip,
-            on_hash=on_hash,
-            on_walk=on_walk,
+            on_hash=options.on_hash,
+            on_walk=options.on_walk,
         )
-        if content and save_cache and hashes != before and store.exists():
+        if content and options.save_cache and hashes != before and store.exists():
             store.files.write(HASH_CACHE, encode_hash_cache(hashes))
         return result
 

@@ -5,12 +5,12 @@ processes for a big tree (``manifest.root.pool``), with the stat cache
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from manifest.globs import PathFilter
 from manifest.root.base import Root
+from manifest.scanresult import DEFAULT_SCAN, ScanOptions
 from manifest.text import escape_path
 
 if TYPE_CHECKING:
@@ -37,16 +37,7 @@ class LocalRoot(Root):
         if not self.path.is_dir():
             raise RootError(str(self.path), "is not an existing folder; create it or pass --root")
 
-    def scan(
-        self,
-        base: BaseTrees,
-        *,
-        expected_files: int | None = None,
-        rehash_all: bool = False,
-        on_hash: Callable[[int], None] | None = None,
-        on_walk: Callable[[int, int], None] | None = None,
-        save_cache: bool = True,
-    ) -> ScanResult:
+    def scan(self, base: BaseTrees, options: ScanOptions = DEFAULT_SCAN) -> ScanResult:
         from manifest.root.index import StatCache, open_index, scan_context
         from manifest.root.pool import choose_jobs, scan_in_parallel, start_spares, stop_spares
         from manifest.root.scan import Scanner
@@ -59,7 +50,7 @@ class LocalRoot(Root):
                 return 1
             return choose_jobs(expected, config.jobs)
 
-        expected = expected_files
+        expected = options.expected_files
         jobs = jobs_for(expected)
         index_path = store.cache_dir / STAT_CACHE
         index_fd = open_index(index_path)
@@ -82,9 +73,9 @@ class LocalRoot(Root):
                 skip_dirs=skip,
                 cache=cache,
                 base=base,
-                rehash_all=rehash_all,
-                on_hash=on_hash,
-                on_walk=on_walk,
+                rehash_all=options.rehash_all,
+                on_hash=options.on_hash,
+                on_walk=options.on_walk,
                 jobs=jobs,
                 expected_files=expected,
                 jobs_forced=config.jobs is not None,
@@ -94,7 +85,7 @@ class LocalRoot(Root):
             result = scanner.scan()
         finally:
             stop_spares(spares)
-        if save_cache and store.ready_cache_dir():
+        if options.save_cache and store.ready_cache_dir():
             cache.save()
         return result
 

@@ -74,8 +74,16 @@ class Objects(ABC):
         """Store a snapshot's trees; returns how many were new."""
 
     @abstractmethod
+    def _load(self, oid: str) -> bytes:
+        """The bytes stored under ``oid`` (``ObjectNotFoundError`` when there are none)."""
+
     def read_bytes(self, oid: str) -> bytes:
         """The object's bytes, re-hashed (``CorruptObjectError`` if they do not match)."""
+        data = self._load(oid)
+        actual = object_id(data)
+        if actual != oid:
+            raise CorruptObjectError(oid, f"its bytes hash to {actual[:12]}")
+        return data
 
     @abstractmethod
     def iter_ids(
@@ -227,18 +235,14 @@ class ObjectStore(Objects):
             ) from exc
         return len(new)
 
-    def read_bytes(self, oid: str) -> bytes:
+    def _load(self, oid: str) -> bytes:
         path = self._object_path(oid)
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             raise ObjectNotFoundError(oid) from None
         except OSError as exc:
             raise StoreError(str(path), f"cannot read object: {exc.strerror or exc}") from exc
-        actual = object_id(data)
-        if actual != oid:
-            raise CorruptObjectError(oid, f"its bytes hash to {actual[:12]}")
-        return data
 
     def iter_ids(
         self,

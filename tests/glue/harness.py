@@ -76,6 +76,19 @@ class Project:
             raise_on_error=False,
         )
 
+    def run_promotion_sensor(self, result: dg.ExecuteInProcessResult, name: str = "raw") -> None:
+        """Evaluate ``<name>_promotion_sensor`` on a finished run, as the daemon does."""
+        sensor = self.defs.resolve_sensor_def(f"{name}_promotion_sensor")
+        context = dg.build_run_status_sensor_context(
+            sensor_name=f"{name}_promotion_sensor",
+            dagster_instance=self.instance,
+            dagster_run=result.dagster_run,
+            dagster_event=result.get_run_success_event(),
+            resources=self.defs.resources,
+            repository_def=self.repository_def,
+        )
+        sensor(context)
+
     def warm(self, job_name: str = "raw_reload_job") -> None:
         """Materialize everything once, as a user would after the baseline: unpartitioned
         assets in one run, then each registered file partition."""

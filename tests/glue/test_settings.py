@@ -326,18 +326,9 @@ def test_a_tick_its_run_and_the_promotion_share_one_repository(
     assert len(built) == 2 and built[1].config.recorded
     result = h.execute(request)  # the assets call source_metadata, which reads the store
     assert result.success
-    sensor = h.defs.resolve_sensor_def("raw_promotion_sensor")
 
     def promote() -> None:
-        context = dg.build_run_status_sensor_context(
-            sensor_name="raw_promotion_sensor",
-            dagster_instance=h.instance,
-            dagster_run=result.dagster_run,
-            dagster_event=result.get_run_success_event(),
-            resources=h.defs.resources,
-            repository_def=h.repository_def,
-        )
-        sensor(context)
+        h.run_promotion_sensor(result)
 
     assert len(built) == 2  # the run's helpers used the tick's
     in_a_new_thread(promote)  # a thread with none yet: the promotion builds exactly one

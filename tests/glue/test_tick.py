@@ -237,19 +237,10 @@ def test_promotion_sensor_promotes_at_once(make_harness: Any) -> None:
     edit(h.root / "evaluation_templates.csv", NEW_EVAL)
     (request,) = h.tick().run_requests
     result = h.execute(request)
-    sensor = h.defs.resolve_sensor_def("raw_promotion_sensor")
-    context = dg.build_run_status_sensor_context(
-        sensor_name="raw_promotion_sensor",
-        dagster_instance=h.instance,
-        dagster_run=result.dagster_run,
-        dagster_event=result.get_run_success_event(),
-        resources=h.defs.resources,
-        repository_def=h.repository_def,
-    )
-    sensor(context)
+    h.run_promotion_sensor(result)
     assert h.repo.find_ref("last") == request.tags[".dagster/raw_fingerprint"]
     assert h.repo.find_ref("pending") is None
-    sensor(context)  # idempotent, and the tick agrees
+    h.run_promotion_sensor(result)  # idempotent, and the tick agrees
     assert h.tick().skip_message == "no changes since last"
 
 
