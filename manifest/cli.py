@@ -11,7 +11,10 @@ import contextlib
 import functools
 import io
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -884,6 +887,89 @@ def fsck(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
     if not report.ok:
         raise typer.Exit(3)
+
+
+@app.command()
+@handle_errors
+def watch(
+    ctx: typer.Context,
+    start: Annotated[
+        bool, typer.Option("--start", help="Start a watcher in the background and return.")
+    ] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the running watcher.")] = False,
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--status", help="Show what is watched, the token, the queue, the last restart."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Watch a local root and keep a journal of what changes (Linux inotify).
+
+    While it runs, `status`, `snapshot` and the Dagster tick ask it first and do not walk the
+    tree when nothing changed since their last clean scan; any doubt (no watcher, a restart,
+    an overflow, the watch limit, a folder moved in) is a full scan. Without an option it
+    runs in the foreground (systemd, a supervisor, a sidecar) until stopped.
+
+    Example: manifest watch --start
+    """
+    from manifest.root import watch as journal
+
+    repo = _repo(ctx)
+    root = repo.root.local_path
+    if root is None:
+        _fail(
+            f"manifest watch: {repo.root.text} is on a bucket; its changes come from the "
+            "bucket's event notifications, not a watcher",
+            EXIT_ERROR,
+        )
+    cache = repo.store.cache_dir
+    if show or stop:
+        answer = journal.ask(root, cache, {"op": "stop" if stop else "status"})
+        if as_json:
+            print_json({"root": str(root), "running": answer is not None, **(answer or {})})
+        elif answer is None:
+            typer.echo(f"no watcher runs for {quote_path(str(root))}")
+        elif stop:
+            typer.echo(f"stopped the watcher of {quote_path(str(root))}")
+        else:
+            restart = answer.get("last_restart") or {}
+            typer.echo(
+                f"watching {quote_path(str(root))} (pid {answer.get('pid')}): "
+                f"{answer.get('folders')} folders, token {answer.get('token')}, "
+                f"{answer.get('queued')} changes queued, {answer.get('events')} events, "
+                f"{answer.get('overflows')} overflows, {answer.get('rss_kib')} KiB"
+            )
+            typer.echo(f"journal started {iso(restart.get('time_ns'))}: {restart.get('reason')}")
+            if answer.get("doubt"):
+                typer.echo(paint(f"every scan walks: {answer['doubt']}", "yellow"))
+        return
+    if journal.ask(root, cache, {"op": "status"}) is not None:
+        _fail(f"a watcher already runs for {quote_path(str(root))}", EXIT_ERROR)
+    if start:
+        log = cache / "watch.log"
+        argv = [sys.executable, "-m", "manifest", "--store", repo.store.text]
+        argv += ["--root", str(root), "watch"]
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        deadline = time.monotonic() + 30
+        while journal.ask(root, cache, {"op": "status"}) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _fail(f"the watcher did not start; see {quote_path(str(log))}", EXIT_ERROR)
+            time.sleep(0.05)
+        typer.echo(f"watching {quote_path(str(root))} in the background (pid {proc.pid})")
+        return
+    try:
+        watcher = journal.Watcher(root, cache)
+    except OSError as exc:
+        _fail(f"manifest watch: cannot watch {quote_path(str(root))}: {exc}", EXIT_ERROR)
+    signal.signal(signal.SIGTERM, lambda *_: watcher.stopping.set())
+    typer.echo(f"watching {quote_path(str(root))} (pid {os.getpid()})", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        watcher.run()
 
 
 def main() -> None:

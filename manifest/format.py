@@ -237,6 +237,7 @@ def status_json(status: Status) -> dict[str, Any]:
         "skipped": list(status.skipped),
         "files": status.files,
         "stale_locks": list(status.stale_locks),
+        "scan": {"source": status.scan_source, "reason": status.scan_reason},
         "pending_failure": None
         if status.pending_failure is None
         else {
@@ -328,6 +329,10 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
         for lock in st.stale_locks:
             typer.echo(paint(f"\t{quote_path(lock)}", "yellow"))
         typer.echo("")
+    if st.scan_source == "journal":
+        typer.echo(paint(f"(no walk: the watcher's journal shows {st.scan_reason})", "dim"))
+    elif st.scan_reason and st.scan_reason != "no watcher":
+        typer.echo(paint(f"(walked the tree: {escape_text(st.scan_reason)})", "dim"))
     if not st.changes:
         typer.echo(f"nothing changed since last ({st.files} file{'' if st.files == 1 else 's'})")
 

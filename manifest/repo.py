@@ -75,6 +75,9 @@ class Status(msgspec.Struct, frozen=True):
     pending_failure: Failure | None = None
     # why ``pending`` was set (its reflog line): which tick took it, or that it was previewed
     pending_reason: str | None = None
+    # ``scan``: the tree was walked; ``journal``: the watcher vouched nothing changed
+    scan_source: str = "scan"
+    scan_reason: str = ""
 
 
 Outcome = Literal[
@@ -420,6 +423,8 @@ class Repository:
             details=_details(changes, pairs) if pairs is not None else (),
             pending_failure=self.find_failure(),
             pending_reason=self._moved_reason(REF_PENDING) if pending else None,
+            scan_source=result.source,
+            scan_reason=result.reason,
         )
 
     def _moved_reason(self, ref: str) -> str | None:

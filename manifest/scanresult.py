@@ -103,7 +103,12 @@ class ScanResult(msgspec.Struct):
     """Files whose bytes were read in this scan (content mode)."""
     started_ns: int
     jobs: int = 1
-    """Processes that walked the tree (1: this one alone)."""
+    """Processes that walked the tree (1: this one alone; 0: none, see ``source``)."""
+    source: str = "scan"
+    """``scan``: the tree was walked (or listed); ``journal``: the watcher's journal showed
+    nothing changed since the last clean scan, whose result this is."""
+    reason: str = ""
+    """Why the tree was walked although a watcher may run, or what the journal answered."""
 
 
 class BaseTrees:

@@ -1,0 +1,262 @@
+"""The watcher's journal (issue 24.1-2): a real `manifest watch` process on a real inotify,
+asked by real scans. A scan that the journal answers must be the scan a walk would give;
+any doubt (no watcher, killed, restarted, an overflowed queue, a folder moved in) is a walk,
+and no change is ever lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from manifest import Repository, load_config
+from manifest.root import watch as journal
+
+from .conftest import write
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
+
+
+def _repo(root: Path, store: Path, mode: str = "content_hash") -> Repository:
+    config = load_config(root=root, store=store, cooldown_sec=0, mode=mode, env={})
+    return Repository(config, lock_timeout=5.0)
+
+
+class Watcher:
+    """`manifest watch` in the foreground, as a supervisor would run it."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        repo = self.repo
+        argv = [sys.executable, "-m", "manifest", "--store", repo.store.text]
+        argv += ["--root", repo.root.text, "watch"]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while self.status() is None:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            assert time.monotonic() < deadline, "the watcher did not answer"
+            time.sleep(0.05)
+
+    def status(self) -> dict[str, object] | None:
+        root = self.repo.root.local_path
+        assert root is not None
+        return journal.ask(root, self.repo.store.cache_dir, {"op": "status"})
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def watched(tmp_path: Path, raw: Path) -> Iterator[tuple[Repository, Watcher]]:
+    repo = _repo(raw, tmp_path / "state")
+    repo.snapshot(ref="last", message="base")
+    watcher = Watcher(repo)
+    watcher.start()
+    yield repo, watcher
+    if watcher.proc is not None and watcher.proc.poll() is None:
+        watcher.proc.kill()
+        watcher.proc.wait(10)
+
+
+def _no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import manifest.root.scan
+
+    class Refused(manifest.root.scan.Scanner):
+        def scan(self) -> object:  # type: ignore[override]
+            raise AssertionError("the tree was walked")
+
+    monkeypatch.setattr(manifest.root.scan, "Scanner", Refused)
+
+
+def test_a_quiet_scan_is_answered_by_the_journal_without_a_walk(
+    watched: tuple[Repository, Watcher], raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, _ = watched
+    first = repo.status()
+    assert (first.scan_source, first.changes) == ("scan", first.changes.__class__())
+    assert "no clean scan recorded" in first.scan_reason
+    with monkeypatch.context() as m:
+        _no_walk(m)
+        quiet = repo.status()
+        assert quiet.scan_source == "journal" and not quiet.changes
+        assert (quiet.files, quiet.hashed) == (first.files, 0)
+        assert repo.begin().outcome == "unchanged"  # the tick's question, no walk either
+    (raw / "links" / "analogy.txt").write_text("{concept_a} is unlike {concept_b}\n")
+    # asked at once: the watcher reads every event queued before the question
+    edited = repo.status()
+    assert edited.scan_source == "scan" and edited.changes.modified == ("links/analogy.txt",)
+    assert "links/analogy.txt" in edited.scan_reason
+
+
+def test_a_file_the_filters_leave_out_does_not_cost_a_walk(
+    tmp_path: Path, raw: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository(
+        load_config(root=raw, store=tmp_path / "state", cooldown_sec=0, exclude=("*.tmp",), env={})
+    )
+    repo.snapshot(ref="last")
+    watcher = Watcher(repo)
+    watcher.start()
+    try:
+        repo.status()
+        write(raw / "draft.tmp", "scratch")
+        with monkeypatch.context() as m:
+            _no_walk(m)
+            assert repo.status().scan_source == "journal"
+    finally:
+        watcher.kill()
+
+
+def test_any_doubt_is_a_walk_and_no_change_is_lost(
+    watched: tuple[Repository, Watcher], raw: Path, tmp_path: Path
+) -> None:
+    repo, watcher = watched
+    repo.status()
+    assert repo.status().scan_source == "journal"
+
+    watcher.kill()  # SIGKILL: the journal is gone with it
+    watcher.start()  # a new journal: the token recorded with the last scan means nothing
+    restarted = repo.status()
+    assert restarted.scan_source == "scan" and "started again" in restarted.scan_reason
+    assert repo.status().scan_source == "journal"
+
+    watcher.kill()
+    write(raw / "while_dead.txt", "made while no watcher ran")
+    dead = repo.status()
+    assert (dead.scan_source, dead.scan_reason) == ("scan", "no watcher")
+    assert dead.changes.added == ("while_dead.txt",)
+    repo.snapshot(ref="last")
+    watcher.start()
+    assert "no clean scan recorded" in repo.status().scan_reason
+    assert repo.status().scan_source == "journal"
+
+    outside = tmp_path / "outside"
+    write(outside / "deep" / "moved.csv", "a,b\n")
+    os.rename(outside, raw / "moved_in")  # a folder moved in: its files made no events
+    moved = repo.status()
+    assert moved.scan_source == "scan" and "moved in" in moved.scan_reason
+    assert moved.changes.added == ("moved_in/deep/moved.csv",)
+    repo.snapshot(ref="last")
+    repo.status()
+
+    # the kernel's queue overflows while the watcher is stopped: the journal cannot vouch
+    burst = raw / "burst"
+    burst.mkdir()
+    assert watcher.status() is not None  # the watcher has seen it and watches it
+    watcher.kill(signal.SIGSTOP)
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    for i in range(limit // 2 + 10):  # each file: CREATE, MODIFY, CLOSE_WRITE and more
+        (burst / f"{i}.txt").write_text("x")
+    for i in range(1, limit // 2 + 10):
+        (burst / f"{i}.txt").unlink()
+    watcher.kill(signal.SIGCONT)
+    over = repo.status()
+    assert over.scan_source == "scan"
+    assert "overflow" in over.scan_reason
+    assert over.changes.added == ("burst/0.txt",)  # what the burst left is found
+    status = watcher.status()
+    assert status is not None and int(status["overflows"]) >= 1  # type: ignore[call-overload]
+
+
+def test_watch_cli_starts_reports_and_stops_a_background_watcher(tmp_path: Path, raw: Path) -> None:
+    store = tmp_path / "state"
+    repo = _repo(raw, store)
+    repo.snapshot(ref="last")
+    manifest = [sys.executable, "-m", "manifest", "--store", str(store)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*manifest, *args], capture_output=True, text=True, timeout=60)
+
+    assert "no watcher runs" in run("watch", "--status").stdout
+    started = run("watch", "--start")
+    assert started.returncode == 0 and "in the background" in started.stdout
+    again = run("watch", "--start")
+    assert again.returncode == 3 and "already runs" in again.stderr
+    shown = run("watch", "--status")
+    assert "folders" in shown.stdout and "token" in shown.stdout
+    assert run("watch", "--stop").returncode == 0
+    deadline = time.monotonic() + 10
+    while "no watcher runs" not in run("watch", "--status").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("mode", ["content_hash", "mtime_size"])
+def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
+    tmp_path: Path, mode: str, fine_timestamps: None
+) -> None:
+    """An oracle: random file operations; after each, the watched store and a store that
+    always walks record the same tree, and the watched one walks only when in doubt."""
+    root = tmp_path / "raw"
+    for i in range(6):
+        write(root / f"d{i % 3}" / f"f{i}.txt", f"{i}\n")
+    watched = _repo(root, tmp_path / "watched", mode)
+    walked = _repo(root, tmp_path / "walked", mode)
+    watched.snapshot(ref="last")
+    walked.snapshot(ref="last")
+    watcher = Watcher(watched)
+    watcher.start()
+    rng = random.Random(24)
+    journal_answers = 0
+    try:
+        for step in range(40):
+            files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+            dirs = sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
+            op = rng.choice(
+                [
+                    *("create", "edit", "edit_keep_mtime", "rename", "rename_dir", "move_in"),
+                    *("delete_tree", "symlink_swap", "nothing", "nothing"),
+                ]
+            )
+            if op == "create":
+                write(root / rng.choice(["", "d0/", "d1/new/"]) / f"c{step}.txt", str(step))
+            elif op == "edit" and files:
+                write(rng.choice(files), f"edited {step}\n")
+            elif op == "edit_keep_mtime" and files:
+                path = rng.choice(files)
+                st = path.stat()
+                path.write_bytes(path.read_bytes()[::-1] or b"z")
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            elif op == "rename" and files:
+                path = rng.choice(files)
+                path.rename(path.with_name(f"r{step}.txt"))
+            elif op == "rename_dir" and dirs:
+                path = rng.choice(dirs)
+                path.rename(path.with_name(f"rd{step}"))
+            elif op == "move_in":
+                outside = tmp_path / f"outside{step}"
+                write(outside / "x" / "in.txt", f"in {step}\n")
+                os.rename(outside, root / f"in{step}")
+            elif op == "delete_tree" and dirs:
+                shutil.rmtree(rng.choice(dirs))
+            elif op == "symlink_swap" and files:
+                path = rng.choice(files)
+                path.unlink()
+                path.symlink_to("elsewhere")
+            a = watched.status()
+            b = walked.status()
+            assert a.changes == b.changes, (step, op, a.scan_reason)
+            journal_answers += a.scan_source == "journal"
+            sa, _ = watched.snapshot(ref="last")
+            sb, _ = walked.snapshot(ref="last")
+            assert watched.read_snapshot(sa).root == walked.read_snapshot(sb).root, (step, op)
+            again = watched.status()
+            assert not again.changes and again.scan_source in ("journal", "scan")
+            journal_answers += again.scan_source == "journal"
+    finally:
+        watcher.kill()
+    assert journal_answers >= 20  # the journal answered the quiet questions
