@@ -57,6 +57,8 @@ def change_detection(
     asset_mode: str | dg.EnvVar = "materialize",
     selection: dg.AssetSelection | str | None = None,
     cron: str | dg.EnvVar = "*/5 * * * *",
+    trigger: str | dg.EnvVar = "schedule",
+    minimum_interval_seconds: int | dg.EnvVar = 10,
     full_hash_cron: str | dg.EnvVar = "30 2 * * *",
     enabled: bool | str | dg.EnvVar = False,
     hash_mode: str | dg.EnvVar | None = None,
@@ -69,10 +71,11 @@ def change_detection(
     bootstrap: str | dg.EnvVar = "baseline",
     lock_timeout_sec: float | dg.EnvVar = DEFAULT_LOCK_TIMEOUT_SEC,
 ) -> dg.Definitions:
-    """The job, ``{name}_schedule``, ``{name}_full_hash_check``, ``{name}_promotion_sensor``
-    (and in observe mode ``{name}_automation_sensor``) and the ``{name}_manifest`` resource
-    that watch ``root``. Merge it with your own definitions; your assets declare their file
-    with ``source_path`` metadata. Each argument is the ``ManifestResource`` field of the
+    """The job, ``{name}_schedule`` (``{name}_sensor`` with ``trigger="sensor"``),
+    ``{name}_full_hash_check``, ``{name}_promotion_sensor`` (and in observe mode
+    ``{name}_automation_sensor``) and the ``{name}_manifest`` resource that watch ``root``.
+    Merge it with your own definitions; your assets declare their file with ``source_path``
+    metadata. Each argument is the ``ManifestResource`` field of the
     same name (see its descriptions).
 
     Every setting may be a ``dg.EnvVar``: ``root``, ``state_dir`` and ``hash_mode`` are read
@@ -106,7 +109,7 @@ def change_detection(
             "(the schedule selects the subset)."
         ),
     )
-    schedule_name = f"{name}_schedule"
+    schedule_name = f"{name}_sensor" if resource.trigger == "sensor" else f"{name}_schedule"
     glue = Glue(
         name=name,
         asset_mode=mode,  # type: ignore[arg-type]
@@ -135,13 +138,28 @@ def change_detection(
 
         return _tick
 
-    schedules = [
-        schedule(
-            schedule_name,
-            resource.cron,
-            f"Scan {shown_root} and request one run for what changed since last.",
-            rehash_all=False,
-        ),
+    scan_description = f"Scan {shown_root} and request one run for what changed since last."
+    sensors: list[dg.SensorDefinition] = [promotion_sensor(glue, job)]
+    schedules = []
+    if resource.trigger == "sensor":
+
+        @dg.sensor(
+            name=f"{name}_sensor",
+            job=job,
+            minimum_interval_seconds=resource.minimum_interval_seconds,
+            default_status=dg.DefaultSensorStatus.RUNNING
+            if resource.enabled
+            else dg.DefaultSensorStatus.STOPPED,
+            required_resource_keys={key},
+            description=scan_description,
+        )
+        def _sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
+            return glue.tick(context, schedule=schedule_name)
+
+        sensors.append(_sensor)
+    else:
+        schedules.append(schedule(schedule_name, resource.cron, scan_description, rehash_all=False))
+    schedules += [
         schedule(
             f"{name}_full_hash_check",
             resource.full_hash_cron,
@@ -150,7 +168,6 @@ def change_detection(
             rehash_all=True,
         ),
     ]
-    sensors: list[dg.SensorDefinition] = [promotion_sensor(glue, job)]
     if observe:
         sensors.append(automation_sensor(glue))
     return dg.Definitions(

@@ -49,6 +49,7 @@ from manifest.text import escape_path, unescape_path
 SOURCE_PATH = "source_path"
 MISSING_VERSION = "missing"
 ASSET_MODES = ("materialize", "observe")
+TRIGGERS = ("schedule", "sensor")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -186,13 +187,28 @@ class ManifestResource(dg.ConfigurableResource):
         description="When `<name>_schedule` ticks: reconcile the run in flight, else scan, "
         "diff and request.",
     )
+    trigger: Annotated[str, Setting("RAW_TRIGGER", choices=TRIGGERS)] = Field(
+        default="schedule",
+        description="`schedule`: `<name>_schedule` evaluates on `cron`; `sensor`: "
+        "`<name>_sensor` evaluates every `minimum_interval_seconds` instead (a run starts "
+        "seconds after a file lands; with `manifest watch` running, a quiet evaluation walks "
+        "nothing).",
+    )
+    minimum_interval_seconds: Annotated[
+        int, Setting("RAW_SENSOR_INTERVAL_SEC", parse=parse_count)
+    ] = Field(
+        default=10,
+        description="With `trigger: sensor`: the least time between two evaluations of "
+        "`<name>_sensor`.",
+    )
     full_hash_cron: Annotated[str, Setting("RAW_FULL_HASH_CRON", parse=parse_cron)] = Field(
         default="30 2 * * *",
         description="When `<name>_full_hash_check` ticks: the same, re-hashing every file.",
     )
     enabled: Annotated[bool, Setting("RAW_SCHEDULE_ENABLED", parse=parse_flag)] = Field(
         default=False,
-        description="Whether the two schedules start running (else switch them on in the UI).",
+        description="Whether the schedules (and the sensor) start running (else switch them "
+        "on in the UI).",
     )
     hash_mode: Annotated[
         str | None, Setting(ENV_HASH_MODE, choices=HASH_MODES, read_at_use=True)

@@ -53,10 +53,6 @@ def attempt(name: str) -> str:
     return f"{name}_attempt"
 
 
-def trigger_value(name: str) -> str:
-    return f"{name}_schedule"
-
-
 def paths_tag(name: str, paths: Sequence[str]) -> dict[str, str]:
     """The paths a run processes, one per line, as many as fit (then ``... and N more``)."""
     escaped = [escape_path(p) for p in paths]

@@ -28,6 +28,9 @@ LABEL_MODE = "asset_mode"
 _SUCCESS = {dg.DagsterRunStatus.SUCCESS}
 _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
+# a schedule's tick or the trigger sensor's evaluation (``trigger="sensor"``): the same logic
+Evaluation = dg.ScheduleEvaluationContext | dg.SensorEvaluationContext
+
 
 class Glue:
     """The definition-time facts of one watched root: its name, mode, selection and job."""
@@ -166,7 +169,7 @@ class Glue:
     ) -> list[dg.RunRequest]:
         last = repo.find_ref(REF_LAST)
         base = {
-            T.TAG_TRIGGER: T.trigger_value(self.name),
+            T.TAG_TRIGGER: self.schedule_name,  # the schedule, or the sensor, that asks
             T.pending(self.name): pending,
             T.last(self.name): last or "",
             T.attempt(self.name): str(attempt),
@@ -292,7 +295,7 @@ class Glue:
 
     def tick(
         self,
-        context: dg.ScheduleEvaluationContext,
+        context: Evaluation,
         *,
         schedule: str | None = None,
         rehash_all: bool = False,
@@ -308,11 +311,12 @@ class Glue:
             return dg.SkipReason(f"retrying next tick: {exc}")
 
     def _tick(
-        self, context: dg.ScheduleEvaluationContext, schedule: str, *, rehash_all: bool
+        self, context: Evaluation, schedule: str, *, rehash_all: bool
     ) -> dg.SkipReason | list[dg.RunRequest]:
         res: ManifestResource = getattr(context.resources, self.resource_key)
         repo = res.repository()
         repository_def = context.repository_def
+        assert repository_def is not None  # the daemon and build_*_context give one
         graph = repository_def.asset_graph
         instance = context.instance
         log = context.log
@@ -320,7 +324,8 @@ class Glue:
         now = datetime.datetime.now(datetime.UTC)
         # A preview ("Preview tick result" in the UI) evaluates at a time the dialog picks,
         # often past: record when it really happened.
-        when = now if previewed else (context.scheduled_execution_time or now)
+        scheduled = getattr(context, "scheduled_execution_time", None)  # a sensor has none
+        when = now if previewed or scheduled is None else scheduled
         tick = f"{schedule}@{when.astimezone(datetime.UTC).isoformat()}"
         reason_prefix = (
             f"previewed by {schedule} at {now:%Y-%m-%dT%H:%M:%SZ} (no run launched; the next "
@@ -537,9 +542,12 @@ def _promote(
     return repo.promote(pending, reason=reason, runs=decision.runs).message
 
 
-def _is_preview(context: dg.ScheduleEvaluationContext) -> bool:
+def _is_preview(context: Evaluation) -> bool:
     """A "Preview tick result" in the UI: Dagster names its logs by the scheduled time
-    (``YYYYmmdd_HHMMSS``); the daemon names a tick's logs by the tick's id (digits)."""
+    (``YYYYmmdd_HHMMSS``); the daemon names a tick's logs by the tick's id (digits). A
+    sensor's evaluation is never taken for one (it has no scheduled time)."""
+    if not isinstance(context, dg.ScheduleEvaluationContext):
+        return False
     key = context.log_key
     return key is not None and len(key) > 0 and not str(key[-1]).isdigit()
 

@@ -52,6 +52,8 @@ VALUES: dict[str, Any] = {
     "asset_mode": "observe",
     "selection": "group:landing",
     "cron": "*/2 * * * *",
+    "trigger": "sensor",
+    "minimum_interval_seconds": 30,
     "full_hash_cron": "0 3 * * *",
     "enabled": True,
     "hash_mode": "mtime_size",
@@ -153,8 +155,14 @@ def test_every_setting_reaches_the_resource_by_every_route(sandbox: Any) -> None
             assert settings_of(defs.resources["landing_manifest"]) == VALUES
             sensor = defs.resolve_sensor_def("landing_automation_sensor")  # observe mode
             assert sensor is not None
-            schedule = defs.resolve_schedule_def("landing_schedule")
-            assert schedule.cron_schedule == "*/2 * * * *"
+            # trigger: sensor: the sensor replaces the schedule; the full-hash check stays
+            trigger = defs.resolve_sensor_def("landing_sensor")
+            assert trigger.minimum_interval_seconds == 30
+            assert trigger.default_status == dg.DefaultSensorStatus.RUNNING
+            with pytest.raises(dg.DagsterInvariantViolationError):
+                defs.resolve_schedule_def("landing_schedule")
+            schedule = defs.resolve_schedule_def("landing_full_hash_check")
+            assert schedule.cron_schedule == "0 3 * * *"
             assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     env = {
         setting_of(field).env_var: TEXT[name]
