@@ -220,6 +220,7 @@ def test_every_command_has_help_with_an_example() -> None:
         "show",
         "snapshot",
         "status",
+        "watch",
     ]
     for name in names:
         result = runner.invoke(app, [name, "--help"])
