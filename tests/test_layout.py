@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_import_manifest_leaves_the_faces_out() -> None:
@@ -33,7 +34,6 @@ def test_the_sample_uses_the_public_api_only_and_nothing_imports_private_names()
     the library only what `dagster_glue` exports (and the engine's public names); nothing
     imports `dagster._...`, and the glue imports no private name (`_cron`)."""
     import ast
-    from pathlib import Path
 
     import dagster_glue
 
@@ -55,3 +55,17 @@ def test_the_sample_uses_the_public_api_only_and_nothing_imports_private_names()
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not alias.name.startswith("dagster._"), (path, alias.name)
+
+
+def test_the_spawned_test_children_import_no_dagster() -> None:
+    """Issue 23.7: the process tests' spawned children import their test module, and so
+    tests/conftest.py; Dagster (about a second each) is imported by the fixture that uses it."""
+    code = (
+        "import sys, tests.conftest, tests.test_repo, tests.test_maintenance,"
+        " tests.test_fingerprint; print(' '.join(m for m in sys.modules if m == 'dagster'))"
+    )
+    top = Path(__file__).parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=top
+    )
+    assert out.stdout.strip() == ""
