@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -77,8 +78,18 @@ def repo(make_repo: MakeRepo) -> Repository:
     return make_repo()
 
 
-from tests.glue.harness import make_harness  # noqa: E402, F401  (the Dagster fixture)
 from tests.s3server import s3, s3_server  # noqa: E402, F401  (a real S3 API on 127.0.0.1)
+
+
+@pytest.fixture
+def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The sample on a real Dagster test instance (tests/glue/harness.py). Dagster is imported
+    here, not at the top: the spawned children of the process tests import this module
+    (for ``write``) and need no Dagster."""
+    from tests.glue.harness import harness_factory
+
+    with harness_factory(tmp_path, monkeypatch) as make:
+        yield make
 
 
 @pytest.fixture

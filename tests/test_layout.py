@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_import_manifest_leaves_the_faces_out() -> None:
@@ -33,7 +34,6 @@ def test_the_sample_uses_the_public_api_only_and_nothing_imports_private_names()
     the library only what `dagster_glue` exports (and the engine's public names); nothing
     imports `dagster._...`, and the glue imports no private name (`_cron`)."""
     import ast
-    from pathlib import Path
 
     import dagster_glue
 
@@ -59,7 +59,7 @@ def test_the_sample_uses_the_public_api_only_and_nothing_imports_private_names()
 
 # -- issue 23.3: the layers ----------------------------------------------------------------
 
-_TOP = __import__("pathlib").Path(__file__).parents[1]
+_TOP = Path(__file__).parents[1]
 # the modules that may know whether a location is a folder or a bucket: the two backend
 # packages, and where settings text is parsed into a location (docs/architecture.md)
 _KNOW_BACKENDS = ("manifest/store/", "manifest/root/", "manifest/location.py", "manifest/config.py")
@@ -92,13 +92,13 @@ _BACKEND_NAMES = {
 }
 
 
-def _module_name(path: __import__("pathlib").Path) -> str:
+def _module_name(path: Path) -> str:
     rel = path.relative_to(_TOP).with_suffix("")
     parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
     return ".".join(parts)
 
 
-def _imports(path: __import__("pathlib").Path) -> set[str]:
+def _imports(path: Path) -> set[str]:
     """The ``manifest`` modules a module imports when it runs (anywhere in it, lazy imports
     included; ``if TYPE_CHECKING:`` blocks left out)."""
     import ast
@@ -189,3 +189,17 @@ def test_the_layout_checks_see_a_branch() -> None:
     old = "if config.root_url is not None:\n    from manifest.store.bucket import Bucket\n"
     names = {n.attr for n in ast.walk(ast.parse(old)) if isinstance(n, ast.Attribute)}
     assert names & _BACKEND_NAMES == {"root_url"}
+
+
+def test_the_spawned_test_children_import_no_dagster() -> None:
+    """Issue 23.7: the process tests' spawned children import their test module, and so
+    tests/conftest.py; Dagster (about a second each) is imported by the fixture that uses it."""
+    code = (
+        "import sys, tests.conftest, tests.test_repo, tests.test_maintenance,"
+        " tests.test_fingerprint; print(' '.join(m for m in sys.modules if m == 'dagster'))"
+    )
+    top = Path(__file__).parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=top
+    )
+    assert out.stdout.strip() == ""

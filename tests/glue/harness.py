@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,10 @@ class Harness(Project):
         )
 
 
-@pytest.fixture
-def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+@contextmanager
+def harness_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The ``make_harness`` fixture's body (the fixture, in tests/conftest.py, imports this
+    module only when a test asks for it)."""
     root = tmp_path / "raw"
     shutil.copytree(SAMPLE, root)
     age_tree(root)

@@ -28,6 +28,26 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, log: Path) -
     raise AssertionError(f"timed out waiting for {what}; log:\n{log.read_text()[-4000:]}")
 
 
+def finished_ticks_after(
+    instance: dg.DagsterInstance, when: float, schedule: str = "raw_schedule"
+) -> list:  # type: ignore[type-arg]
+    """The ticks of ``schedule`` scheduled after ``when`` (a timestamp) that have finished."""
+    return [
+        tick
+        for state in instance.all_instigator_state()
+        if state.name == schedule
+        for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id)
+        if tick.timestamp > when and tick.status.value != "STARTED"
+    ]
+
+
+def last_run_ended(instance: dg.DagsterInstance) -> float:
+    """When the latest of the finished runs ended."""
+    ends = [r.end_time for r in instance.get_run_records() if r.end_time is not None]
+    assert ends, "no run has ended"
+    return max(ends)
+
+
 def stop(proc: subprocess.Popen[bytes], first: int = signal.SIGINT) -> None:
     """Stop a process group gently, then for good."""
     os.killpg(proc.pid, first)

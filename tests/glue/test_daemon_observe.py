@@ -26,6 +26,15 @@ def _materialized_by(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun | 
     return instance.get_run_by_id(event.run_id) if event is not None else None
 
 
+def _seen_by_automation(instance: dg.DagsterInstance, key: str) -> bool:
+    """The automation sensor has evaluated ``key`` since its latest materialization."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    storage = instance.schedule_storage
+    assert storage is not None
+    latest = storage.get_auto_materialize_asset_evaluations(key=dg.AssetKey(key), limit=1)
+    return event is not None and bool(latest) and latest[0].timestamp > event.timestamp
+
+
 def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
     root, home, flaky = tmp_path / "raw", tmp_path / "dagster_home", tmp_path / "flaky"
     shutil.copytree(SAMPLE, root)
@@ -76,6 +85,14 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
         )
         before_eval = _materialized_by(instance, "evaluation_tasks")
         assert before_eval is not None
+        # ... and has evaluated them since: a materialization and a change upstream that one
+        # evaluation sees together count as handled (Dagster's eager), and request nothing
+        wait_for(
+            lambda: all(_seen_by_automation(instance, k) for k in ("evaluation_tasks", "summary")),
+            120,
+            "the automation sensor to see the downstream materialized",
+            log,
+        )
 
         edit(
             root / "evaluation_templates.csv",
