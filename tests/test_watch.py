@@ -260,3 +260,21 @@ def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
     finally:
         watcher.kill()
     assert journal_answers >= 20  # the journal answered the quiet questions
+
+
+def test_the_journal_keeps_each_path_once_and_answers_from_a_token() -> None:
+    j = journal.Journal()
+    start = j.token
+    for _ in range(3):
+        j.note("a.csv")  # one file, many events: one entry
+    j.note("b/c.txt")
+    assert len(j.paths) == 2
+    middle = j.token
+    j.note("a.csv")
+    assert j.since(start) == {"token": j.token, "full": False, "paths": ["a.csv", "b/c.txt"]}
+    assert j.since(middle)["paths"] == ["a.csv"]
+    assert j.since(j.token)["paths"] == []
+    j.restart("the kernel's event queue overflowed")
+    answer = j.since(middle)
+    assert answer["full"] and "overflowed" in answer["reason"]
+    assert j.since(None)["reason"] == "no token recorded"

@@ -78,7 +78,8 @@ class Journal:
         self.generation = 0
         self.id = ""
         self.number = 0
-        self.paths: list[tuple[int, str]] = []
+        # each path once, with the number of its latest change, in number order
+        self.paths: dict[str, int] = {}
         self.resets: list[tuple[int, str]] = []  # (time_ns, reason), the last few
         self.doubt: str | None = None  # set: every answer is a full scan (the watch limit)
         self.restart("the watcher started")
@@ -92,7 +93,8 @@ class Journal:
 
     def note(self, rel: str) -> None:
         self.number += 1
-        self.paths.append((self.number, rel))
+        self.paths.pop(rel, None)  # re-inserted last: the dict stays in number order
+        self.paths[rel] = self.number
         if len(self.paths) > MAX_JOURNAL:
             self.restart(f"more than {MAX_JOURNAL} changes kept")
 
@@ -109,8 +111,12 @@ class Journal:
             reason = "no token recorded" if not token else f"the journal started again ({why})"
             return {"token": self.token, "full": True, "reason": reason, "since_ns": when}
         after = int(number)
-        paths = sorted({p for n, p in self.paths if n > after})
-        return {"token": self.token, "full": False, "paths": paths}
+        paths = []
+        for path in reversed(self.paths):  # newest first, down to the token's number
+            if self.paths[path] <= after:
+                break
+            paths.append(path)
+        return {"token": self.token, "full": False, "paths": sorted(paths)}
 
 
 def _mask() -> int:
