@@ -60,7 +60,9 @@ MakeRepo = Callable[..., Repository]
 
 @pytest.fixture
 def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
-    def make(**overrides: object) -> Repository:
+    def make(*, sync: bool = True, **overrides: object) -> Repository:
+        """``sync=False`` where durability is not under test: no fsync, same write paths
+        for a few objects (many trees at once take the bulk path only when syncing)."""
         kwargs: dict[str, object] = {
             "root": raw,
             "store": tmp_path / "state",
@@ -68,7 +70,7 @@ def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
             "env": {},
         }
         kwargs.update(overrides)
-        return Repository(load_config(**kwargs), lock_timeout=2.0)  # type: ignore[arg-type]
+        return Repository(load_config(**kwargs), lock_timeout=2.0, sync=sync)  # type: ignore[arg-type]
 
     return make
 
