@@ -60,7 +60,9 @@ MakeRepo = Callable[..., Repository]
 
 @pytest.fixture
 def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
-    def make(**overrides: object) -> Repository:
+    def make(*, sync: bool = True, **overrides: object) -> Repository:
+        """``sync=False`` where durability is not under test: no fsync, same write paths
+        for a few objects (many trees at once take the bulk path only when syncing)."""
         kwargs: dict[str, object] = {
             "root": raw,
             "store": tmp_path / "state",
@@ -68,7 +70,7 @@ def make_repo(tmp_path: Path, raw: Path) -> MakeRepo:
             "env": {},
         }
         kwargs.update(overrides)
-        return Repository(load_config(**kwargs), lock_timeout=2.0)  # type: ignore[arg-type]
+        return Repository(load_config(**kwargs), lock_timeout=2.0, sync=sync)  # type: ignore[arg-type]
 
     return make
 
@@ -105,7 +107,9 @@ def fine_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n N`), the slow tests (the real daemon, mostly waiting for cron
     minutes) start first, one per worker: xdist hands each worker two consecutive tests to
-    begin with, so slow tests go at every other position, each followed by a fast one."""
+    begin with, so slow tests go at every other position, each followed by a fast one. N
+    must exceed their count (five: `.ci/run` uses `-n 6`), or a slow test waits for a worker
+    and the fast ones wait behind them all."""
     if not (hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None)):
         return  # not under xdist (workers collect; the controller only schedules)
     slow = [i for i in items if i.get_closest_marker("slow")]

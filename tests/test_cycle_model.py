@@ -30,9 +30,12 @@ class Cycle(RuleBasedStateMachine):
         self.root = self.dir / "raw"
         self.root.mkdir()
         self.working: dict[str, str] = {}
+        # sync=False: no fsync (durability is test_crash.py's); every write path is the same
+        # (a few files: never the bulk tree write)
         self.repo = Repository(
             load_config(root=self.root, store=self.dir / "state", cooldown_sec=0, env={}),
             lock_timeout=1.0,
+            sync=False,
         )
         write(self.root / "a.csv", "seed")
         self.working["a.csv"] = "seed"
@@ -89,6 +92,7 @@ class Cycle(RuleBasedStateMachine):
         other = Repository(
             load_config(root=self.root, store=self.dir / "state", cooldown_sec=0, env={}),
             lock_timeout=1.0,
+            sync=False,
         )
         scanned = self._differs() | self.owed  # what this begin's scan sees and owes
         content = dict(self.working)

@@ -203,7 +203,8 @@ def test_revisions(repo: Repository, raw: Path) -> None:
         repo.resolve(tree_id)  # a tree is not a snapshot
 
 
-def test_ambiguous_prefix(repo: Repository) -> None:
+def test_ambiguous_prefix(make_repo: MakeRepo) -> None:
+    repo = make_repo(sync=False)  # some 300 objects, one by one: no fsync each
     sid = repo.begin().snapshot
     assert sid is not None
     template = repo.read_snapshot(sid)
