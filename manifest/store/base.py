@@ -78,6 +78,12 @@ class Store(ABC):
         """The location as the user gives it."""
         return str(self.location)
 
+    def __str__(self) -> str:
+        return self.text  # what ``str(repo.store)`` gave when it was the store's folder
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.text!r})"
+
     # -- the format marker -------------------------------------------------------------
 
     @abstractmethod
