@@ -40,7 +40,7 @@ STATE_FILE: Final = "journal"  # in the store's cache folder: the last clean sca
 
 def address(root: Path, cache_dir: Path) -> str:
     """The watcher's socket for ``root`` recorded in the store at ``cache_dir``."""
-    name = blake3(f"{root}\0{cache_dir}".encode()).hexdigest()[:32]
+    name = blake3(os.fsencode(root) + b"\0" + os.fsencode(cache_dir)).hexdigest()[:32]
     return f"\0manifest-watch-{name}"
 
 
