@@ -160,7 +160,12 @@ def test_the_adopter_story_under_the_daemon_to_the_give_up(tmp_path: Path) -> No
         assert "gave up processing notes/feb.txt: " in error
         assert "jan.txt" not in error and "prices" not in error
         assert d.status()["pending_failure"] is not None
-        assert _runs(instance) == FIRST_HALF
+        # The edits race the daemon's cron: when the test notices the first two runs only
+        # after the next tick (under load), that tick has already asked for jan's fan-in,
+        # which then ran once before the edits superseded pending. Either way nothing ran
+        # twice and nothing already done ran again.
+        early_fan_in = Counter({(None, "notes/jan.txt", "SUCCESS"): 1})
+        assert _runs(instance) in (FIRST_HALF, FIRST_HALF + early_fan_in)
 
 
 def test_the_adopter_story_under_the_daemon_from_the_restore(
