@@ -471,7 +471,9 @@ class Repository:
             done=done,
             done_own=done_own,
         )
-        return SnapshotId(self.objects.write_object(snap))
+        snap_id = SnapshotId(self.objects.write_object(snap))
+        self.root.stored(result)
+        return snap_id
 
     @_writer
     def snapshot(

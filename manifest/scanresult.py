@@ -105,10 +105,13 @@ class ScanResult(msgspec.Struct):
     jobs: int = 1
     """Processes that walked the tree (1: this one alone; 0: none, see ``source``)."""
     source: str = "scan"
-    """``scan``: the tree was walked (or listed); ``journal``: the watcher's journal showed
-    nothing changed since the last clean scan, whose result this is."""
+    """``scan``: the tree was walked (or listed); ``journal``: the watcher's journal named
+    what changed since the last clean scan, and only that was looked at (nothing: that
+    scan's result is this one)."""
     reason: str = ""
     """Why the tree was walked although a watcher may run, or what the journal answered."""
+    journal_token: str | None = None
+    """The watcher's token taken before this scan (``Root.stored`` records it)."""
 
 
 class BaseTrees:

@@ -82,6 +82,21 @@ def _no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest.root.scan, "Scanner", Refused)
 
 
+def _listing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders every scan from here on lists, in order."""
+    import manifest.root.scan
+
+    listed: list[str] = []
+
+    class Recording(manifest.root.scan.Scanner):
+        def _list_dir(self, dir_fd: int, rel_dir: bytes) -> list[os.DirEntry[str]]:
+            listed.append(os.fsdecode(rel_dir))
+            return super()._list_dir(dir_fd, rel_dir)
+
+    monkeypatch.setattr(manifest.root.scan, "Scanner", Recording)
+    return listed
+
+
 def test_a_quiet_scan_is_answered_by_the_journal_without_a_walk(
     watched: tuple[Repository, Watcher], raw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,10 +111,28 @@ def test_a_quiet_scan_is_answered_by_the_journal_without_a_walk(
         assert (quiet.files, quiet.hashed) == (first.files, 0)
         assert repo.begin().outcome == "unchanged"  # the tick's question, no walk either
     (raw / "links" / "analogy.txt").write_text("{concept_a} is unlike {concept_b}\n")
-    # asked at once: the watcher reads every event queued before the question
-    edited = repo.status()
-    assert edited.scan_source == "scan" and edited.changes.modified == ("links/analogy.txt",)
-    assert "links/analogy.txt" in edited.scan_reason
+    # asked at once: the watcher reads every event queued before the question; only the
+    # changed file's folders are listed again, every other folder keeps its base tree
+    with monkeypatch.context() as m:
+        listed = _listing(m)
+        edited = repo.status()
+    assert edited.scan_source == "journal" and edited.changes.modified == ("links/analogy.txt",)
+    assert sorted(listed) == ["", "links/"], listed
+    assert "1 path(s) changed" in edited.scan_reason and "listed 2 folder(s)" in edited.scan_reason
+    # (the listed folders' files were written just now: racy, so each is read again, as a
+    # walk would; the others' are not looked at)
+    listed_files = [p for d in (raw, raw / "links") for p in d.iterdir() if p.is_file()]
+    assert edited.files == first.files
+    assert 1 <= edited.hashed <= len(listed_files) < first.files
+    # the edit is not the base snapshot's tree yet: asked again, the journal answers again
+    # from the last clean scan's token, with the same path
+    assert repo.status().changes == edited.changes
+    pending = repo.begin()  # the tick's snapshot records it; promoted, it is the new base
+    assert pending.outcome == "started" and pending.snapshot is not None
+    repo.promote(pending.snapshot)
+    with monkeypatch.context() as m:
+        _no_walk(m)
+        assert repo.status().scan_source == "journal"
 
 
 def test_a_file_the_filters_leave_out_does_not_cost_a_walk(
@@ -141,7 +174,7 @@ def test_any_doubt_is_a_walk_and_no_change_is_lost(
     assert dead.changes.added == ("while_dead.txt",)
     repo.snapshot(ref="last")
     watcher.start()
-    assert "no clean scan recorded" in repo.status().scan_reason
+    assert "started again" in repo.status().scan_reason
     assert repo.status().scan_source == "journal"
 
     outside = tmp_path / "outside"
@@ -202,8 +235,8 @@ def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
     """An oracle: random file operations; after each, the watched store and a store that
     always walks record the same tree, and the watched one walks only when in doubt."""
     root = tmp_path / "raw"
-    for i in range(6):
-        write(root / f"d{i % 3}" / f"f{i}.txt", f"{i}\n")
+    for i in range(18):
+        write(root / f"d{i % 3}" / f"s{i % 2}" / f"f{i}.txt", f"{i}\n")
     watched = _repo(root, tmp_path / "watched", mode)
     walked = _repo(root, tmp_path / "walked", mode)
     watched.snapshot(ref="last")
@@ -211,7 +244,7 @@ def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
     watcher = Watcher(watched)
     watcher.start()
     rng = random.Random(24)
-    journal_answers = 0
+    journal_answers = patched = 0
     try:
         for step in range(40):
             files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
@@ -219,11 +252,13 @@ def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
             op = rng.choice(
                 [
                     *("create", "edit", "edit_keep_mtime", "rename", "rename_dir", "move_in"),
-                    *("delete_tree", "symlink_swap", "nothing", "nothing"),
+                    *("delete_tree", "symlink_swap", "fifo", "empty_dir", "nothing"),
+                    "nothing",
                 ]
             )
             if op == "create":
-                write(root / rng.choice(["", "d0/", "d1/new/"]) / f"c{step}.txt", str(step))
+                where = rng.choice(["", "d0/", "d1/new/", "d2/s1/", "d0/s0/deeper/"])
+                write(root / where / f"c{step}.txt", str(step))
             elif op == "edit" and files:
                 write(rng.choice(files), f"edited {step}\n")
             elif op == "edit_keep_mtime" and files:
@@ -247,19 +282,26 @@ def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
                 path = rng.choice(files)
                 path.unlink()
                 path.symlink_to("elsewhere")
+            elif op == "fifo" and dirs:
+                os.mkfifo(rng.choice(dirs) / f"p{step}")  # skipped, and named so
+            elif op == "empty_dir":
+                (root / rng.choice(["", "d1/"]) / f"e{step}").mkdir(exist_ok=True)
             a = watched.status()
             b = walked.status()
             assert a.changes == b.changes, (step, op, a.scan_reason)
-            journal_answers += a.scan_source == "journal"
+            assert (a.files, a.skipped) == (b.files, b.skipped), (step, op, a.scan_reason)
+            patched += a.scan_source == "journal" and bool(a.changes)
             sa, _ = watched.snapshot(ref="last")
             sb, _ = walked.snapshot(ref="last")
-            assert watched.read_snapshot(sa).root == walked.read_snapshot(sb).root, (step, op)
+            snap_a, snap_b = watched.read_snapshot(sa), walked.read_snapshot(sb)
+            assert (snap_a.root, snap_a.counts) == (snap_b.root, snap_b.counts), (step, op)
             again = watched.status()
             assert not again.changes and again.scan_source in ("journal", "scan")
             journal_answers += again.scan_source == "journal"
     finally:
         watcher.kill()
     assert journal_answers >= 20  # the journal answered the quiet questions
+    assert patched >= 10  # and listed only the changed folders after most changes
 
 
 def test_the_journal_keeps_each_path_once_and_answers_from_a_token() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from manifest.globs import PathFilter
+from manifest.model import KIND_FILE, KIND_TREE, TreeEntry
 from manifest.root.base import Root
 from manifest.scanresult import DEFAULT_SCAN, ScanOptions, ScanResult
 from manifest.text import escape_path
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 STAT_CACHE = "index"
 JOURNAL_STATE = "journal"  # the last clean scan and the watcher's token before it
+# more changed paths than this since the last clean scan: a (parallel) walk is quicker
+MAX_JOURNALED = 200_000
 
 
 class LocalRoot(Root):
@@ -42,14 +45,27 @@ class LocalRoot(Root):
             raise RootError(str(self.path), "is not an existing folder; create it or pass --root")
 
     def scan(self, base: BaseTrees, options: ScanOptions = DEFAULT_SCAN) -> ScanResult:
-        quiet, token, reason = self._ask_journal(base, options)
-        if quiet is not None:
-            return quiet
-        result = self._walk(base, options)
-        result.reason = reason
+        answer = self._ask_journal(base, options)
+        if answer.result is not None:
+            return answer.result
+        result: ScanResult | None = None
+        if answer.changed is not None and answer.state is not None:
+            result = self._walk_changed(base, options, answer.state, answer.changed)
+            if result is None:
+                answer.reason = "the base snapshot does not match the last clean scan"
+        if result is None:
+            result = self._walk(base, options)
+            result.reason = answer.reason
+        result.journal_token = answer.token
         if options.save_cache:
-            self._record(token, result)
+            self._record(answer, base, result)
         return result
+
+    def stored(self, result: ScanResult) -> None:
+        # the result is a snapshot now, whose trees are in the store: the next scan may
+        # start from it whatever its base
+        if result.journal_token is not None:
+            self._write_clean(result.journal_token, result)
 
     # -- the watcher's journal (manifest.root.watch) ---------------------------------------
 
@@ -58,34 +74,37 @@ class LocalRoot(Root):
 
         return scan_context(self.settings).hex()
 
-    def _ask_journal(
-        self, base: BaseTrees, options: ScanOptions
-    ) -> tuple[ScanResult | None, str | None, str]:
-        """The last clean scan's result when the watcher vouches that nothing changed since
-        (then no walk at all); else None, the token to record with this scan, and why it
-        walks."""
+    def _ask_journal(self, base: BaseTrees, options: ScanOptions) -> _Answer:
+        """What the watcher says changed since the last clean scan, and whether that scan's
+        result can be reused whole (nothing changed: no walk at all) or patched (only the
+        changed paths' folders are listed again); else why the tree is walked."""
         from manifest.root import watch
 
         state = self._recorded()
         request = {"op": "since", "token": state["token"] if state is not None else None}
-        answer = watch.ask(self.path, self.store.cache_dir, request)
-        if answer is None:
-            return None, None, "no watcher"
-        token = answer.get("token") if isinstance(answer.get("token"), str) else None
+        reply = watch.ask(self.path, self.store.cache_dir, request)
+        if reply is None:
+            return _Answer(None, "no watcher")
+        token = reply.get("token") if isinstance(reply.get("token"), str) else None
         if state is None:
-            return None, token, "no clean scan recorded with a token yet"
-        if answer.get("full"):
-            return None, token, f"the watcher cannot vouch: {answer.get('reason')}"
-        wanted = PathFilter(self.settings.include, self.settings.exclude)
-        changed = [p for p in answer.get("paths", []) if wanted.wants_file(p)]
-        if changed:
-            return None, token, f"{len(changed)} path(s) changed, e.g. {changed[0]}"
+            return _Answer(token, "no clean scan recorded with a token yet")
+        if reply.get("full"):
+            return _Answer(token, f"the watcher cannot vouch: {reply.get('reason')}")
         if options.rehash_all:
-            return None, token, "a full-hash check reads every file"
+            return _Answer(token, "a full-hash check reads every file")
         if state["context"] != self._context() or state["mode"] != self.settings.mode:
-            return None, token, "the mode or the filters changed"
+            return _Answer(token, "the mode or the filters changed")
         if state["root_id"] != base.root_id:
-            return None, token, "the last clean scan is not the base snapshot's tree"
+            return _Answer(token, "the last clean scan is not the base snapshot's tree")
+        paths = [p for p in reply.get("paths", []) if isinstance(p, str)]
+        wanted = PathFilter(self.settings.include, self.settings.exclude)
+        changed = [p for p in paths if wanted.wants_file(p) or (self.path / p).is_dir()]
+        if len(changed) > MAX_JOURNALED:
+            return _Answer(token, f"{len(changed)} path(s) changed: a walk is quicker")
+        if changed:
+            answer = _Answer(token, f"{len(changed)} path(s) changed, e.g. {changed[0]}")
+            answer.state, answer.changed = state, paths
+            return answer
         from manifest.scanresult import TreeSource
 
         result = ScanResult(
@@ -104,7 +123,31 @@ class LocalRoot(Root):
         )
         if options.save_cache and token is not None:
             self._write_state({**state, "token": token})
-        return result, token, ""
+        return _Answer(token, "", result)
+
+    def _walk_changed(
+        self, base: BaseTrees, options: ScanOptions, state: dict[str, Any], paths: list[str]
+    ) -> ScanResult | None:
+        """The last clean scan (the base snapshot's tree) with only the folders of the
+        changed paths listed again (a changed path that is a folder is walked whole); every
+        other subfolder keeps its base entry without being entered. None when the base
+        snapshot's counts do not add up to the recorded ones (then the tree is walked)."""
+        changed = _Changed(paths, base)
+        result = self._walk(base, options, changed)
+        kept_files, kept_bytes = changed.outside_reused()
+        if state["files"] - kept_files != changed.reused_files:
+            return None
+        result.bytes += state["bytes"] - kept_bytes
+        listed = changed.listed
+        result.skipped = sorted(
+            {*result.skipped, *(s for s in state["skipped"] if _folder_of(s) not in listed)}
+        )
+        result.source = "journal"
+        result.reason = (
+            f"{len(paths)} path(s) changed since token {state['token']}: listed "
+            f"{len(listed)} folder(s) again, kept {len(changed.reused)} as they were"
+        )
+        return result
 
     def _recorded(self) -> dict[str, Any] | None:
         try:
@@ -114,13 +157,17 @@ class LocalRoot(Root):
         keys = {"token", "root_id", "files", "bytes", "skipped", "context", "mode"}
         return data if isinstance(data, dict) and keys <= data.keys() else None
 
-    def _record(self, token: str | None, result: ScanResult) -> None:
-        """Keep a clean result with the token taken before its walk; anything else (no
-        watcher, files settling, problems) leaves nothing to reuse."""
-        clean = not result.unstable and not result.problems
-        if token is None or not clean:
-            with contextlib.suppress(OSError):
-                (self.store.cache_dir / JOURNAL_STATE).unlink()
+    def _record(self, answer: _Answer, base: BaseTrees, result: ScanResult) -> None:
+        """Keep a clean result with the token taken before its scan, when the next scan can
+        start from it: its tree is the base snapshot's (a snapshot's trees are in the store;
+        see ``stored`` for a result that becomes one). Anything else leaves the recorded
+        state as it is: it still holds (its older token answers with more paths), and a scan
+        uses it only when its tree is that scan's base."""
+        if answer.token is not None and result.root_id == base.root_id:
+            self._write_clean(answer.token, result)
+
+    def _write_clean(self, token: str, result: ScanResult) -> None:
+        if result.unstable or result.problems:
             return
         self._write_state(
             {
@@ -145,7 +192,9 @@ class LocalRoot(Root):
 
     # -- the walk --------------------------------------------------------------------------
 
-    def _walk(self, base: BaseTrees, options: ScanOptions) -> ScanResult:
+    def _walk(
+        self, base: BaseTrees, options: ScanOptions, changed: _Changed | None = None
+    ) -> ScanResult:
         from manifest.root.index import StatCache, open_index, scan_context
         from manifest.root.pool import choose_jobs, scan_in_parallel, start_spares, stop_spares
         from manifest.root.scan import Scanner
@@ -159,7 +208,7 @@ class LocalRoot(Root):
             return choose_jobs(expected, config.jobs)
 
         expected = options.expected_files
-        jobs = jobs_for(expected)
+        jobs = 1 if changed is not None else jobs_for(expected)
         index_path = store.cache_dir / STAT_CACHE
         index_fd = open_index(index_path)
         spares: list[subprocess.Popen[bytes]] = []
@@ -169,7 +218,7 @@ class LocalRoot(Root):
             spares = start_spares(jobs - 1, index_fd)
         try:
             cache = StatCache(index_path, config.mode, scan_context(config), fd=index_fd)
-            if cache.records:
+            if cache.records and changed is None:
                 expected = len(cache)
                 jobs = jobs_for(expected)
             skip = frozenset({os.fsencode(store.cache_dir)})
@@ -190,10 +239,17 @@ class LocalRoot(Root):
             )
             scanner.spares = spares
             scanner.parallel = scan_in_parallel
+            scanner.reuse = changed
             result = scanner.scan()
         finally:
             stop_spares(spares)
-        if options.save_cache and store.ready_cache_dir():
+        save = options.save_cache and store.ready_cache_dir()
+        if changed is not None:
+            # The folders not listed keep their records; a cache that was not loaded whole
+            # (absent, damaged, another layout) is not rewritten from the few listed.
+            save = save and cache.trusted and not cache.rewrite
+            cache.kept.update(cache.records)
+        if save:
             cache.save()
         return result
 
@@ -204,3 +260,75 @@ class LocalRoot(Root):
         base = self.path
         top = base / prefix if prefix else base
         return sorted(p.relative_to(base).as_posix() for p in top.rglob("*") if p.is_file())
+
+
+class _Answer:
+    """The watcher's answer for one scan: its token, and either the last clean result
+    (nothing changed), the changed paths with the state they changed from, or why the tree
+    is walked."""
+
+    def __init__(self, token: str | None, reason: str, result: ScanResult | None = None) -> None:
+        self.token = token
+        self.reason = reason
+        self.result = result
+        self.state: dict[str, Any] | None = None
+        self.changed: list[str] | None = None
+
+
+class _Changed:
+    """The walk's guide through a tree of which the journal names the changed paths
+    (``Scanner.reuse``): the folders above a changed path are listed again, a changed path
+    that is a folder is walked whole, and every other subfolder keeps its base entry without
+    being entered. Records what it listed and what it kept, to settle the counts."""
+
+    def __init__(self, paths: list[str], base: BaseTrees) -> None:
+        self.base = base
+        self.changed = {os.fsencode(p) for p in paths}
+        self.above: set[bytes] = set()  # folders holding a changed path, at any depth
+        for path in self.changed:
+            parts = path.split(b"/")
+            for depth in range(1, len(parts)):
+                self.above.add(b"/".join(parts[:depth]) + b"/")
+        self.whole: set[bytes] = set()  # folders walked whole
+        self.listed: set[bytes] = {b""}
+        self.reused: set[bytes] = set()
+        self.reused_files = 0
+
+    def __call__(self, parent: bytes, name: bytes) -> TreeEntry | bool | None:
+        rel = parent + name
+        folder = rel + b"/"
+        if parent in self.whole or rel in self.changed:
+            self.whole.add(folder)
+        elif folder not in self.above:
+            old = self.base.entry(parent, name)
+            if old is None:
+                return False  # it recorded nothing, and nothing in it changed
+            if old.kind == KIND_TREE:
+                self.reused.add(folder)
+                self.reused_files += old.size
+                return old
+            self.whole.add(folder)  # a file then, a folder now: cannot be, unless missed
+        self.listed.add(folder)
+        return None
+
+    def outside_reused(self) -> tuple[int, int]:
+        """The base tree's files and bytes outside the subfolders kept as they were."""
+        files = nbytes = 0
+        stack = [b""]
+        while stack:
+            folder = stack.pop()
+            for name, entry in (self.base.entries_at(folder) or {}).items():
+                if entry.kind == KIND_TREE:
+                    sub = folder + name + b"/"
+                    if sub not in self.reused:
+                        stack.append(sub)
+                    continue
+                files += 1
+                if entry.kind == KIND_FILE:
+                    nbytes += entry.size
+        return files, nbytes
+
+
+def _folder_of(path: str) -> bytes:
+    folder = path.rpartition("/")[0]
+    return os.fsencode(folder) + b"/" if folder else b""

@@ -202,6 +202,11 @@ class Scanner:
         # how to share the tree out over ``jobs`` processes (``manifest.root.pool``'s
         # ``scan_in_parallel``, given by the caller: the walk does not know the workers)
         self.parallel: Callable[[Scanner, _Folder], tuple[str, int]] | None = None
+        # the watcher's journal (``manifest.root.local``): for a subfolder of a listed folder,
+        # its base entry when nothing below it changed (taken as it is: the folder is not
+        # entered), False when it recorded nothing and nothing below it changed (left out),
+        # None to enter it
+        self.reuse: Callable[[bytes, bytes], TreeEntry | bool | None] | None = None
         self._unstable_after = 0
         self._unstable_before = 0
 
@@ -288,6 +293,13 @@ class Scanner:
         """Open, check and list one subfolder; None when it is skipped, vanished or
         unreadable (then its base entry is carried over and a problem recorded)."""
         rel = parent.rel + name
+        if self.reuse is not None:
+            kept = self.reuse(parent.rel, name)
+            if kept is not None:
+                if kept is not False and kept is not True:
+                    parent.trees.append(kept)
+                    self.files += kept.size
+                return None
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
         except FileNotFoundError:
