@@ -9,7 +9,10 @@ that walks and records the token, then):
 (a) ``manifest status`` as a process, watcher running, quiet tree (from the journal)
 (d) in process: ``Repository(load_config(...)).status()``, watcher running
 (e) in process: ``repo.begin()`` (the Dagster tick's engine call), watcher running
+(f) ``manifest status`` as a process, watcher running, one file edited
+(g) the same in process; the file is restored
     -- the watcher is stopped --
+(b1) ``manifest status``, no watcher, one file edited (a walk); (c1) git status with it
 (b) ``manifest status`` as a process, no watcher (a walk)
 (c) ``git status --porcelain`` (core.untrackedCache=true), the peer; (c0) the same without
     the untracked cache, as bench/run.py's git peer runs
@@ -26,6 +29,7 @@ into docs/benchmarks.md (replacing only that section).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -37,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -132,6 +136,19 @@ class Bench:
         self.git = ["git", f"--git-dir={gitdir}", f"--work-tree={tree}"]
         self.plain_env = {**self.env, "GIT_INDEX_FILE": str(gitdir / "index.plain")}
         self.pid: int | None = None
+
+    @contextlib.contextmanager
+    def edited(self) -> Iterator[str]:
+        """One file of the tree edited (a line appended), then restored, bytes and mtime."""
+        rel = gen_tree.rel_path(self.n // 2)
+        path = self.tree / rel
+        original = path.read_bytes()
+        path.write_bytes(original + b"edited\n")
+        try:
+            yield rel
+        finally:
+            path.write_bytes(original)
+            os.utime(path, ns=(gen_tree.MTIME_NS, gen_tree.MTIME_NS))
 
     def manifest(self, *rest: str) -> list[str]:
         return [MANIFEST, "--store", str(self.store), "--root", str(self.tree), *rest]
@@ -229,6 +246,14 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
             "Repository(load_config(root=T, store=S, cooldown_sec=0, env={})).status()",
         ),
         "e": Measurement("e", "(e) tick proxy in process: begin(), watcher, quiet", "repo.begin()"),
+        "f": Measurement("f", "(f) manifest status, watcher, one edit", "manifest status"),
+        "g": Measurement(
+            "g", "(g) status in process, watcher, one edit", "Repository(...).status()"
+        ),
+        "b1": Measurement("b1", "(b1) manifest status, no watcher, one edit", "manifest status"),
+        "c1": Measurement(
+            "c1", "(c1) peer: git status (untracked cache), one edit", "git status --porcelain"
+        ),
         "b": Measurement("b", "(b) manifest status, no watcher (walk)", "manifest status"),
         "c": Measurement(
             "c",
@@ -276,7 +301,30 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
             raise RuntimeError(f"(e) begin: {res.outcome} ({res.message}), scans {sources}")
         m["e"].add(wall, cpu, timed)
 
+        with b.edited() as rel:
+            wall, cpu, out = run_proc(b.manifest("status"), b.env)
+            if JOURNAL_MARK not in out or "listed 3 folder(s)" not in out or rel not in out:
+                raise RuntimeError(f"(f) did not come from the journal:\n{out[-1000:]}")
+            m["f"].add(wall, cpu, timed)
+
+            t0, c0 = time.perf_counter(), time.process_time()
+            st = Repository(config()).status()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if st.scan_source != "journal" or st.changes.modified != (rel,):
+                raise RuntimeError(f"(g) scan {st.scan_source} ({st.scan_reason}), {st.changes}")
+            m["g"].add(wall, cpu, timed)
+
         b.stop_watcher()
+        with b.edited() as rel:
+            wall, cpu, out = run_proc(b.manifest("status"), b.env)
+            if JOURNAL_MARK in out or rel not in out:
+                raise RuntimeError(f"(b1) did not walk and find the edit:\n{out[-1000:]}")
+            m["b1"].add(wall, cpu, timed)
+            wall, cpu, out = run_proc(b.git_uc(), b.env)
+            if out.split() != ["M", rel]:
+                raise RuntimeError(f"(c1) git status did not show the edit alone:\n{out[:500]}")
+            m["c1"].add(wall, cpu, timed)
+
         wall, cpu, out = run_proc(b.manifest("status"), b.env)
         if JOURNAL_MARK in out or quiet_tail not in out:
             raise RuntimeError(f"(b) did not walk a clean tree:\n{out[-1000:]}")
@@ -406,6 +454,12 @@ def section(
         f"{ratio('b', 'c', 'cpu')} |",
         f"| (a) / (b): what the watcher saves a status | {ratio('a', 'b', 'wall')} | "
         f"{ratio('a', 'b', 'cpu')} |",
+        f"| **(f) / (c1): status after one edit with the watcher vs git status** | "
+        f"{ratio('f', 'c1', 'wall')} | {ratio('f', 'c1', 'cpu')} |",
+        f"| (b1) / (c1): the same without a watcher | {ratio('b1', 'c1', 'wall')} | "
+        f"{ratio('b1', 'c1', 'cpu')} |",
+        f"| (g) status after one edit in process (no Python start-up) | {ms(med(m['g'].wall))} "
+        f"| {ms(med(m['g'].cpu))} |",
         f"| (d) quiet status in process (no Python start-up) | {ms(med(m['d'].wall))} | "
         f"{ms(med(m['d'].cpu))} |",
         f"| (e) tick proxy `begin()` in process | {ms(med(m['e'].wall))} | {ms(med(m['e'].cpu))} |",
@@ -433,10 +487,11 @@ def section(
         "again (the next scan walks); nothing trims it after a clean scan, so the RSS after "
         "the last burst is what that many kept entries cost.",
         "",
-        "**An edit still walks the whole tree in this version**: the journal is used only to "
-        'say "nothing changed"; any change (one file touched) makes the next status, '
-        "snapshot or tick walk every folder as (b) does. Re-stating only the changed paths is "
-        "not built.",
+        "One edit: a line appended to `" + gen_tree.rel_path(n // 2) + "`, restored "
+        "(bytes and mtime) after (g), and again for (b1) and (c1). (f) is checked to "
+        "come from the journal and to have listed 3 folders (the root, the file's two "
+        "folders) and kept every other folder's base tree; (b1) to have walked; (c1) to "
+        "show exactly that file modified.",
         "",
         f"<!-- watch:N={n} end -->",
     ]

@@ -900,7 +900,9 @@ def watch(
     show: Annotated[
         bool,
         typer.Option(
-            "--status", help="Show what is watched, the token, the queue, the last restart."
+            "--status",
+            help="Show what is watched, the token, the queue, the last restart and the last "
+            "scan that walked anyway, with its reason.",
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -942,6 +944,15 @@ def watch(
                 f"{answer.get('overflows')} overflows, {answer.get('rss_kib')} KiB"
             )
             typer.echo(f"journal started {iso(restart.get('time_ns'))}: {restart.get('reason')}")
+            walked = answer.get("last_walk") or {}
+            typer.echo(
+                f"{answer.get('questions')} scans asked, {answer.get('walks')} walked anyway"
+                + (
+                    f"; the last {iso(walked.get('time_ns'))}: {walked.get('reason')}"
+                    if walked
+                    else ""
+                )
+            )
             if answer.get("doubt"):
                 typer.echo(paint(f"every scan walks: {answer['doubt']}", "yellow"))
         return
@@ -970,6 +981,8 @@ def watch(
     typer.echo(f"watching {quote_path(str(root))} (pid {os.getpid()})", err=True)
     with contextlib.suppress(KeyboardInterrupt):
         watcher.run()
+    if watcher.exit_reason is not None:
+        _fail(f"manifest watch: {watcher.exit_reason}; start it again", EXIT_ERROR)
 
 
 def main() -> None:

@@ -100,10 +100,13 @@ def _listing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_quiet_scan_is_answered_by_the_journal_without_a_walk(
     watched: tuple[Repository, Watcher], raw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo, _ = watched
+    repo, watcher = watched
     first = repo.status()
     assert (first.scan_source, first.changes) == ("scan", first.changes.__class__())
     assert "no clean scan recorded" in first.scan_reason
+    shown = watcher.status()  # `watch --status` tells why a scan walked although it answered
+    assert shown is not None and (shown["questions"], shown["walks"]) == (1, 1)
+    assert "no clean scan recorded" in shown["last_walk"]["reason"]  # type: ignore[index]
     with monkeypatch.context() as m:
         _no_walk(m)
         quiet = repo.status()
@@ -203,6 +206,23 @@ def test_any_doubt_is_a_walk_and_no_change_is_lost(
     assert over.changes.added == ("burst/0.txt",)  # what the burst left is found
     status = watcher.status()
     assert status is not None and int(status["overflows"]) >= 1  # type: ignore[call-overload]
+
+
+def test_a_root_moved_away_or_replaced_stops_the_watcher_and_scans_walk(
+    watched: tuple[Repository, Watcher], raw: Path, tmp_path: Path
+) -> None:
+    repo, watcher = watched
+    repo.status()
+    assert repo.status().scan_source == "journal"
+    os.rename(raw, tmp_path / "raw.old")  # replaced: the watched folder is now elsewhere
+    shutil.copytree(tmp_path / "raw.old", raw, symlinks=True)
+    write(raw / "in_the_new_root.txt", "new\n")
+    after = repo.status()
+    assert after.scan_source == "scan"  # never the old folder's journal
+    assert after.changes.added == ("in_the_new_root.txt",)
+    assert watcher.proc is not None and watcher.proc.wait(10) == 3
+    assert watcher.proc.stderr is not None
+    assert b"the root was moved or deleted" in watcher.proc.stderr.read()
 
 
 def test_watch_cli_starts_reports_and_stops_a_background_watcher(tmp_path: Path, raw: Path) -> None:

@@ -56,6 +56,12 @@ class LocalRoot(Root):
         if result is None:
             result = self._walk(base, options)
             result.reason = answer.reason
+            if answer.token is not None:  # a watcher answered: tell it why it was not enough
+                from manifest.root import watch
+
+                watch.ask(
+                    self.path, self.store.cache_dir, {"op": "walked", "reason": answer.reason}
+                )
         result.journal_token = answer.token
         if options.save_cache:
             self._record(answer, base, result)

@@ -155,6 +155,11 @@ class Watcher:
         self.stopping = threading.Event()
         self.events = 0
         self.overflows = 0
+        self.questions = 0  # "since" requests answered
+        self.walks = 0  # scans that walked the tree although this watcher answered
+        self.last_walk: dict[str, Any] | None = None  # when and why, as the scan said
+        self.root_id = _identity(root)  # the folder watched: another one there is a doubt
+        self.exit_reason: str | None = None  # set: the watcher stops, cannot go on
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(address(root, cache_dir))  # EADDRINUSE: one watcher per root
         self.server.listen(16)
@@ -224,7 +229,7 @@ class Watcher:
             return
         if mask & (flags.DELETE_SELF | flags.MOVE_SELF):
             if folder == "":
-                self.journal.restart("the root was moved or deleted")
+                self.give_up("the root was moved or deleted")
             return
         rel = f"{folder}/{name}" if folder else name
         if mask & flags.ISDIR:
@@ -239,6 +244,16 @@ class Watcher:
                 self.journal.note(rel)
             return
         self.journal.note(rel)
+
+    def give_up(self, why: str) -> None:
+        """The watched folder is no longer the root: every answer from now on is a full
+        scan, and the watcher stops (a supervisor starts it again, on the new folder)."""
+        if self.exit_reason is None:
+            self.exit_reason = why
+            self.journal.doubt = f"{why}; start the watcher again"
+            self.journal.restart(why)
+            print(f"manifest watch: {self.journal.doubt}", file=sys.stderr, flush=True)
+        self.stopping.set()
 
     def watch(self) -> None:
         poller = select.poll()
@@ -287,7 +302,14 @@ class Watcher:
         with self.journal.lock:
             self.drain()
             if op == "since":
+                if _identity(self.root) != self.root_id:
+                    self.give_up("the root was replaced by another folder")
+                self.questions += 1
                 reply = self.journal.since(request.get("token"))
+            elif op == "walked":
+                self.walks += 1
+                self.last_walk = {"time_ns": time.time_ns(), "reason": str(request.get("reason"))}
+                reply = {}
             elif op == "status":
                 reply = self.status()
             elif op == "stop":
@@ -310,6 +332,9 @@ class Watcher:
             "overflows": self.overflows,
             "doubt": j.doubt,
             "last_restart": {"time_ns": when, "reason": why},
+            "questions": self.questions,
+            "walks": self.walks,
+            "last_walk": self.last_walk,
             "rss_kib": _rss_kib(),
         }
 
@@ -322,6 +347,14 @@ class Watcher:
             self.stopping.set()
             self.server.close()
             self.inotify.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _read_proc(path: str) -> str:
