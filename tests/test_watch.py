@@ -208,6 +208,24 @@ def test_any_doubt_is_a_walk_and_no_change_is_lost(
     assert status is not None and int(status["overflows"]) >= 1  # type: ignore[call-overload]
 
 
+def test_a_recorded_scan_that_does_not_add_up_to_the_base_snapshot_is_walked(
+    watched: tuple[Repository, Watcher], raw: Path
+) -> None:
+    """The patched scan settles its counts against the base snapshot's trees; a recorded
+    state that disagrees with them (damaged, or of another tree) is never trusted."""
+    import json
+
+    repo, _ = watched
+    repo.status()
+    state_file = repo.store.cache_dir / "journal"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "files": state["files"] + 1}))
+    write(raw / "links" / "new.txt", "new\n")
+    st = repo.status()
+    assert st.scan_source == "scan" and "does not match" in st.scan_reason
+    assert st.changes.added == ("links/new.txt",)
+
+
 def test_a_root_moved_away_or_replaced_stops_the_watcher_and_scans_walk(
     watched: tuple[Repository, Watcher], raw: Path, tmp_path: Path
 ) -> None:
