@@ -358,3 +358,8 @@ def test_the_journal_keeps_each_path_once_and_answers_from_a_token() -> None:
     answer = j.since(middle)
     assert answer["full"] and "overflowed" in answer["reason"]
     assert j.since(None)["reason"] == "no token recorded"
+    j.note("x.csv")
+    j.note("y/z.csv")
+    limited = j.since(f"{j.id}:0", limit=1)  # more paths than the scan wants: walk
+    assert limited["full"] and "more than 1 paths" in limited["reason"]
+    assert j.since(f"{j.id}:0", limit=2)["paths"] == ["x.csv", "y/z.csv"]

@@ -87,7 +87,11 @@ class LocalRoot(Root):
         from manifest.root import watch
 
         state = self._recorded()
-        request = {"op": "since", "token": state["token"] if state is not None else None}
+        request = {
+            "op": "since",
+            "token": state["token"] if state is not None else None,
+            "limit": MAX_JOURNALED,
+        }
         reply = watch.ask(self.path, self.store.cache_dir, request)
         if reply is None:
             return _Answer(None, "no watcher")
@@ -105,8 +109,6 @@ class LocalRoot(Root):
         paths = [p for p in reply.get("paths", []) if isinstance(p, str)]
         wanted = PathFilter(self.settings.include, self.settings.exclude)
         changed = [p for p in paths if wanted.wants_file(p) or (self.path / p).is_dir()]
-        if len(changed) > MAX_JOURNALED:
-            return _Answer(token, f"{len(changed)} path(s) changed: a walk is quicker")
         if changed:
             answer = _Answer(token, f"{len(changed)} path(s) changed, e.g. {changed[0]}")
             answer.state, answer.changed = state, paths

@@ -102,7 +102,9 @@ class Journal:
     def token(self) -> str:
         return f"{self.id}:{self.number}"
 
-    def since(self, token: str | None) -> dict[str, Any]:
+    def since(self, token: str | None, limit: int | None = None) -> dict[str, Any]:
+        """The paths changed after ``token``; "full" (with the reason) when the journal
+        cannot tell, or when more than ``limit`` paths changed."""
         if self.doubt is not None:
             return {"token": self.token, "full": True, "reason": self.doubt}
         journal, _, number = (token or "").rpartition(":")
@@ -115,6 +117,9 @@ class Journal:
         for path in reversed(self.paths):  # newest first, down to the token's number
             if self.paths[path] <= after:
                 break
+            if limit is not None and len(paths) >= limit:
+                reason = f"more than {limit} paths changed (a walk is quicker)"
+                return {"token": self.token, "full": True, "reason": reason}
             paths.append(path)
         return {"token": self.token, "full": False, "paths": sorted(paths)}
 
@@ -305,7 +310,9 @@ class Watcher:
                 if _identity(self.root) != self.root_id:
                     self.give_up("the root was replaced by another folder")
                 self.questions += 1
-                reply = self.journal.since(request.get("token"))
+                limit = request.get("limit")
+                limit = limit if isinstance(limit, int) and limit >= 0 else None
+                reply = self.journal.since(request.get("token"), limit)
             elif op == "walked":
                 self.walks += 1
                 self.last_walk = {"time_ns": time.time_ns(), "reason": str(request.get("reason"))}
