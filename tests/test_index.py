@@ -558,3 +558,39 @@ def test_an_index_cut_short_while_read_is_a_cache_miss(
     cache = StatCache(path, "content_hash")
     monkeypatch.undo()
     assert cache.rewrite and cache.entries(b"a/") == {}
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_a_lazy_cache_gives_what_a_loaded_one_gives(repo: Repository, tmp_path: Path) -> None:
+    """The watcher's patched scan decodes only the heads it asks for: each is the head a
+    full load gives (a later appended record winning), a damaged one is a miss, and keeping
+    every record and appending one keeps them all."""
+    index = tmp_path / "state" / "index"
+    write(tmp_path / "raw" / "d03" / "f1.csv", "edited\n")
+    repo.status()  # appends d03's record and the root's: two paths recorded twice
+    mode, context = "content_hash", scan_context(repo.config)
+    eager = StatCache(index, mode, context)
+    lazy = StatCache(index, mode, context, lazy=True)
+    assert eager.trusted and lazy.trusted and not lazy.rewrite
+    assert len(lazy.records) == 0 and set(lazy.raw) == set(eager.records)
+    for path in eager.records:
+        assert lazy.head(path) == eager.head(path)
+        assert lazy.payload(path) == eager.payload(path)
+    assert lazy.head(b"nowhere/") is None
+
+    lazy = StatCache(index, mode, context, lazy=True)
+    lazy.head(b"d05/")
+    lazy.keep_all()
+    recorded = eager.records[b"d05/"]
+    lazy.put(msgspec.structs.replace(recorded.head, files=99), eager.payload(b"d05/") or b"")
+    assert lazy.save()
+    again = StatCache(index, mode, context)
+    assert set(again.records) == set(eager.records) and again.head(b"d05/").files == 99  # type: ignore[union-attr]
+
+    start, hlen, *_ = StatCache(index, mode, context, lazy=True).raw[b"d09/"]
+    with open(index, "r+b") as fh:  # one head's bytes damaged
+        fh.seek(start + hlen - 1)
+        fh.write(b"\xff")
+    damaged = StatCache(index, mode, context, lazy=True)
+    assert damaged.head(b"d09/") is None and damaged.rewrite
+    assert damaged.head(b"d10/") == eager.head(b"d10/")

@@ -413,15 +413,18 @@ class CacheView:
         self.updates: dict[bytes, tuple[bytes, bytes]] = {}
         self.kept: set[bytes] = set()
 
+    def _loaded(self, path: bytes) -> Loaded | None:
+        return self.records.get(path)
+
     def head(self, path: bytes) -> FolderHead | None:
         if not self.trusted:
             return None
-        loaded = self.records.get(path)
+        loaded = self._loaded(path)
         return loaded.head if loaded is not None else None
 
     def payload(self, path: bytes) -> bytes | None:
         """The folder's encoded entries, or None if absent or damaged."""
-        loaded = self.records.get(path)
+        loaded = self._loaded(path)
         if loaded is None or self.fd < 0:
             return None
         try:
@@ -458,7 +461,7 @@ class CacheView:
         """The folder's loaded record is still true. Only a trusted cache keeps records: an
         untrusted one (other filters, or an older layout) is rewritten from this scan's
         records alone, so that none of its records is trusted under the new header."""
-        if self.trusted and path in self.records:
+        if self.trusted and self._loaded(path) is not None:
             self.kept.add(path)
 
     def keep_below(self, prefix: bytes) -> None:
@@ -471,7 +474,7 @@ class CacheView:
 
     def put(self, head: FolderHead, payload: bytes) -> None:
         """Record what this scan saw of a folder (written only if it differs)."""
-        loaded = self.records.get(head.path)
+        loaded = self._loaded(head.path)
         if (
             loaded is not None
             and self.trusted
@@ -497,11 +500,23 @@ class StatCache(CacheView):
     """``<store>/index``, loaded head by head; ``save`` appends or rewrites."""
 
     def __init__(
-        self, path: Path, mode: str, context: bytes = b"", *, fd: int | None = None
+        self,
+        path: Path,
+        mode: str,
+        context: bytes = b"",
+        *,
+        fd: int | None = None,
+        lazy: bool = False,
     ) -> None:
         """``fd``: the file already opened by ``open_index`` (-1: it was absent or
-        unreadable); the cache owns it from here on."""
+        unreadable); the cache owns it from here on. ``lazy``: a scan that looks at a few
+        folders (the watcher's journal named them): each head is decoded when asked for,
+        not all of them at load."""
         super().__init__(-1, {}, trusted=False)
+        self.lazy = lazy
+        # lazy: path -> (head offset, head length, head crc, payload length, payload crc) of
+        # the records not decoded yet
+        self.raw: dict[bytes, tuple[int, int, int, int, int]] = {}
         self.path = path
         self.mode = mode
         self.context = context
@@ -578,18 +593,57 @@ class StatCache(CacheView):
             if start + hlen > block_at + len(block):
                 block = os.pread(fd, max(_READ_BLOCK, hlen), start)
                 block_at = start
-            head_bytes = block[start - block_at : start - block_at + hlen]
-            folder = _checked(head_bytes, hlen, hcrc, _HEAD_DECODER)
-            if folder is None:
-                self.rewrite = True
-                break
-            self.records[folder.path] = Loaded(folder, start + hlen, plen, pcrc)
-            self.sizes[folder.path] = RECORD_FRAME.size + hlen + plen
+            at = start - block_at
+            name = _peek_path(block, at, hlen) if self.lazy else None
+            if name is not None:
+                self.raw[name] = (start, hlen, hcrc, plen, pcrc)
+                self.records.pop(name, None)
+            else:
+                folder = _checked(block[at : at + hlen], hlen, hcrc, _HEAD_DECODER)
+                if folder is None:
+                    self.rewrite = True
+                    break
+                name = folder.path
+                self.records[name] = Loaded(folder, start + hlen, plen, pcrc)
+                self.raw.pop(name, None)
+            self.sizes[name] = RECORD_FRAME.size + hlen + plen
             self.total += RECORD_FRAME.size + hlen + plen
             pos = start + hlen + plen
         if pos != size:
             self.rewrite = True
         self.end = pos
+
+    def _loaded(self, path: bytes) -> Loaded | None:
+        loaded = self.records.get(path)
+        if loaded is None and path in self.raw:
+            start, hlen, hcrc, plen, pcrc = self.raw.pop(path)
+            try:
+                data = os.pread(self.fd, hlen, start)
+            except OSError:
+                data = b""
+            head = _checked(data, hlen, hcrc, _HEAD_DECODER)
+            if head is None or head.path != path:
+                self.rewrite = True  # damaged: this folder is scanned without its record
+                return None
+            loaded = self.records[path] = Loaded(head, start + hlen, plen, pcrc)
+        return loaded
+
+    def keep_all(self) -> None:
+        """Every record loaded is still true (a scan that looked at a few folders only)."""
+        if self.trusted:
+            self.kept.update(self.records)
+            self.kept.update(self.raw)
+
+    def keep_below(self, prefix: bytes) -> None:
+        if self.raw:
+            for path in [p for p in self.raw if p.startswith(prefix)]:
+                self._loaded(path)
+        super().keep_below(prefix)
+
+    def __len__(self) -> int:
+        for path in list(self.raw):
+            self._loaded(path)
+        return super().__len__()
 
     def save(self) -> bool:
         """Write what changed: append the changed folders' records, or rewrite the file
@@ -648,8 +702,12 @@ class StatCache(CacheView):
                 out = [_header_bytes(self.mode, self.context)]
                 pending = len(out[0])
                 for path in live:
-                    loaded = self.records[path]
-                    start = loaded.offset - (self.sizes[path] - loaded.length)
+                    raw = self.raw.get(path)
+                    if raw is not None:
+                        start = raw[0] - RECORD_FRAME.size
+                    else:
+                        loaded = self.records[path]
+                        start = loaded.offset - (self.sizes[path] - loaded.length)
                     data = os.pread(self.fd, self.sizes[path], start)
                     if len(data) != self.sizes[path]:
                         continue
@@ -667,6 +725,26 @@ class StatCache(CacheView):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+_FOLDER_HEAD_ARRAY: Final = 0x90 | len(FolderHead.__struct_fields__)  # msgpack fixarray
+
+
+def _peek_path(block: bytes, at: int, length: int) -> bytes | None:
+    """The folder path of an encoded ``FolderHead`` (its first field, msgpack bin 8 or 16)
+    without decoding the rest; None if it is not laid out so (then it is decoded)."""
+    if length < 3 or block[at] != _FOLDER_HEAD_ARRAY:
+        return None
+    tag = block[at + 1]
+    if tag == 0xC4:
+        n, begin = block[at + 2], at + 3
+    elif tag == 0xC5 and length >= 4:
+        n, begin = (block[at + 2] << 8) | block[at + 3], at + 4
+    else:
+        return None
+    if begin + n > at + length:
+        return None
+    return block[begin : begin + n]
 
 
 def open_index(path: Path) -> int:

@@ -225,7 +225,9 @@ class LocalRoot(Root):
             # start-up overlaps loading the stat cache.
             spares = start_spares(jobs - 1, index_fd)
         try:
-            cache = StatCache(index_path, config.mode, scan_context(config), fd=index_fd)
+            cache = StatCache(
+                index_path, config.mode, scan_context(config), fd=index_fd, lazy=changed is not None
+            )
             if cache.records and changed is None:
                 expected = len(cache)
                 jobs = jobs_for(expected)
@@ -256,7 +258,7 @@ class LocalRoot(Root):
             # The folders not listed keep their records; a cache that was not loaded whole
             # (absent, damaged, another layout) is not rewritten from the few listed.
             save = save and cache.trusted and not cache.rewrite
-            cache.kept.update(cache.records)
+            cache.keep_all()
         if save:
             cache.save()
         return result

@@ -113,7 +113,7 @@ class Journal:
             reason = "no token recorded" if not token else f"the journal started again ({why})"
             return {"token": self.token, "full": True, "reason": reason, "since_ns": when}
         after = int(number)
-        paths = []
+        paths: list[str] = []
         for path in reversed(self.paths):  # newest first, down to the token's number
             if self.paths[path] <= after:
                 break
