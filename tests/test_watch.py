@@ -25,8 +25,10 @@ from .conftest import write
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
 
 
-def _repo(root: Path, store: Path, mode: str = "content_hash") -> Repository:
-    config = load_config(root=root, store=store, cooldown_sec=0, mode=mode, env={})
+def _repo(
+    root: Path, store: Path, mode: str = "content_hash", exclude: tuple[str, ...] = ()
+) -> Repository:
+    config = load_config(root=root, store=store, cooldown_sec=0, mode=mode, exclude=exclude, env={})
     return Repository(config, lock_timeout=5.0)
 
 
@@ -266,17 +268,24 @@ def test_watch_cli_starts_reports_and_stops_a_background_watcher(tmp_path: Path,
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("mode", ["content_hash", "mtime_size"])
+@pytest.mark.parametrize(
+    ("mode", "exclude"),
+    [
+        ("content_hash", ()),
+        ("mtime_size", ()),
+        ("content_hash", ("**/*.tmp", "d2/s1/**")),  # files and a whole folder left out
+    ],
+)
 def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
-    tmp_path: Path, mode: str, fine_timestamps: None
+    tmp_path: Path, mode: str, exclude: tuple[str, ...], fine_timestamps: None
 ) -> None:
     """An oracle: random file operations; after each, the watched store and a store that
     always walks record the same tree, and the watched one walks only when in doubt."""
     root = tmp_path / "raw"
     for i in range(18):
         write(root / f"d{i % 3}" / f"s{i % 2}" / f"f{i}.txt", f"{i}\n")
-    watched = _repo(root, tmp_path / "watched", mode)
-    walked = _repo(root, tmp_path / "walked", mode)
+    watched = _repo(root, tmp_path / "watched", mode, exclude)
+    walked = _repo(root, tmp_path / "walked", mode, exclude)
     watched.snapshot(ref="last")
     walked.snapshot(ref="last")
     watcher = Watcher(watched)
@@ -296,7 +305,7 @@ def test_the_journal_gives_exactly_the_snapshots_a_walk_gives(
             )
             if op == "create":
                 where = rng.choice(["", "d0/", "d1/new/", "d2/s1/", "d0/s0/deeper/"])
-                write(root / where / f"c{step}.txt", str(step))
+                write(root / where / f"c{step}.{rng.choice(['txt', 'txt', 'tmp'])}", str(step))
             elif op == "edit" and files:
                 write(rng.choice(files), f"edited {step}\n")
             elif op == "edit_keep_mtime" and files:
