@@ -8,6 +8,7 @@ in front of it and counts the requests by kind (the tests and ``bench/bucket_eve
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -50,6 +51,7 @@ class S3Server:
             assert response.status == 200
         return name
 
+    @functools.cache  # noqa: B019 (one per server and service, for the session)
     def client(self, service: str) -> Any:
         import boto3
 

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -302,6 +303,18 @@ def read_messages(
 # -- the queue -------------------------------------------------------------------------------
 
 
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_CREDENTIAL_VARIABLES: Final = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+)
+
+
 class EventQueue:
     """The few SQS requests a tick makes, through boto3 (imported only here)."""
 
@@ -316,12 +329,23 @@ class EventQueue:
                 url, f"reading it needs boto3, which is not installed: {INSTALL_HINT}"
             ) from exc
         parts = urlsplit(url)
-        self.client = boto3.session.Session().client(
-            "sqs",
-            region_name=queue_region(url, env),
-            endpoint_url=f"{parts.scheme}://{parts.netloc}",
-            config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5),
-        )
+        region = queue_region(url, env)
+        endpoint = f"{parts.scheme}://{parts.netloc}"
+        credentials = tuple(env.get(k, "") for k in _CREDENTIAL_VARIABLES)
+        key = (endpoint, region, credentials)
+        with _CLIENTS_LOCK:  # a client costs ~0.1 s to build; boto3's are thread-safe
+            client = _CLIENTS.get(key)
+            if client is None:
+                client = boto3.session.Session().client(
+                    "sqs",
+                    region_name=region,
+                    endpoint_url=endpoint,
+                    config=BotoConfig(
+                        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5
+                    ),
+                )
+                _CLIENTS[key] = client
+        self.client = client
 
     def _call(self, what: str, **kwargs: Any) -> Any:
         try:
