@@ -258,7 +258,7 @@ def test_any_gap_forces_a_full_listing_and_says_why(s3: S3Server, setup: Setup) 
     gap("last full listing is more than 26 h old", "4.txt")
 
     upload(setup.raw, {"5.txt": b"5"})
-    repo.store.files.write(LISTING_FILE, b"damaged")
+    repo.store.files.write(f"{LISTING_FILE}.0", b"damaged")
     gap("kept listing is missing", "5.txt")
 
     last = repo.find_ref("last")
@@ -364,3 +364,35 @@ def test_the_queue_setting_is_checked_recorded_and_explained(
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(QueueError, match=r"RAW_EVENTS_QUEUE.*pip install 'raw-manifest\[events\]'"):
         repo.status()
+
+
+def test_the_kept_listing_is_in_parts_and_one_change_rewrites_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manifest.root import events as ev
+    from manifest.store.local import LocalFiles
+
+    written: list[str] = []
+
+    class Counted(LocalFiles):
+        def write(self, name: str, data: bytes) -> None:
+            written.append(name)
+            super().write(name, data)
+
+    monkeypatch.setattr(ev, "PART_BYTES", 4096)
+    files = Counted(tmp_path)
+    keys = {
+        f"d{i % 7}/k{i:04d}": ev.ListedKey(f"d{i % 7}/k{i:04d}", i, i, "e" * 32) for i in range(600)
+    }
+    parts, bounds = ev.write_listing(files, keys.values(), None)
+    assert len(parts) > 5 and len(written) == len(parts)
+    state = ev.EventState(1, "q", "r", "g", "c", 0, 0, parts, bounds)
+    assert ev.read_listing(files, state) == sorted(keys.values(), key=lambda k: k.path)
+    written.clear()
+    keys["d3/k0010"] = ev.ListedKey("d3/k0010", 1, 1, "f" * 32)
+    parts2, bounds2 = ev.write_listing(files, keys.values(), state)
+    assert bounds2 == bounds and len(written) == 1
+    assert sum(a != b for a, b in zip(parts, parts2, strict=True)) == 1
+    state2 = msgspec.structs.replace(state, parts=parts2)
+    assert ev.read_listing(files, state2) == sorted(keys.values(), key=lambda k: k.path)
+    assert ev.read_listing(files, state) is None  # a header older than its parts: relist

@@ -522,7 +522,7 @@ class BucketRoot(Root):
                     reason="no bucket event since the last tick",
                 )
             else:
-                kept = ev.decode_listing(store.files.read(ev.LISTING_FILE), state.listing_id)
+                kept = ev.read_listing(store.files, state)
                 if kept is None:
                     reason = "the kept listing is missing or was replaced since its header"
                 else:
@@ -648,7 +648,8 @@ class BucketRoot(Root):
                     canary=ev.new_token() if new_canary else state.canary,
                     listed_ns=listed_ns,
                     updated_ns=time.time_ns(),
-                    listing_id=state.listing_id if state is not None else "",
+                    parts=state.parts if state is not None else (),
+                    bounds=state.bounds if state is not None else (),
                     root_id=result.root_id if clean else None,
                     files=result.files,
                     bytes=result.bytes,
@@ -671,9 +672,8 @@ class BucketRoot(Root):
                     queue.release(held)
                     return
                 if changed_keys and keys is not None:
-                    data = ev.encode_listing(keys.values())
-                    store.files.write(ev.LISTING_FILE, data)
-                    header = msgspec.structs.replace(header, listing_id=blake3(data).hexdigest())
+                    parts, bounds = ev.write_listing(store.files, keys.values(), state)
+                    header = msgspec.structs.replace(header, parts=parts, bounds=bounds)
                 store.files.write(ev.STATE_FILE, ev.encode_state(header))
                 ev.test_pause("written")
                 queue.delete(drained.messages + stale)

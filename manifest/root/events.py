@@ -45,15 +45,22 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus, urlsplit
 
 import msgspec
 
 from manifest.errors import ConfigError, ManifestError
 
+if TYPE_CHECKING:
+    from manifest.store.base import Files
+
 STATE_FILE: Final = "root-events"
-LISTING_FILE: Final = "root-events.listing"
+LISTING_FILE: Final = "root-events.listing"  # its parts: root-events.listing.0, .1, ...
+# The listing is kept in parts of at most this many bytes (new parts are half full): the
+# store's small files stay small (a local store reads at most 1 MiB), and one change
+# rewrites one part.
+PART_BYTES: Final = 768 * 1024
 STATE_VERSION: Final = 1
 CANARY_KEY: Final = "manifest-canary"
 # A tick re-lists in full when the last full listing is older than this, even when the
@@ -132,7 +139,8 @@ class EventState(msgspec.Struct, frozen=True):
     canary: str  # the id of the canary message this state expects to find in the queue
     listed_ns: int  # when the last full listing started
     updated_ns: int
-    listing_id: str  # BLAKE3 of root-events.listing's bytes
+    parts: tuple[str, ...]  # the BLAKE3 of each part of the listing, in key order
+    bounds: tuple[str, ...]  # the first key each part may hold ("" for the first)
     markers: tuple[str, ...] = ()  # keys that are folder markers (see bucket._folder_markers)
     # the last clean result (no file settling, no problem), reused by a quiet tick
     root_id: str | None = None
@@ -163,19 +171,64 @@ def encode_state(state: EventState) -> bytes:
     return _STATE_ENCODER.encode(state)
 
 
-def decode_listing(data: bytes | None, listing_id: str) -> list[ListedKey] | None:
+def part_name(index: int) -> str:
+    return f"{LISTING_FILE}.{index}"
+
+
+def read_listing(files: Files, state: EventState) -> list[ListedKey] | None:
+    """Every key of the kept listing; None when a part is missing, damaged, or was written
+    by another tick after this header (then a full listing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from blake3 import blake3
 
-    if data is None or blake3(data).hexdigest() != listing_id:
-        return None  # absent, damaged, or written by another tick since the header: relist
-    try:
-        return _LISTING_DECODER.decode(data)
-    except msgspec.DecodeError:
-        return None
+    with ThreadPoolExecutor(min(8, max(1, len(state.parts)))) as pool:
+        datas = list(pool.map(files.read, map(part_name, range(len(state.parts)))))
+    out: list[ListedKey] = []
+    for data, want in zip(datas, state.parts, strict=True):
+        if data is None or blake3(data).hexdigest() != want:
+            return None
+        try:
+            out.extend(_LISTING_DECODER.decode(data))
+        except msgspec.DecodeError:
+            return None
+    return out
 
 
-def encode_listing(keys: Iterable[ListedKey]) -> bytes:
-    return _LISTING_ENCODER.encode(sorted(keys, key=lambda k: k.path))
+def write_listing(
+    files: Files, keys: Iterable[ListedKey], state: EventState | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Write the listing's parts that differ from ``state``'s; its (parts, bounds). The
+    parts keep their bounds while each stays under ``PART_BYTES``; else all are cut again."""
+    from bisect import bisect_right
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blake3 import blake3
+
+    ordered = sorted(keys, key=lambda k: k.path)
+    bounds = state.bounds if state is not None and state.bounds else ("",)
+    groups: list[list[ListedKey]] = [[] for _ in bounds]
+    for key in ordered:
+        groups[bisect_right(bounds, key.path) - 1].append(key)
+    encoded = [_LISTING_ENCODER.encode(group) for group in groups]
+    if any(len(data) > PART_BYTES for data in encoded):
+        groups, size = [[]], 0
+        for key in ordered:
+            cost = len(key.path) + len(key.etag) + 24
+            if size + cost > PART_BYTES // 2 and groups[-1]:
+                groups.append([])
+                size = 0
+            groups[-1].append(key)
+            size += cost
+        bounds = ("", *(group[0].path for group in groups[1:]))
+        encoded = [_LISTING_ENCODER.encode(group) for group in groups]
+    hashes = tuple(blake3(data).hexdigest() for data in encoded)
+    old = state.parts if state is not None and state.bounds == bounds else ()
+    todo = [i for i in range(len(hashes)) if i >= len(old) or old[i] != hashes[i]]
+    if todo:
+        with ThreadPoolExecutor(min(8, len(todo))) as pool:
+            list(pool.map(lambda i: files.write(part_name(i), encoded[i]), todo))
+    return hashes, tuple(bounds)
 
 
 def new_token() -> str:
