@@ -22,6 +22,7 @@ that second would otherwise never be seen. Deletes are reported at once, cooldow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -501,6 +502,30 @@ class BucketRoot(Root):
             queue = None
             reason = f"the events queue cannot be read: {exc.problem}"
         ev.test_pause("received")
+        try:
+            return self._answer(url, base, options, state, queue, drained, reason, started)
+        except BaseException:
+            if queue is not None:  # nothing will record this scan: hand the messages back
+                with contextlib.suppress(ev.QueueError):
+                    queue.release(drained.messages + drained.canaries + drained.others)
+            raise
+
+    def _answer(
+        self,
+        url: str,
+        base: BaseTrees,
+        options: ScanOptions,
+        state: Any,
+        queue: Any,
+        drained: Any,
+        reason: str,
+        started: int,
+    ) -> ScanResult:
+        """The scan once the queue is read: the last clean result, the kept listing with the
+        events applied, or a full listing."""
+        from manifest.root import events as ev
+
+        config, store = self.settings, self.store
         reason = reason or self._doubt(url, state, drained, options, started)
         result: ScanResult | None = None
         keys: dict[str, ev.ListedKey] | None = None
