@@ -500,7 +500,12 @@ def load_config(
         boot = parse_bootstrap(env.get(ENV_BOOTSTRAP) or DEFAULT_BOOTSTRAP)
 
     queue = _events_queue(
-        events_queue, given_by("events_queue"), env, recorded, recorded_where, root_url
+        events_queue,
+        given_by("events_queue") if origin else "--events-queue",
+        env,
+        recorded,
+        recorded_where,
+        root_url,
     )
 
     return Config(
