@@ -396,3 +396,28 @@ def test_the_kept_listing_is_in_parts_and_one_change_rewrites_one(
     state2 = msgspec.structs.replace(state, parts=parts2)
     assert ev.read_listing(files, state2) == sorted(keys.values(), key=lambda k: k.path)
     assert ev.read_listing(files, state) is None  # a header older than its parts: relist
+
+
+def test_two_ticks_at_once_lose_nothing(s3: S3Server, setup: Setup) -> None:
+    """Two processes scan at the same moment (the full-hash check's cron and the schedule's,
+    both at 02:30): the one without the canary lists in full; whichever settles second finds
+    the header rewritten and writes and deletes nothing. Nothing is lost, and the queue is
+    back to its one canary after the next tick."""
+    from manifest.repo import settle
+
+    first, second = setup.repo(), setup.repo()
+    assert first.begin().outcome == "baseline"
+    upload(setup.raw, {"k.txt": b"1"})
+    last = first.find_ref("last")
+    held = first.scan(base=last, consume=True)  # holds the event and the canary
+    listed = second.scan(base=last, consume=True)
+    assert (held.source, listed.source) == ("events", "scan")
+    assert "canary message is missing" in listed.reason
+    settle(listed, True)
+    settle(held, True)  # the header changed since it was read: hands its messages back
+    assert waiting(s3, setup.queue) == (3, 0)  # the event, the old canary, the new one
+    cycle = first.begin()
+    assert cycle.changes.added == ("k.txt",)
+    assert waiting(s3, setup.queue) == (1, 0)
+    first.promote(cycle.snapshot or "")
+    assert first.status().scan_source == "journal"

@@ -2,6 +2,8 @@
 through SQS (moto). One edited key is one run; the tick deletes the messages only once its
 pending snapshot is written; quiet ticks make no request to the bucket."""
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -15,13 +17,13 @@ from .harness import Project
 
 
 def test_the_schedule_reads_a_buckets_events_instead_of_listing_it(
-    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     proxy = CountingProxy(s3.endpoint)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     bucket = s3.make_bucket("raw")
     raw = f"s3://{bucket}/landing"
-    state = f"s3://{s3.make_bucket('state')}/dagster/raw"
+    state = str(tmp_path / "state")  # a store on a bucket: tests/test_bucket_events.py
     queue = s3.make_queue(bucket, "landing/").replace(s3.endpoint, proxy.endpoint)
     upload(raw, {"customers.csv": b"id\n1\n", "readme.md": b"x\n"})
 
