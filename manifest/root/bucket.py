@@ -447,10 +447,7 @@ class BucketRoot(Root):
         content = config.mode == "content_hash"
         hashes = decode_hash_cache(store.files.read(HASH_CACHE)) if content else {}
         before = dict(hashes)
-        skip = None
-        where = store.location
-        if isinstance(where, BucketURL) and self.url.contains(where):
-            skip = where.prefix[len(self.url.prefix) :].strip("/")
+        skip = self._skip_prefix()
         result = scan_bucket(
             self.bucket,
             mode=config.mode,
@@ -467,6 +464,13 @@ class BucketRoot(Root):
         if content and options.save_cache and hashes != before and store.exists():
             store.files.write(HASH_CACHE, encode_hash_cache(hashes))
         return result
+
+    def _skip_prefix(self) -> str | None:
+        """The store's prefix under the root, when it lies there (never scanned)."""
+        where = self.store.location
+        if isinstance(where, BucketURL) and self.url.contains(where):
+            return where.prefix[len(self.url.prefix) :].strip("/")
+        return None
 
     # -- the events' journal (manifest.root.events) ----------------------------------------
 
@@ -526,9 +530,16 @@ class BucketRoot(Root):
         from manifest.root import events as ev
 
         config, store = self.settings, self.store
+        skip = self._skip_prefix()
+        drained.events = {  # keys scan_bucket leaves out anyway: folder markers, the store
+            key: event
+            for key, event in drained.events.items()
+            if key and not key.endswith("/") and not (skip and (key + "/").startswith(skip + "/"))
+        }
         reason = reason or self._doubt(url, state, drained, options, started)
         result: ScanResult | None = None
         keys: dict[str, ev.ListedKey] | None = None
+        dirty = False  # the kept listing changed
         listed_ns = state.listed_ns if state is not None else started
         if not reason and state is not None:
             if not drained.events and self._quiet(state, base, options):
@@ -552,22 +563,35 @@ class BucketRoot(Root):
                     reason = "the kept listing is missing or was replaced since its header"
                 else:
                     keys = {k.path: k for k in kept}
-                    reason = self._apply(keys, drained.events)
+                    reason, dirty = self._apply(keys, drained.events)
         if result is None:
             if reason or keys is None:
                 listed_ns = time.time_ns()
                 keys = {k.path: k for k in map(_listed, list_root(self.bucket))}
-                source = "scan"
-            else:
+                source, dirty = "scan", True
+            elif drained.events:
                 source = "events"
                 n = len(drained.events)
                 reason = f"{n} key(s) changed by bucket events, e.g. {next(iter(drained.events))}"
+            else:
+                source = "events"
+                reason = (
+                    "no bucket event; the trees are built again from the kept listing (the "
+                    "last result had files settling, or is not this base's tree)"
+                )
             result = self._build(base, options, [_meta(k) for k in keys.values()])
             result.source = source
             result.reason = reason
         if queue is not None:
             settle = self._settler(
-                queue, url, state, drained, keys, listed_ns, result, full=result.source == "scan"
+                queue,
+                url,
+                state,
+                drained,
+                keys if dirty else None,
+                listed_ns,
+                result,
+                full=result.source == "scan",
             )
             if options.consume:
                 result.settle = settle
@@ -610,9 +634,9 @@ class BucketRoot(Root):
             and not options.rehash_all
         )
 
-    def _apply(self, keys: dict[str, Any], events: dict[str, Any]) -> str:
+    def _apply(self, keys: dict[str, Any], events: dict[str, Any]) -> tuple[str, bool]:
         """Re-read each key the events name (a HEAD each) into ``keys``; "" or why a full
-        listing is needed instead."""
+        listing is needed instead, and whether any entry changed."""
 
         def head(rel: str) -> tuple[str, dict[str, Any] | BaseException | None]:
             try:
@@ -623,20 +647,24 @@ class BucketRoot(Root):
                 return rel, exc
 
         if not events:
-            return ""
+            return "", False
         with ThreadPoolExecutor(min(HASH_THREADS, len(events))) as pool:
             found = list(pool.map(head, sorted(events)))
+        changed = False
         for rel, meta in found:
             if isinstance(meta, BaseException):
                 if invalid_key(meta) is not None:
-                    return f"an event names a key the client cannot read by name: {rel!r}"
+                    return f"an event names a key the client cannot read by name: {rel!r}", True
                 raise RootError(str(self.url), f"cannot read {rel}: {describe(meta)}") from meta
+            old = keys.get(rel)
             if meta is None:
                 keys.pop(rel, None)
+                changed |= old is not None
             else:
                 meta["path"] = rel
                 keys[rel] = _listed(meta)
-        return ""
+                changed |= keys[rel] != old
+        return "", changed
 
     def _settler(
         self,
@@ -651,7 +679,8 @@ class BucketRoot(Root):
         full: bool,
     ) -> Callable[[bool], None]:
         """What to do once the caller knows whether a snapshot records ``result``: durable,
-        keep the listing and delete the messages it applied; else hand them back."""
+        keep the listing (``keys``: when it changed) and delete the messages it applied; else
+        hand them back."""
         from manifest.root import events as ev
 
         store = self.store
@@ -664,7 +693,6 @@ class BucketRoot(Root):
                     return
                 clean = not result.unstable and not result.problems
                 new_canary = full or state is None or state.canary not in drained.canary_ids
-                changed_keys = keys is not None and (full or bool(drained.events))
                 header = ev.EventState(
                     version=ev.STATE_VERSION,
                     queue=url,
@@ -687,7 +715,7 @@ class BucketRoot(Root):
                 ours = header.canary
                 mine = [m for m in drained.canaries if drained.canary_of[m.receipt] == ours]
                 stale = [m for m in drained.canaries if m not in mine]  # of killed ticks
-                if same and not changed_keys and not drained.messages and not stale:
+                if same and keys is None and not drained.messages and not stale:
                     queue.release(mine + drained.others)  # a quiet tick
                     return
                 now = ev.decode_state(store.files.read(ev.STATE_FILE))
@@ -696,10 +724,13 @@ class BucketRoot(Root):
                     # back after their visibility timeout and are applied then
                     queue.release(held)
                     return
-                if changed_keys and keys is not None:
+                if keys is not None:  # the kept listing changed
                     parts, bounds = ev.write_listing(store.files, keys.values(), state)
                     header = msgspec.structs.replace(header, parts=parts, bounds=bounds)
-                store.files.write(ev.STATE_FILE, ev.encode_state(header))
+                if keys is not None or not same:
+                    # (else only messages that changed nothing are deleted: a store inside
+                    # the root would otherwise send an event for every header it writes)
+                    store.files.write(ev.STATE_FILE, ev.encode_state(header))
                 ev.test_pause("written")
                 queue.delete(drained.messages + stale)
                 if new_canary:
