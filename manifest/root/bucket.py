@@ -505,7 +505,7 @@ class BucketRoot(Root):
         except ev.QueueError as exc:
             queue = None
             reason = f"the events queue cannot be read: {exc.problem}"
-        ev.test_pause("received")
+        ev.pause_for_tests("received")
         try:
             return self._answer(url, base, options, state, queue, drained, reason, started)
         except BaseException:
@@ -731,7 +731,7 @@ class BucketRoot(Root):
                     # (else only messages that changed nothing are deleted: a store inside
                     # the root would otherwise send an event for every header it writes)
                     store.files.write(ev.STATE_FILE, ev.encode_state(header))
-                ev.test_pause("written")
+                ev.pause_for_tests("written")
                 queue.delete(drained.messages + stale)
                 if new_canary:
                     queue.send_canary(header.canary, str(self.url))

@@ -15,7 +15,8 @@ What is kept (in the state store's files, shared by every machine and pod that t
 * ``root-events``: a small header (:class:`EventState`): the queue, the last full listing's
   time, the canary's id, the id of the listing file, and the last clean result (a quiet tick
   reuses it without reading the listing).
-* ``root-events.listing``: every key of the root (path, size, last-modified, ETag).
+* ``root-events.listing.0``, ``.1``, ...: every key of the root (path, size, last-modified,
+  ETag), in parts of at most ``PART_BYTES``; a change rewrites the part that holds its key.
 
 Messages are deleted only once a snapshot recording them is durable (``ScanResult.settle``,
 called by the verb that wrote the snapshot), and after the listing that applied them is
@@ -282,7 +283,6 @@ class Drained:
     canary_of: dict[str, str] = field(default_factory=dict)  # receipt -> canary id
     others: list[Message] = field(default_factory=list)  # another root's canaries: handed back
     gap: str = ""  # why the events cannot be trusted (a full listing is due)
-    full: bool = False  # MAX_MESSAGES reached
 
 
 def read_messages(
@@ -471,7 +471,7 @@ def _describe(exc: BaseException) -> str:
     return text[:300]
 
 
-def test_pause(point: str) -> None:
+def pause_for_tests(point: str) -> None:
     """Tests only: with ``MANIFEST_TEST_EVENTS_PAUSE=<point>:<file>``, write ``file`` and
     sleep at ``point``, for a test to SIGKILL the process exactly there."""
     hook = os.environ.get(TEST_HOOK, "")
