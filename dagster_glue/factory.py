@@ -70,6 +70,7 @@ def change_detection(
     run_grace_sec: float | dg.EnvVar = 300.0,
     bootstrap: str | dg.EnvVar = "baseline",
     lock_timeout_sec: float | dg.EnvVar = DEFAULT_LOCK_TIMEOUT_SEC,
+    events_queue: str | dg.EnvVar | None = None,
 ) -> dg.Definitions:
     """The job, ``{name}_schedule`` (``{name}_sensor`` with ``trigger="sensor"``),
     ``{name}_full_hash_check``, ``{name}_promotion_sensor`` (and in observe mode

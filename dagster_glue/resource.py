@@ -30,6 +30,7 @@ from manifest.config import (
     ENV_BOOTSTRAP,
     ENV_COOLDOWN,
     ENV_DATA_DIR,
+    ENV_EVENTS_QUEUE,
     ENV_EXCLUDE,
     ENV_HASH_MODE,
     ENV_INCLUDE,
@@ -44,6 +45,7 @@ from manifest.errors import ConfigError
 from manifest.globs import compile_globs
 from manifest.location import Location, absolute_location
 from manifest.root import Root, open_root
+from manifest.root.events import parse_queue_url
 from manifest.text import escape_path, unescape_path
 
 SOURCE_PATH = "source_path"
@@ -250,6 +252,15 @@ class ManifestResource(dg.ConfigurableResource):
         description="How long an update of the store waits for another holder of its lock "
         "before the tick skips, to retry on the next.",
     )
+    events_queue: Annotated[
+        str | None, Setting(ENV_EVENTS_QUEUE, parse=parse_queue_url, read_at_use=True)
+    ] = Field(
+        default=None,
+        description="For an `s3://` root: the SQS queue URL its S3 event notifications go "
+        "to; a tick then re-reads only the keys the events name and a quiet tick lists "
+        "nothing (docs/operations.md, Bucket events; needs `raw-manifest[events]`). None: the "
+        "store's, else every tick lists the bucket.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -312,6 +323,7 @@ class ManifestResource(dg.ConfigurableResource):
             "include": tuple(self.include) if self.include is not None else None,
             "exclude": tuple(self.exclude) if self.exclude is not None else None,
             "bootstrap": self.bootstrap,
+            "events_queue": self.events_queue,
             "origin": f"change_detection(name={self.name!r})",
         }
         key = (

@@ -404,6 +404,17 @@ def init(
             show_default=False,
         ),
     ] = None,
+    events_queue: Annotated[
+        str | None,
+        typer.Option(
+            "--events-queue",
+            metavar="URL",
+            help="For an s3:// root: the SQS queue its event notifications go to, so a tick "
+            "reads only the keys that changed (docs/operations.md, Bucket events); 'none' "
+            "drops it.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -439,7 +450,13 @@ def init(
         root_text = recorded.root_text if recorded is not None else DEFAULT_DATA_DIR
     include_t = tuple(include) if include else None
     exclude_t = tuple(exclude) if exclude else None
+    queue = events_queue
+    if queue is None and recorded is not None:
+        queue = recorded.events_queue
+    elif queue is not None and queue.strip().lower() == "none":
+        queue = ""
     config = load_config(
+        events_queue=queue,
         root=root_text,
         store=store_arg,
         mode=mode or options.mode or (recorded.mode if recorded is not None else None),

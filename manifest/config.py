@@ -42,6 +42,11 @@ ENV_LOCK_TIMEOUT = "RAW_LOCK_TIMEOUT_SEC"
 DEFAULT_LOCK_TIMEOUT_SEC = 5.0
 # Processes that walk a big tree: a number, or "auto" (one per core for big trees)
 ENV_JOBS = "MANIFEST_JOBS"
+# A bucket root's S3 event notifications, delivered to this SQS queue (manifest.root.events)
+ENV_EVENTS_QUEUE = "RAW_EVENTS_QUEUE"
+# How long a tick waits on an empty queue (long polling) and holds the messages it received
+ENV_EVENTS_WAIT = "MANIFEST_EVENTS_WAIT_SEC"
+ENV_EVENTS_VISIBILITY = "MANIFEST_EVENTS_VISIBILITY_SEC"
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -69,6 +74,10 @@ class Config(msgspec.Struct, frozen=True):
     recorded: bool = False
     # where the root came from: an argument or variable (its name), the store, the default
     root_source: str = "default"
+    # the SQS queue the bucket root's event notifications go to (None: list every tick)
+    events_queue: str | None = None
+    events_wait_sec: float = 1.0
+    events_visibility_sec: int = 300
 
     @property
     def root_location(self) -> Location:
@@ -206,6 +215,7 @@ class StoreFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mode: HashMode | None = None
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
+    events_queue: str | None = None
 
 
 def find_store(start: Path) -> tuple[Path | None, tuple[Path, ...]]:
@@ -244,7 +254,9 @@ def find_store_file(store: Location) -> StoreFile | None:
         RecursionError,
     ) as exc:
         raise ConfigError(
-            str(path), str(exc), "TOML with root, mode, include, exclude (see `manifest init`)"
+            str(path),
+            str(exc),
+            "TOML with root, mode, include, exclude, events_queue (see `manifest init`)",
         ) from exc
 
 
@@ -265,6 +277,8 @@ def store_file_text(settings: StoreFile) -> bytes:
         values = getattr(settings, key)
         if values:
             lines.append(f"{key} = [{', '.join(json.dumps(v) for v in values)}]")
+    if settings.events_queue is not None:
+        lines.append(f"events_queue = {json.dumps(settings.events_queue)}")
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -282,6 +296,7 @@ def settings_of(config: Config) -> StoreFile:
         mode=config.mode,
         include=config.include or None,
         exclude=config.exclude or None,
+        events_queue=config.events_queue,
     )
 
 
@@ -307,6 +322,7 @@ def load_config(
     include: tuple[str, ...] | None = None,
     exclude: tuple[str, ...] | None = None,
     bootstrap: str | None = None,
+    events_queue: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     discover: bool = False,
@@ -483,7 +499,21 @@ def load_config(
     else:
         boot = parse_bootstrap(env.get(ENV_BOOTSTRAP) or DEFAULT_BOOTSTRAP)
 
+    queue = _events_queue(
+        events_queue,
+        given_by("events_queue") if origin else "--events-queue",
+        env,
+        recorded,
+        recorded_where,
+        root_url,
+    )
+
     return Config(
+        events_queue=queue,
+        events_wait_sec=parse_seconds(env.get(ENV_EVENTS_WAIT) or 1.0, ENV_EVENTS_WAIT),
+        events_visibility_sec=round(
+            parse_seconds(env.get(ENV_EVENTS_VISIBILITY) or 300, ENV_EVENTS_VISIBILITY)
+        ),
         jobs=parse_jobs(env.get(ENV_JOBS, "")),
         root=root_path,
         store=store_path,
@@ -500,3 +530,40 @@ def load_config(
         recorded=recorded is not None,
         root_source=root_source,
     )
+
+
+def _events_queue(
+    given: str | None,
+    given_by: str,
+    env: Mapping[str, str],
+    recorded: StoreFile | None,
+    recorded_where: str,
+    root_url: BucketURL | None,
+) -> str | None:
+    """The SQS queue of the bucket's events: given (argument, then ``RAW_EVENTS_QUEUE``),
+    else the store's. Given and recorded must agree (one store, one queue: two would each
+    delete the other's events). Unlike the filters, a store that records none takes one
+    given: the queue changes what a tick costs, never what it finds."""
+    from manifest.errors import SettingsMismatchError
+    from manifest.root.events import parse_queue_url
+
+    by = given_by
+    text = given.strip() if given is not None else None
+    if text is None and env.get(ENV_EVENTS_QUEUE, "").strip():
+        text, by = env[ENV_EVENTS_QUEUE].strip(), ENV_EVENTS_QUEUE
+    if text == "":
+        text = None
+    kept = recorded.events_queue if recorded is not None else None
+    if text is not None:
+        text = parse_queue_url(text, by)
+        if kept is not None and kept != text:
+            raise SettingsMismatchError("events_queue", text, by, kept, recorded_where)
+    queue = text if text is not None else kept
+    if queue is not None and (root_url is None or root_url.scheme != "s3"):
+        raise ConfigError(
+            by if text is not None else f"events_queue in {recorded_where}",
+            queue,
+            "no queue for this root: S3 event notifications need an s3:// root (a local "
+            "folder has `manifest watch`)",
+        )
+    return queue

@@ -329,10 +329,14 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
         for lock in st.stale_locks:
             typer.echo(paint(f"\t{quote_path(lock)}", "yellow"))
         typer.echo("")
-    if st.scan_source == "journal":
+    bucket = st.root.partition("://")[0].isalnum() and "://" in st.root  # its events' journal
+    if st.scan_source == "journal" and not bucket:
         typer.echo(paint(f"(no walk: the watcher's journal shows {st.scan_reason})", "dim"))
+    elif st.scan_source in ("journal", "events"):
+        typer.echo(paint(f"(no listing: {escape_text(st.scan_reason)})", "dim"))
     elif st.scan_reason and st.scan_reason != "no watcher":
-        typer.echo(paint(f"(walked the tree: {escape_text(st.scan_reason)})", "dim"))
+        what = "listed the bucket" if bucket else "walked the tree"
+        typer.echo(paint(f"({what}: {escape_text(st.scan_reason)})", "dim"))
     if not st.changes:
         typer.echo(f"nothing changed since last ({st.files} file{'' if st.files == 1 else 's'})")
 

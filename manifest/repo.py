@@ -360,8 +360,10 @@ class Repository:
         on_hash: Callable[[int], None] | None = None,
         save_cache: bool = True,
         on_walk: Callable[[int, int], None] | None = None,
+        consume: bool = False,
     ) -> ScanResult:
-        """Scan the data root; unstable and unreadable files keep their ``base`` entry."""
+        """Scan the data root; unstable and unreadable files keep their ``base`` entry.
+        ``consume``: the caller records the result and calls :func:`settle` on it."""
         base_snap = self.read_snapshot(base) if base else None
         return self.root.scan(
             BaseTrees(self.objects, base_snap.root if base_snap is not None else None),
@@ -371,6 +373,7 @@ class Repository:
                 on_hash=on_hash,
                 on_walk=on_walk,
                 save_cache=save_cache,
+                consume=consume,
             ),
         )
 
@@ -471,9 +474,7 @@ class Repository:
             done=done,
             done_own=done_own,
         )
-        snap_id = SnapshotId(self.objects.write_object(snap))
-        self.root.stored(result)
-        return snap_id
+        return SnapshotId(self.objects.write_object(snap))
 
     @_writer
     def snapshot(
@@ -494,18 +495,23 @@ class Repository:
         if ref is not None:
             validate_ref_name(ref)
         parent = self._ref_snapshot(ref if ref is not None else REF_LAST)
-        result = self.scan(base=parent, on_hash=on_hash, on_walk=on_walk)
-        if on_scan is not None:
-            on_scan(result)  # problems and settling paths, for the caller to report
-        changes = self._diff_scan(parent, result)
-        snap_id = self._write_snapshot(result, parent, changes, message)
-        if ref is not None:
-            self.refs.update_ref(
-                ref,
-                snap_id,
-                expected=parent,
-                reason=f"snapshot: {message or _describe(changes)}",
-            )
+        result = self.scan(base=parent, on_hash=on_hash, on_walk=on_walk, consume=True)
+        durable = False
+        try:
+            if on_scan is not None:
+                on_scan(result)  # problems and settling paths, for the caller to report
+            changes = self._diff_scan(parent, result)
+            snap_id = self._write_snapshot(result, parent, changes, message)
+            if ref is not None:
+                self.refs.update_ref(
+                    ref,
+                    snap_id,
+                    expected=parent,
+                    reason=f"snapshot: {message or _describe(changes)}",
+                )
+            durable = True
+        finally:
+            settle(result, durable)
         return snap_id, changes
 
     @_writer
@@ -764,7 +770,24 @@ class Repository:
         last = self._ref_snapshot(REF_LAST)
         if pending is not None:
             return self._in_flight(pending, last)
-        result = self.scan(base=last, rehash_all=rehash_all)
+        result = self.scan(base=last, rehash_all=rehash_all, consume=True)
+        durable = False
+        try:
+            cycle = self._begin_from(result, last, rehash_all, reason_prefix, labels)
+            durable = cycle.outcome in ("started", "baseline", "unchanged")
+            return cycle
+        finally:
+            settle(result, durable)
+
+    def _begin_from(
+        self,
+        result: ScanResult,
+        last: str | None,
+        rehash_all: bool,
+        reason_prefix: str,
+        labels: dict[str, str] | None,
+    ) -> CycleResult:
+        """``begin`` once the tree is scanned."""
         unstable, problems = tuple(result.unstable), tuple(result.problems)
         if last is None and self.config.bootstrap == "baseline":
             snap_id = self._write_snapshot(result, None, ChangeSet(), "baseline")
@@ -1023,6 +1046,13 @@ class Repository:
     def fsck(self) -> FsckReport:
         """Verify every object, ref and reflog; list what is wrong."""
         return maintenance.fsck(self.store)
+
+
+def settle(result: ScanResult, durable: bool) -> None:
+    """Tell the root whether a snapshot recording ``result`` is durable (``ScanResult.settle``:
+    a bucket root deletes the event messages it applied only then, else hands them back)."""
+    if result.settle is not None:
+        result.settle(durable)
 
 
 def _details(changes: ChangeSet, pairs: dict[str, EntryPair]) -> tuple[Change, ...]:

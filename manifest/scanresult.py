@@ -84,6 +84,9 @@ class ScanOptions:
     on_hash: Callable[[int], None] | None = None  # bytes hashed, as they are
     on_walk: Callable[[int, int], None] | None = None  # files and bytes seen, as they are
     save_cache: bool = True  # keep what this scan learned in the stat or hash cache
+    # the caller records the result in a snapshot and then calls ``ScanResult.settle``
+    # (a tick, ``snapshot``); False: a read-only look (``status``, ``diff``)
+    consume: bool = False
 
 
 DEFAULT_SCAN: Final = ScanOptions()
@@ -105,13 +108,17 @@ class ScanResult(msgspec.Struct):
     jobs: int = 1
     """Processes that walked the tree (1: this one alone; 0: none, see ``source``)."""
     source: str = "scan"
-    """``scan``: the tree was walked (or listed); ``journal``: the watcher's journal named
-    what changed since the last clean scan, and only that was looked at (nothing: that
-    scan's result is this one)."""
+    """``scan``: the tree was walked (or listed); ``journal``: the watcher's journal (or a
+    bucket's events) named what changed since the last clean scan, and only that was looked
+    at (nothing: that scan's result is this one); ``events``: a bucket's events named the
+    keys that changed, only those were read."""
     reason: str = ""
     """Why the tree was walked although a watcher may run, or what the journal answered."""
-    journal_token: str | None = None
-    """The watcher's token taken before this scan (``Root.stored`` records it)."""
+    settle: Callable[[bool], None] | None = None
+    """Set by a root that holds something until the result is recorded (a bucket root's
+    event messages, a local root's journal token): call it with True once a snapshot
+    recording the result is durable (the root then lets go of what it applied, or starts
+    its next scan from it), with False when none will be (handed back)."""
 
 
 class BaseTrees:

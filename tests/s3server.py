@@ -1,11 +1,14 @@
 """A real S3 API on 127.0.0.1 for the tests: moto's standalone server, in its own process.
 
 It implements conditional writes (``If-None-Match: *``, ``If-Match``), which the bucket store
-relies on. One server per test session; each test makes its own buckets.
+relies on, and SQS, to which it delivers a bucket's event notifications (``make_queue``). One
+server per test session; each test makes its own buckets and queues. ``CountingProxy`` sits
+in front of it and counts the requests by kind (the tests and ``bench/bucket_events.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -15,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +50,126 @@ class S3Server:
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
         return name
+
+    @functools.cache  # noqa: B019 (one per server and service, for the session)
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def make_queue(self, bucket: str, prefix: str = "") -> str:
+        """A new SQS queue that ``bucket``'s created and removed events (of keys under
+        ``prefix``) go to, as docs/operations.md configures it; its URL. moto sends an
+        ``s3:TestEvent`` to it at once, as S3 does."""
+        sqs = self.client("sqs")
+        url = str(sqs.create_queue(QueueName=f"events-{os.getpid()}-{next(_counter)}")["QueueUrl"])
+        self.notify(bucket, url, prefix)
+        return url
+
+    def notify(self, bucket: str, queue: str, prefix: str = "") -> None:
+        """(Re)write ``bucket``'s notification configuration: its events go to ``queue``."""
+        sqs = self.client("sqs")
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+        rule: dict[str, Any] = {
+            "QueueArn": arn["Attributes"]["QueueArn"],
+            "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+        }
+        if prefix:
+            rule["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
+        self.client("s3").put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [rule]}
+        )
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``target`` that counts requests by kind:
+    ``LIST``, ``GET``, ``HEAD``, ``PUT``, ``DELETE`` (S3) and ``SQS <Action>``."""
+
+    def __init__(self, target: str) -> None:
+        import http.client
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        self.counts: Counter[str] = Counter()
+        self.by_bucket: Counter[tuple[str, str]] = Counter()  # (bucket, kind), S3 only
+        self.lock = threading.Lock()
+        host = urlsplit(target)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                proxy.count(self.command, self.path, self.headers, body, parse_qs)
+                conn = http.client.HTTPConnection(host.hostname, host.port, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status, answer.reason)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self, method: str, path: str, headers: Any, body: bytes, parse_qs: Any) -> None:
+        target = headers.get("X-Amz-Target", "")
+        if target.startswith("AmazonSQS."):
+            kind = "SQS " + target.split(".", 1)[1]
+        elif method == "POST" and b"Action=" in body:
+            kind = "SQS " + parse_qs(body.decode())["Action"][0]
+        else:
+            url_path, _, query = path.partition("?")
+            parts = [p for p in url_path.split("/") if p]
+            if method == "GET" and (len(parts) <= 1 or "list-type" in parse_qs(query)):
+                kind = "LIST"
+            else:
+                kind = method
+            with self.lock:
+                self.by_bucket[(parts[0] if parts else "", kind)] += 1
+        with self.lock:
+            self.counts[kind] += 1
+
+    def take(self, bucket: str | None = None) -> dict[str, int]:
+        """The counts since the last call (of S3 requests to ``bucket`` and every SQS
+        request, when given), and start again."""
+        with self.lock:
+            if bucket is None:
+                out = dict(self.counts)
+            else:
+                out = {k: n for (b, k), n in self.by_bucket.items() if b == bucket}
+                out.update({k: n for k, n in self.counts.items() if k.startswith("SQS ")})
+            self.counts.clear()
+            self.by_bucket.clear()
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="session")

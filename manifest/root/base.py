@@ -59,11 +59,6 @@ class Root(ABC):
         """Every file's fingerprint, as trees; files still settling or unreadable keep
         their ``base`` entry."""
 
-    def stored(self, result: ScanResult) -> None:
-        """``result`` (a scan of this root) is now a durable snapshot: a root that keeps
-        state between scans (a journal's token) may start the next scan from it."""
-        return None
-
     @abstractmethod
     def read_bytes(self, rel_path: str) -> bytes:
         """A file's bytes (``FileNotFoundError`` naming it when absent)."""

@@ -22,9 +22,12 @@ that second would otherwise never be seen. Deletes are reported at once, cooldow
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -133,11 +136,14 @@ def scan_bucket(
     on_hash: Callable[[int], None] | None = None,
     on_walk: Callable[[int, int], None] | None = None,
     now_ns: int | None = None,
+    listing: list[dict[str, Any]] | None = None,
 ) -> ScanResult:
-    """Scan the bucket root. ``hashes`` (content_hash) is updated in place."""
+    """Scan the bucket root. ``hashes`` (content_hash) is updated in place. ``listing``:
+    every key of the root as a listing gives it, when already known (the events' journal
+    keeps one); else the bucket is listed now."""
     started = time.time_ns()
     now = started if now_ns is None else now_ns
-    metas = list_root(bucket)
+    metas = list_root(bucket) if listing is None else listing
     markers = _folder_markers(bucket, metas)
     problems: list[ScanProblem] = []
     unstable: list[str] = []
@@ -411,7 +417,9 @@ def _hash_object(bucket: Bucket, key: str, etag: str) -> bytes | None:
 class BucketRoot(Root):
     """A data root on a bucket: one listing is the stat of every file; in content_hash
     mode the hash cache (``HASH_CACHE``, in the store, shared by every machine) keeps the
-    reads to the keys whose size or ETag changed."""
+    reads to the keys whose size or ETag changed. With ``events_queue`` set, the bucket's
+    event notifications say which keys changed and the listing is kept in the store
+    (``manifest.root.events``): a quiet tick lists nothing."""
 
     def __init__(self, url: BucketURL, settings: Config | None, store: Store | None) -> None:
         super().__init__(settings, store)
@@ -426,15 +434,20 @@ class BucketRoot(Root):
         self.bucket.check(as_root=True)
 
     def scan(self, base: BaseTrees, options: ScanOptions = DEFAULT_SCAN) -> ScanResult:
-        config, store = self.settings, self.store
+        queue = self.settings.events_queue
+        if queue:
+            return self._scan_with_events(queue, base, options)
         self.check()
+        return self._build(base, options, None)
+
+    def _build(
+        self, base: BaseTrees, options: ScanOptions, listing: list[dict[str, Any]] | None
+    ) -> ScanResult:
+        config, store = self.settings, self.store
         content = config.mode == "content_hash"
         hashes = decode_hash_cache(store.files.read(HASH_CACHE)) if content else {}
         before = dict(hashes)
-        skip = None
-        where = store.location
-        if isinstance(where, BucketURL) and self.url.contains(where):
-            skip = where.prefix[len(self.url.prefix) :].strip("/")
+        skip = self._skip_prefix()
         result = scan_bucket(
             self.bucket,
             mode=config.mode,
@@ -446,10 +459,302 @@ class BucketRoot(Root):
             skip_prefix=skip,
             on_hash=options.on_hash,
             on_walk=options.on_walk,
+            listing=listing,
         )
         if content and options.save_cache and hashes != before and store.exists():
             store.files.write(HASH_CACHE, encode_hash_cache(hashes))
         return result
+
+    def _skip_prefix(self) -> str | None:
+        """The store's prefix under the root, when it lies there (never scanned)."""
+        where = self.store.location
+        if isinstance(where, BucketURL) and self.url.contains(where):
+            return where.prefix[len(self.url.prefix) :].strip("/")
+        return None
+
+    # -- the events' journal (manifest.root.events) ----------------------------------------
+
+    def _context(self) -> str:
+        config = self.settings
+        return json.dumps([config.mode, list(config.include), list(config.exclude)])
+
+    def _scan_with_events(self, url: str, base: BaseTrees, options: ScanOptions) -> ScanResult:
+        """The scan from the kept listing and the events since, or from a full listing when
+        the events leave any doubt (the reason is ``ScanResult.reason``)."""
+        from manifest.root import events as ev
+
+        config, store = self.settings, self.store
+        started = time.time_ns()
+        state = ev.decode_state(store.files.read(ev.STATE_FILE))
+        root = str(self.url)
+        queue: ev.EventQueue | None = ev.EventQueue(url)  # boto3 missing: an error
+        drained = ev.Drained()
+        reason = ""
+        try:
+            assert queue is not None
+            received = queue.receive(
+                wait_sec=config.events_wait_sec,
+                visibility_sec=(
+                    config.events_visibility_sec if options.consume else ev.PEEK_VISIBILITY_SEC
+                ),
+                limit=ev.MAX_MESSAGES,
+            )
+            drained = ev.read_messages(
+                received, bucket=self.url.bucket, prefix=self.url.prefix.strip("/"), root=root
+            )
+        except ev.QueueError as exc:
+            queue = None
+            reason = f"the events queue cannot be read: {exc.problem}"
+        ev.pause_for_tests("received")
+        try:
+            return self._answer(url, base, options, state, queue, drained, reason, started)
+        except BaseException:
+            if queue is not None:  # nothing will record this scan: hand the messages back
+                with contextlib.suppress(ev.QueueError):
+                    queue.release(drained.messages + drained.canaries + drained.others)
+            raise
+
+    def _answer(
+        self,
+        url: str,
+        base: BaseTrees,
+        options: ScanOptions,
+        state: Any,
+        queue: Any,
+        drained: Any,
+        reason: str,
+        started: int,
+    ) -> ScanResult:
+        """The scan once the queue is read: the last clean result, the kept listing with the
+        events applied, or a full listing."""
+        from manifest.root import events as ev
+
+        config, store = self.settings, self.store
+        skip = self._skip_prefix()
+        drained.events = {  # keys scan_bucket leaves out anyway: folder markers, the store
+            key: event
+            for key, event in drained.events.items()
+            if key and not key.endswith("/") and not (skip and (key + "/").startswith(skip + "/"))
+        }
+        reason = reason or self._doubt(url, state, drained, options, started)
+        result: ScanResult | None = None
+        keys: dict[str, ev.ListedKey] | None = None
+        dirty = False  # the kept listing changed
+        listed_ns = state.listed_ns if state is not None else started
+        if not reason and state is not None:
+            if not drained.events and self._quiet(state, base, options):
+                result = ScanResult(
+                    root_id=base.root_id or "",
+                    trees=TreeSource({}, {}, None, config.mode == "content_hash"),
+                    files=state.files,
+                    bytes=state.bytes,
+                    unstable=[],
+                    problems=[],
+                    skipped=list(state.skipped),
+                    hashed=0,
+                    started_ns=started,
+                    jobs=0,
+                    source="journal",
+                    reason="no bucket event since the last tick",
+                )
+            else:
+                kept = ev.read_listing(store.files, state)
+                if kept is None:
+                    reason = "the kept listing is missing or was replaced since its header"
+                else:
+                    keys = {k.path: k for k in kept}
+                    reason, dirty = self._apply(keys, drained.events)
+        if result is None:
+            if reason or keys is None:
+                listed_ns = time.time_ns()
+                keys = {k.path: k for k in map(_listed, list_root(self.bucket))}
+                source, dirty = "scan", True
+            elif drained.events:
+                source = "events"
+                n = len(drained.events)
+                reason = f"{n} key(s) changed by bucket events, e.g. {next(iter(drained.events))}"
+            else:
+                source = "events"
+                reason = (
+                    "no bucket event; the trees are built again from the kept listing (the "
+                    "last result had files settling, or is not this base's tree)"
+                )
+            result = self._build(base, options, [_meta(k) for k in keys.values()])
+            result.source = source
+            result.reason = reason
+        if queue is not None:
+            settle = self._settler(
+                queue,
+                url,
+                state,
+                drained,
+                keys if dirty else None,
+                listed_ns,
+                result,
+                full=result.source == "scan",
+            )
+            if options.consume:
+                result.settle = settle
+            else:
+                settle(False)  # a read-only look hands every message back at once
+        if state is not None and state.problem and not result.reason.endswith(state.problem):
+            result.reason += f" (the last tick: {state.problem})"
+        return result
+
+    def _doubt(self, url: str, state: Any, drained: Any, options: ScanOptions, now: int) -> str:
+        """Why the events cannot be trusted now (a full listing is due); "" when they can."""
+        from manifest.root import events as ev
+
+        if state is None:
+            return "no bucket event state yet: the first tick with events_queue lists every key"
+        if state.queue != url or state.root != str(self.url):
+            return "the event state was kept for another queue or root"
+        if drained.gap:
+            return drained.gap
+        if len(drained.messages) >= ev.MAX_MESSAGES:
+            return f"{ev.MAX_MESSAGES} or more messages waiting: one listing costs less"
+        if state.canary not in drained.canary_ids:
+            return (
+                "manifest's canary message is missing from the queue (purged, expired after "
+                "the queue's retention, or held by another reader right now)"
+            )
+        if options.rehash_all:
+            return "a full-hash check lists every key"
+        if now - state.listed_ns > ev.MAX_LISTING_AGE_NS:
+            hours = ev.MAX_LISTING_AGE_NS // 3_600_000_000_000
+            return f"the last full listing is more than {hours} h old"
+        return ""
+
+    def _quiet(self, state: Any, base: BaseTrees, options: ScanOptions) -> bool:
+        """The last clean result still answers: nothing changed and it is the base's tree."""
+        return (
+            state.root_id is not None
+            and state.root_id == base.root_id
+            and state.context == self._context()
+            and not options.rehash_all
+        )
+
+    def _apply(self, keys: dict[str, Any], events: dict[str, Any]) -> tuple[str, bool]:
+        """Re-read each key the events name (a HEAD each) into ``keys``; "" or why a full
+        listing is needed instead, and whether any entry changed."""
+
+        def head(rel: str) -> tuple[str, dict[str, Any] | BaseException | None]:
+            try:
+                return rel, dict(self.bucket.obs.head(self.bucket.store, rel))
+            except FileNotFoundError:
+                return rel, None
+            except Exception as exc:
+                return rel, exc
+
+        if not events:
+            return "", False
+        with ThreadPoolExecutor(min(HASH_THREADS, len(events))) as pool:
+            found = list(pool.map(head, sorted(events)))
+        changed = False
+        for rel, meta in found:
+            if isinstance(meta, BaseException):
+                if invalid_key(meta) is not None:
+                    return f"an event names a key the client cannot read by name: {rel!r}", True
+                raise RootError(str(self.url), f"cannot read {rel}: {describe(meta)}") from meta
+            old = keys.get(rel)
+            if meta is None:
+                keys.pop(rel, None)
+                changed |= old is not None
+            else:
+                meta["path"] = rel
+                keys[rel] = _listed(meta)
+                changed |= keys[rel] != old
+        return "", changed
+
+    def _settler(
+        self,
+        queue: Any,
+        url: str,
+        state: Any,
+        drained: Any,
+        keys: dict[str, Any] | None,
+        listed_ns: int,
+        result: ScanResult,
+        *,
+        full: bool,
+    ) -> Callable[[bool], None]:
+        """What to do once the caller knows whether a snapshot records ``result``: durable,
+        keep the listing (``keys``: when it changed) and delete the messages it applied; else
+        hand them back."""
+        from manifest.root import events as ev
+
+        store = self.store
+        held = drained.messages + drained.canaries + drained.others
+
+        def settle(durable: bool) -> None:
+            try:
+                if not durable:
+                    queue.release(held)
+                    return
+                clean = not result.unstable and not result.problems
+                new_canary = full or state is None or state.canary not in drained.canary_ids
+                header = ev.EventState(
+                    version=ev.STATE_VERSION,
+                    queue=url,
+                    root=str(self.url),
+                    generation=ev.new_token(),
+                    canary=ev.new_token() if new_canary else state.canary,
+                    listed_ns=listed_ns,
+                    updated_ns=time.time_ns(),
+                    parts=state.parts if state is not None else (),
+                    bounds=state.bounds if state is not None else (),
+                    root_id=result.root_id if clean else None,
+                    files=result.files,
+                    bytes=result.bytes,
+                    skipped=tuple(result.skipped),
+                    context=self._context(),
+                )
+                same = state is not None and msgspec.structs.replace(
+                    header, generation=state.generation, updated_ns=state.updated_ns
+                ) == msgspec.structs.replace(state, problem="")
+                ours = header.canary
+                mine = [m for m in drained.canaries if drained.canary_of[m.receipt] == ours]
+                stale = [m for m in drained.canaries if m not in mine]  # of killed ticks
+                if same and keys is None and not drained.messages and not stale:
+                    queue.release(mine + drained.others)  # a quiet tick
+                    return
+                now = ev.decode_state(store.files.read(ev.STATE_FILE))
+                if (now.generation if now else None) != (state.generation if state else None):
+                    # another tick wrote the state since this one read it: its messages come
+                    # back after their visibility timeout and are applied then
+                    queue.release(held)
+                    return
+                if keys is not None:  # the kept listing changed
+                    parts, bounds = ev.write_listing(store.files, keys.values(), state)
+                    header = msgspec.structs.replace(header, parts=parts, bounds=bounds)
+                if keys is not None or not same:
+                    # (else only messages that changed nothing are deleted: a store inside
+                    # the root would otherwise send an event for every header it writes)
+                    store.files.write(ev.STATE_FILE, ev.encode_state(header))
+                ev.pause_for_tests("written")
+                queue.delete(drained.messages + stale)
+                if new_canary:
+                    queue.send_canary(header.canary, str(self.url))
+                queue.release(mine + drained.others)
+            except (ev.QueueError, StoreError) as exc:
+                # The snapshot is durable; what was not deleted comes back and is applied
+                # again. Kept for status to show.
+                self._note_problem(str(exc))
+
+        return settle
+
+    def _note_problem(self, problem: str) -> None:
+        from manifest.root import events as ev
+
+        try:
+            state = ev.decode_state(self.store.files.read(ev.STATE_FILE))
+            if state is not None:
+                self.store.files.write(
+                    ev.STATE_FILE,
+                    ev.encode_state(msgspec.structs.replace(state, problem=problem[:500])),
+                )
+        except StoreError:
+            pass
 
     def read_bytes(self, rel_path: str) -> bytes:
         got = self.bucket.get(rel_path)
@@ -460,3 +765,19 @@ class BucketRoot(Root):
     def list_files(self, prefix: str = "") -> list[str]:
         keys = self.bucket.iter_keys(prefix.strip("/") or None)
         return sorted(m["path"] for m in keys if not m["path"].endswith("/"))
+
+
+def _listed(meta: dict[str, Any]) -> Any:
+    """A listing's (or a HEAD's) metadata as the events' journal keeps it."""
+    from manifest.root.events import ListedKey
+
+    modified = meta["last_modified"]
+    ns = int(modified.timestamp()) * 1_000_000_000 + modified.microsecond * 1000
+    return ListedKey(str(meta["path"]), int(meta["size"]), ns, str(meta.get("e_tag") or ""))
+
+
+def _meta(key: Any) -> dict[str, Any]:
+    """A kept key as ``scan_bucket`` reads a listing's metadata."""
+    seconds, rest = divmod(key.mtime_ns, 1_000_000_000)
+    modified = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
+    return {"path": key.path, "size": key.size, "last_modified": modified, "e_tag": key.etag}

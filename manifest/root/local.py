@@ -5,6 +5,7 @@ processes for a big tree (``manifest.root.pool``), with the stat cache
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -62,16 +63,17 @@ class LocalRoot(Root):
                 watch.ask(
                     self.path, self.store.cache_dir, {"op": "walked", "reason": answer.reason}
                 )
-        result.journal_token = answer.token
         if options.save_cache:
             self._record(answer, base, result)
+        if options.consume and answer.token is not None:
+            result.settle = functools.partial(self._settled, answer.token, result)
         return result
 
-    def stored(self, result: ScanResult) -> None:
-        # the result is a snapshot now, whose trees are in the store: the next scan may
-        # start from it whatever its base
-        if result.journal_token is not None:
-            self._write_clean(result.journal_token, result)
+    def _settled(self, token: str, result: ScanResult, durable: bool) -> None:
+        # a durable snapshot records the result now, its trees in the store: the next scan
+        # may start from it, whatever that scan's base
+        if durable:
+            self._write_clean(token, result)
 
     # -- the watcher's journal (manifest.root.watch) ---------------------------------------
 
@@ -168,7 +170,7 @@ class LocalRoot(Root):
     def _record(self, answer: _Answer, base: BaseTrees, result: ScanResult) -> None:
         """Keep a clean result with the token taken before its scan, when the next scan can
         start from it: its tree is the base snapshot's (a snapshot's trees are in the store;
-        see ``stored`` for a result that becomes one). Anything else leaves the recorded
+        see ``_settled`` for a result that becomes one). Anything else leaves the recorded
         state as it is: it still holds (its older token answers with more paths), and a scan
         uses it only when its tree is that scan's base."""
         if answer.token is not None and result.root_id == base.root_id:

@@ -65,6 +65,7 @@ VALUES: dict[str, Any] = {
     "max_attempts": 4,
     "run_grace_sec": 60.0,
     "lock_timeout_sec": 2.5,
+    "events_queue": "https://sqs.eu-west-1.amazonaws.com/123456789012/raw-events",
 }
 TEXT = {
     **{k: str(v) for k, v in VALUES.items()},
