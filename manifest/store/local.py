@@ -5,12 +5,17 @@ Locks are ``flock`` plus lock files, and reach every process on this host."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from manifest.errors import StoreError
 from manifest.fsutil import atomic_write, read_small_file
 from manifest.store.base import Capabilities, Files, Store
 from manifest.store.objects import ObjectStore
 from manifest.store.refs import RefStore
+
+# The store's files are read whole; a bucket root's hash cache (``root-hashes``, about 100
+# bytes a key) and its events listing outgrow the 1 MiB of the store's own state files.
+FILES_LIMIT: Final = 1 << 30
 
 
 class LocalFiles(Files):
@@ -20,7 +25,7 @@ class LocalFiles(Files):
 
     def read(self, name: str) -> bytes | None:
         try:
-            return read_small_file(self.store / name)
+            return read_small_file(self.store / name, limit=FILES_LIMIT)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:

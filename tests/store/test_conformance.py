@@ -5,6 +5,7 @@ adding a parameter to ``store_at`` and a way to damage an object behind its back
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -282,6 +283,10 @@ def test_small_files_are_created_once_and_replaced_whole(store: Store) -> None:
     assert files.read("pending.failed") == b"three"
     assert files.where("pending.failed").endswith("pending.failed")
     assert store.text in files.where("pending.failed")
+    # a bucket root's hash cache is about 100 bytes a key: several MiB at 50,000 keys
+    big = os.urandom(1 << 16) * 48  # 3 MiB
+    files.write("root-hashes", big)
+    assert files.read("root-hashes") == big
 
 
 # -- the store lock, gc and fsck -----------------------------------------------------------
