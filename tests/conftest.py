@@ -80,6 +80,7 @@ def repo(make_repo: MakeRepo) -> Repository:
     return make_repo()
 
 
+from tests.postgres import postgres_server  # noqa: E402, F401  (a real PostgreSQL server)
 from tests.s3server import s3, s3_server  # noqa: E402, F401  (a real S3 API on 127.0.0.1)
 
 
