@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -88,11 +89,12 @@ def _as_owner(owner: pwd.struct_passwd | None) -> dict[str, object]:
     return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A new cluster, started; stopped and removed on exit."""
     initdb, pg_ctl = find_binary("initdb"), find_binary("pg_ctl")
     if initdb is None or pg_ctl is None:
-        pytest.fail("PostgreSQL's initdb and pg_ctl are needed (PostgreSQL 15 or later)")
+        raise RuntimeError("PostgreSQL's initdb and pg_ctl are needed (PostgreSQL 15 or later)")
     owner = None
     if os.geteuid() == 0:
         try:
@@ -141,6 +143,12 @@ def postgres_server() -> Iterator[PostgresServer]:
                 **run,  # type: ignore[call-overload]
             )
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
 
 
 def _wait_until_ready(server: PostgresServer, log: Path) -> None:

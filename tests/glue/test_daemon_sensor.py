@@ -5,9 +5,10 @@ edit; success promotes ``last``. A new file is a new file partition and one run 
 removed file deletes its partition and runs nothing.
 
 The same story for a local root and a root on a bucket (a real S3 API on 127.0.0.1, listed on
-each evaluation), on a Postgres-backed instance (a real PostgreSQL server, as deployments
-run it) and, for the local root, on Dagster's default SQLite storage: run keys, tick history
-and dynamic partitions behave alike. Slow (about a minute each)."""
+each evaluation), both on a Postgres-backed instance (a real PostgreSQL server, as
+deployments run it): the run keys, the tick history and the dynamic partitions are
+Postgres's. (The schedule's daemon tests run on SQLite and on Postgres; the sensor on SQLite
+is tested in process, tests/glue/test_sensor_trigger.py.) Slow (about a minute each)."""
 
 from __future__ import annotations
 
@@ -61,12 +62,9 @@ class Landing:
     DAGSTER_HOME (its dagster.yaml naming the storage) and the daemon's environment. Files
     are written as a producer would: with the current time."""
 
-    def __init__(
-        self, tmp_path: Path, s3: S3Server | None, postgres: PostgresServer | None
-    ) -> None:
+    def __init__(self, tmp_path: Path, s3: S3Server | None, postgres: PostgresServer) -> None:
         self.home = tmp_path / "dagster_home"
-        storage = postgres.storage_yaml(postgres.make_database("sensor")) if postgres else ""
-        write_instance_yaml(self.home, storage)
+        write_instance_yaml(self.home, postgres.storage_yaml(postgres.make_database("sensor")))
         self.workspace = tmp_path / "workspace.yaml"
         self.workspace.write_text(
             f"load_from:\n  - python_file:\n      relative_path: {PROJECT}\n"
@@ -151,19 +149,14 @@ def _promoted(d: Landing, instance: dg.DagsterInstance, run: dg.DagsterRun) -> d
     return done
 
 
-@pytest.mark.parametrize(
-    ("where", "storage"),
-    [("local", "postgres"), ("bucket", "postgres"), ("local", "sqlite")],
-)
+@pytest.mark.parametrize("where", ["local", "bucket"])
 def test_the_sensor_under_the_daemon(
-    tmp_path: Path, request: pytest.FixtureRequest, where: str, storage: str
+    tmp_path: Path, request: pytest.FixtureRequest, postgres_server: PostgresServer, where: str
 ) -> None:
     s3 = request.getfixturevalue("s3") if where == "bucket" else None
-    postgres = request.getfixturevalue("postgres_server") if storage == "postgres" else None
-    d = Landing(tmp_path, s3, postgres)
+    d = Landing(tmp_path, s3, postgres_server)
     with running_daemon(d.workspace, d.env, d.log) as instance:
-        expected_storage = "PostgresRunStorage" if postgres else "SqliteRunStorage"
-        assert type(instance.run_storage).__name__ == expected_storage
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         # The first evaluation takes the baseline (no run) and registers a partition per
         # event file; the next ones find nothing to do
         baseline = wait_for(d.find_last, 90, "the baseline", d.log)
