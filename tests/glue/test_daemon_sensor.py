@@ -64,7 +64,17 @@ class Landing:
 
     def __init__(self, tmp_path: Path, s3: S3Server | None, postgres: PostgresServer) -> None:
         self.home = tmp_path / "dagster_home"
-        write_instance_yaml(self.home, postgres.storage_yaml(postgres.make_database("sensor")))
+        # the run queue hands runs to the launcher every second (Dagster's default: 5 s), as
+        # the sensor's interval and the cooldown are short: the test waits less
+        queue = (
+            "run_coordinator:\n"
+            "  module: dagster._core.run_coordinator\n"
+            "  class: QueuedRunCoordinator\n"
+            "  config:\n"
+            "    dequeue_interval_seconds: 1\n"
+        )
+        storage = postgres.storage_yaml(postgres.make_database("sensor"))
+        write_instance_yaml(self.home, storage, queue)
         self.workspace = tmp_path / "workspace.yaml"
         self.workspace.write_text(
             f"load_from:\n  - python_file:\n      relative_path: {PROJECT}\n"
