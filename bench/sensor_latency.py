@@ -328,8 +328,8 @@ def section(
         "5 s at the fastest, an evaluation at most every `minimum_interval_seconds`), the "
         "evaluation itself (scan, diff, plan, request: the code server's call), then the run "
         "queue (`QueuedRunCoordinator` dequeues every `dequeue_interval_seconds`, 5 s by "
-        "default; `run_coordinator: config: dequeue_interval_seconds: 1` in dagster.yaml "
-        "trims it). The schedule's edits wait for the next cron minute instead. `started` "
+        "default; docs/dagster.md shows the dagster.yaml that shortens it; the daemon tests "
+        "use 1 s). The schedule's edits wait for the next cron minute instead. `started` "
         "adds the run's own process start (importing Dagster and the definitions).",
         "",
         END,

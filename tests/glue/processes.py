@@ -104,8 +104,9 @@ def stop(proc: subprocess.Popen[bytes], first: int = signal.SIGINT) -> None:
 def running_daemon(workspace: Path, env: dict[str, str], log: Path) -> Iterator[dg.DagsterInstance]:
     """`dagster-daemon run -w workspace`, and this process's view of its instance.
 
-    The instance's SQLite storages are created here first: the daemon, its code server and
-    this process creating them at once can stamp alembic twice ("more than one head")."""
+    The instance's storages (SQLite files, or a Postgres database's tables) are created here
+    first: the daemon, its code server and this process creating them at once can stamp
+    alembic twice ("more than one head")."""
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         instance.get_runs(limit=1)
         instance.all_instigator_state()
