@@ -369,7 +369,7 @@ def main() -> int:
     if args.trial:
         print(json.dumps(run_trial(args.trial, args)))
         return 0
-    command = " ".join(["python", "bench/sensor_latency.py", *sys.argv[1:]])
+    command = " ".join([".venv/bin/python", "bench/sensor_latency.py", *sys.argv[1:]])
     names = args.only or list(TRIALS)
     load_before = uptime()
     print(f"uptime before: {load_before}", flush=True)
