@@ -80,6 +80,7 @@ def repo(make_repo: MakeRepo) -> Repository:
     return make_repo()
 
 
+from tests.postgres import postgres_server  # noqa: E402, F401  (a real PostgreSQL server)
 from tests.s3server import s3, s3_server  # noqa: E402, F401  (a real S3 API on 127.0.0.1)
 
 
@@ -108,9 +109,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under pytest-xdist (`-n N`), the slow tests (the real daemon, mostly waiting for cron
     minutes) start first, one per worker: xdist hands each worker two consecutive tests to
     begin with, so slow tests go at every other position, each followed by a fast one. N
-    must exceed their count (six: `.ci/run` uses `-n 7`), or a slow test waits for a worker
-    and the fast ones wait behind them all; the extra worker starts on the fast ones at
-    once, on the CPU the daemon tests leave idle between their cron minutes."""
+    must exceed their count (eight: `.ci/run` uses `-n 9`), or a slow test waits for a
+    worker and the fast ones wait behind them all; the extra worker starts on the fast ones
+    at once, on the CPU the daemon tests leave idle between their cron minutes (the sensor
+    tests' workers join it after about a minute)."""
     if not (hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None)):
         return  # not under xdist (workers collect; the controller only schedules)
     slow = [i for i in items if i.get_closest_marker("slow")]

@@ -1,5 +1,7 @@
 """The real thing: `dagster-daemon run` ticks raw_schedule every minute, launches exactly one
-run for an edit, promotes `last`, and the following tick launches nothing. Slow (minutes)."""
+run for an edit, promotes `last`, and the following tick launches nothing; on Dagster's
+default storage (SQLite), and with the store on a bucket on a Postgres-backed instance, the
+deployed shape. Slow (minutes)."""
 
 from __future__ import annotations
 
@@ -11,22 +13,30 @@ import dagster as dg
 import pytest
 
 from manifest import Repository, load_config
+from tests.postgres import PostgresServer
 from tests.s3server import S3Server
 
 from .harness import SAMPLE, age_tree, edit
-from .processes import finished_ticks_after, last_run_ended, running_daemon, wait_for
+from .processes import (
+    finished_ticks_after,
+    last_run_ended,
+    running_daemon,
+    ticks_of,
+    wait_for,
+    write_instance_yaml,
+)
 
 REPO_ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _sample_deployment(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A copy of the sample root, a DAGSTER_HOME and a workspace loading the sample."""
+def _sample_deployment(tmp_path: Path, storage: str = "") -> tuple[Path, Path, Path]:
+    """A copy of the sample root, a DAGSTER_HOME (its dagster.yaml naming ``storage``, else
+    Dagster's default SQLite) and a workspace loading the sample."""
     root, home = tmp_path / "raw", tmp_path / "dagster_home"
     shutil.copytree(SAMPLE, root)
     age_tree(root)
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    write_instance_yaml(home, storage)
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
         "load_from:\n  - python_module:\n      module_name: dagster_glue.sample.definitions\n"
@@ -83,10 +93,14 @@ def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
         assert repo.find_ref("last") == promoted and repo.find_ref("pending") is None
 
 
-def test_daemon_with_the_store_on_a_bucket(tmp_path: Path, s3_server: S3Server) -> None:
+def test_daemon_with_the_store_on_a_bucket_and_postgres(
+    tmp_path: Path, s3_server: S3Server, postgres_server: PostgresServer
+) -> None:
     """The daemon, its code server and each run's own process share one store on a bucket
-    (a real S3 API on 127.0.0.1), as pods of one deployment would."""
-    root, home, workspace = _sample_deployment(tmp_path)
+    (a real S3 API on 127.0.0.1) and a Postgres-backed instance (a real PostgreSQL server),
+    as pods of one deployment would. The run key and the tick history are Postgres's."""
+    storage = postgres_server.storage_yaml(postgres_server.make_database("schedule"))
+    root, home, workspace = _sample_deployment(tmp_path, storage)
     state = f"s3://{s3_server.make_bucket('state')}/dagster/raw"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_", "AWS_"))}
     env.update(
@@ -113,6 +127,7 @@ def test_daemon_with_the_store_on_a_bucket(tmp_path: Path, s3_server: S3Server) 
         )
         log = tmp_path / "daemon.log"
         with running_daemon(workspace, env, log) as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             promoted = wait_for(
                 lambda: repo.find_ref("last") != baseline and repo.find_ref("last"),
                 240,
@@ -122,11 +137,20 @@ def test_daemon_with_the_store_on_a_bucket(tmp_path: Path, s3_server: S3Server) 
             runs = instance.get_runs()
             assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
             assert runs[0].tags[".dagster/raw_fingerprint"] == promoted
+            assert runs[0].tags["dagster/schedule_name"] == "raw_schedule"
             assert repo.log("last")[0].runs == (runs[0].run_id,)
             ended = last_run_ended(instance)
             wait_for(lambda: finished_ticks_after(instance, ended), 90, "a tick after the run", log)
             assert len(instance.get_runs()) == 1
             assert repo.find_ref("pending") is None
+            # The tick history: the tick that requested the run names it and its run key;
+            # the ticks after it skipped (the one after the run may promote, and skips)
+            ticks = ticks_of(instance)
+            (requesting,) = [t for t in ticks if t.status.value == "SUCCESS"]
+            assert requesting.run_ids == [runs[0].run_id]
+            assert requesting.run_keys == [runs[0].tags["dagster/run_key"]]
+            later = [t for t in ticks if t.timestamp > requesting.timestamp]
+            assert later and {t.status.value for t in later} <= {"SKIPPED", "STARTED"}
         assert repo.fsck().ok
     finally:
         os.environ.clear()

@@ -8,7 +8,9 @@ The story takes six ticks, one a minute. It is told in two halves that run side 
 daemon from the baseline to the give-up; the second half reaches the same give-up in
 process (the project's own schedule evaluated against the daemon's instance, its runs
 executed in process, as test_one_truth.py does), then the daemon takes it from the restore
-to the promotion and the tick after it. Slow (about 3 minutes each)."""
+to the promotion and the tick after it. The first half runs on a Postgres-backed instance
+(a real PostgreSQL server, the deployed shape), the second on Dagster's default SQLite.
+Slow (about 3 minutes each)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,16 @@ import dagster as dg
 import pytest
 
 from manifest import Repository, load_config
+from tests.postgres import PostgresServer
 
 from .harness import Project, age_tree, edit
-from .processes import finished_ticks_after, last_run_ended, running_daemon, wait_for
+from .processes import (
+    finished_ticks_after,
+    last_run_ended,
+    running_daemon,
+    wait_for,
+    write_instance_yaml,
+)
 from .test_one_truth import FILES, PROJECT
 
 REPO_ROOT = Path(__file__).parents[2]
@@ -69,14 +78,13 @@ FIRST_HALF = Counter(
 class Deployment:
     """The adopter's project in a workspace, its root, DAGSTER_HOME and the daemon's env."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, storage: str = "") -> None:
         self.root, self.home = tmp_path / "raw", tmp_path / "dagster_home"
         for rel, text in FILES.items():
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             (self.root / rel).write_text(text)
         age_tree(self.root)
-        self.home.mkdir()
-        (self.home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        write_instance_yaml(self.home, storage)
         self.workspace = tmp_path / "workspace.yaml"
         self.workspace.write_text(
             f"load_from:\n  - python_file:\n      relative_path: {PROJECT}\n"
@@ -132,8 +140,12 @@ class Deployment:
         return good
 
 
-def test_the_adopter_story_under_the_daemon_to_the_give_up(tmp_path: Path) -> None:
-    d = Deployment(tmp_path)
+def test_the_adopter_story_under_the_daemon_to_the_give_up(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """On a Postgres-backed instance (the deployed shape): the file partitions, run keys
+    and the failed tick are Postgres's."""
+    d = Deployment(tmp_path, postgres_server.storage_yaml(postgres_server.make_database("adopter")))
     d.baseline()
     d.first_edits()
     now = d.status()  # what the next tick processes, seen from the project folder
@@ -143,8 +155,12 @@ def test_the_adopter_story_under_the_daemon_to_the_give_up(tmp_path: Path) -> No
         "readme.md",
     ]
     with running_daemon(d.workspace, d.env, d.log) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         wait_for(lambda: _finished(instance, 2), 150, "the partition and customers runs", d.log)
         assert d.store().find_ref("pending") is not None  # the fan-in is still owed
+        # the first tick registered a partition per note of the baseline (taken by the CLI,
+        # so the partition set was still empty)
+        assert instance.get_dynamic_partitions("note_files") == ["notes/feb.txt", "notes/jan.txt"]
         # The glob and the broken partition run, nothing already done does
         d.second_edits()
         wait_for(lambda: _finished(instance, 4), 150, "the glob and the failing partition", d.log)
@@ -166,6 +182,12 @@ def test_the_adopter_story_under_the_daemon_to_the_give_up(tmp_path: Path) -> No
         # twice and nothing already done ran again.
         early_fan_in = Counter({(None, "notes/jan.txt", "SUCCESS"): 1})
         assert _runs(instance) in (FIRST_HALF, FIRST_HALF + early_fan_in)
+        # Every run has its own run key, named by the tick that requested it
+        runs = instance.get_runs()
+        keys = [r.tags["dagster/run_key"] for r in runs]
+        assert len(set(keys)) == len(keys)
+        requested = {k for t in _ticks(instance) for k in t.run_keys}
+        assert requested == set(keys)
 
 
 def test_the_adopter_story_under_the_daemon_from_the_restore(

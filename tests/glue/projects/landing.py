@@ -1,0 +1,54 @@
+"""A landing area watched by ``change_detection``, local or on a bucket (every asset reads
+through the resource, never a local path): an exact file with a downstream asset, and one
+file partition per event file (no fan-in, so one edit is one run). The daemon tests and
+bench/sensor_latency.py load it; the environment sets the root (``LANDING_ROOT``), the
+trigger (``LANDING_TRIGGER``: ``sensor`` or ``schedule``), the sensor's interval
+(``LANDING_INTERVAL_SEC``) and the cooldown (``LANDING_COOLDOWN_SEC``). The store is the
+factory's default, ``$DAGSTER_HOME/state/raw``."""
+
+import os
+
+import dagster as dg
+
+from dagster_glue import ManifestResource, change_detection
+
+event_files = dg.DynamicPartitionsDefinition(name="event_files")
+
+
+@dg.asset(group_name="raw", metadata={"source_path": "orders.csv"})
+def orders(context: dg.AssetExecutionContext, raw_manifest: ManifestResource):  # type: ignore[no-untyped-def]
+    text = raw_manifest.read_text("orders.csv")
+    meta = raw_manifest.source_metadata(context)
+    return dg.MaterializeResult(metadata={**meta, "rows": len(text.splitlines()) - 1})
+
+
+@dg.asset(deps=[orders])
+def order_count(raw_manifest: ManifestResource) -> int:
+    return len(raw_manifest.read_text("orders.csv").splitlines()) - 1
+
+
+@dg.asset(
+    group_name="raw",
+    partitions_def=event_files,
+    metadata={"source_path": "events/*.json"},
+)
+def events(context: dg.AssetExecutionContext, raw_manifest: ManifestResource):  # type: ignore[no-untyped-def]
+    rel = raw_manifest.source_file(context)
+    size = len(raw_manifest.read_bytes(rel)) if rel in raw_manifest.list_files("events") else 0
+    return dg.MaterializeResult(metadata={**raw_manifest.source_metadata(context), "bytes": size})
+
+
+defs = dg.Definitions.merge(
+    dg.Definitions(assets=[orders, order_count, events]),
+    change_detection(
+        root=dg.EnvVar("LANDING_ROOT"),
+        name="raw",
+        selection="group:raw",
+        trigger=os.environ.get("LANDING_TRIGGER", "sensor"),
+        minimum_interval_seconds=int(os.environ.get("LANDING_INTERVAL_SEC", "10")),
+        cron="* * * * *",
+        cooldown_sec=float(os.environ.get("LANDING_COOLDOWN_SEC", "0")),
+        enabled=True,
+        max_attempts=1,
+    ),
+)
