@@ -109,7 +109,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under pytest-xdist (`-n N`), the slow tests (the real daemon, mostly waiting for cron
     minutes) start first, one per worker: xdist hands each worker two consecutive tests to
     begin with, so slow tests go at every other position, each followed by a fast one. N
-    must exceed their count (eight: `.ci/run` uses `-n 9`), or a slow test waits for a
+    must exceed their count (seven: `.ci/run` uses `-n 8`), or a slow test waits for a
     worker and the fast ones wait behind them all; the extra worker starts on the fast ones
     at once, on the CPU the daemon tests leave idle between their cron minutes (the sensor
     tests' workers join it after about a minute)."""

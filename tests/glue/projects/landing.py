@@ -3,7 +3,8 @@ through the resource, never a local path): an exact file with a downstream asset
 file partition per event file (no fan-in, so one edit is one run). The daemon tests and
 bench/sensor_latency.py load it; the environment sets the root (``LANDING_ROOT``), the
 trigger (``LANDING_TRIGGER``: ``sensor`` or ``schedule``), the sensor's interval
-(``LANDING_INTERVAL_SEC``) and the cooldown (``LANDING_COOLDOWN_SEC``). The store is the
+(``LANDING_INTERVAL_SEC``), the cooldown (``LANDING_COOLDOWN_SEC``) and, for a bucket
+root, the SQS queue its events go to (``LANDING_EVENTS_QUEUE``). The store is the
 factory's default, ``$DAGSTER_HOME/state/raw``."""
 
 import os
@@ -48,6 +49,7 @@ defs = dg.Definitions.merge(
         minimum_interval_seconds=int(os.environ.get("LANDING_INTERVAL_SEC", "10")),
         cron="* * * * *",
         cooldown_sec=float(os.environ.get("LANDING_COOLDOWN_SEC", "0")),
+        events_queue=os.environ.get("LANDING_EVENTS_QUEUE") or None,
         enabled=True,
         max_attempts=1,
     ),
