@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,42 +68,6 @@ ANCHOR = "## Results and what bounds the misses"
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def moto_server(log: Path) -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (as tests/s3server.py starts it); its endpoint."""
-    port = _free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto did not start: {log.read_text()}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -374,10 +337,12 @@ def main() -> int:
     load_before = uptime()
     print(f"uptime before: {load_before}", flush=True)
     results: dict[str, dict[str, Any]] = {}
+    from tests.s3server import running_moto
+
     with (
         tempfile.TemporaryDirectory(prefix="sensor-latency-") as top,
         _storage(args) as pg_port,
-        moto_server(Path(top) / "moto.log") as endpoint,
+        running_moto(Path(top) / "moto.log") as endpoint,
     ):
         children = {}
         for name in names:

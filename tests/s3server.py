@@ -8,6 +8,7 @@ in front of it and counts the requests by kind (the tests and ``bench/bucket_eve
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -172,10 +173,11 @@ class CountingProxy:
         self.server.server_close()
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+@contextlib.contextmanager
+def running_moto(log: Path) -> Iterator[str]:
+    """moto's standalone server on 127.0.0.1 and a free port, its output in ``log``; its
+    endpoint, once it answers. Stopped at the end."""
     port = _free_port()
-    log = Path(tmp_path_factory.mktemp("moto")) / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -193,13 +195,19 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
                 time.sleep(0.2)
-        yield S3Server(endpoint)
+        yield endpoint
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with running_moto(Path(tmp_path_factory.mktemp("moto")) / "server.log") as endpoint:
+        yield S3Server(endpoint)
 
 
 @pytest.fixture
