@@ -59,7 +59,7 @@ TREES = harness.TREES
 MANIFEST = harness.MANIFEST
 BURST_FILES = 10_000
 BURST_DIR = "_watch_burst"  # inside the tree; removed again after each burst
-JOURNAL_MARK = "(no walk: the watcher's journal shows"
+JOURNAL_MARK = "walk: the watcher's journal shows"  # "(no walk: ..." or "(no full walk: ..."
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -331,7 +331,10 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
         typer.echo("")
     bucket = st.root.partition("://")[0].isalnum() and "://" in st.root  # its events' journal
     if st.scan_source == "journal" and not bucket:
-        typer.echo(paint(f"(no walk: the watcher's journal shows {st.scan_reason})", "dim"))
+        # nothing changed: no folder listed; else only the changed paths' folders were
+        walk = "no walk" if st.scan_reason.startswith("no change") else "no full walk"
+        shows = escape_text(st.scan_reason)
+        typer.echo(paint(f"({walk}: the watcher's journal shows {shows})", "dim"))
     elif st.scan_source in ("journal", "events"):
         typer.echo(paint(f"(no listing: {escape_text(st.scan_reason)})", "dim"))
     elif st.scan_reason and st.scan_reason != "no watcher":

@@ -261,6 +261,12 @@ def test_watch_cli_starts_reports_and_stops_a_background_watcher(tmp_path: Path,
     assert again.returncode == 3 and "already runs" in again.stderr
     shown = run("watch", "--status")
     assert "folders" in shown.stdout and "token" in shown.stdout
+    assert "walked the tree: no clean scan recorded" in run("status").stdout
+    assert "(no walk: the watcher's journal shows no change" in run("status").stdout
+    write(raw / "links" / "analogy.txt", "{concept_a} is unlike {concept_b}\n")
+    edited = run("status").stdout
+    assert "(no full walk: the watcher's journal shows 1 path(s) changed" in edited, edited
+    assert "modified: links/analogy.txt" in edited
     assert run("watch", "--stop").returncode == 0
     deadline = time.monotonic() + 10
     while "no watcher runs" not in run("watch", "--status").stdout:
