@@ -175,12 +175,18 @@ class CountingProxy:
 
 @contextlib.contextmanager
 def running_moto(log: Path) -> Iterator[str]:
-    """moto's standalone server on 127.0.0.1 and a free port, its output in ``log``; its
-    endpoint, once it answers. Stopped at the end."""
+    """moto's standalone server (with atomic compare-and-swap: ``tests/motoserver.py``) on
+    127.0.0.1 and a free port, its output in ``log``; its endpoint, once it answers. Stopped
+    at the end."""
     port = _free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [
+                sys.executable,
+                str(Path(__file__).with_name("motoserver.py")),
+                "127.0.0.1",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -192,7 +192,15 @@ def _sensor_story(d: Landing) -> None:
         # The first evaluation takes the baseline (no run) and registers a partition per
         # event file; the next ones find nothing to do
         baseline = wait_for(d.find_last, 90, "the baseline", d.log)
-        assert instance.get_dynamic_partitions("event_files") == ["events/a.json", "events/b.json"]
+        # the daemon adds the evaluation's partitions after it returns, so after `last` moved
+        wait_for(
+            lambda: (
+                instance.get_dynamic_partitions("event_files") == ["events/a.json", "events/b.json"]
+            ),
+            30,
+            "the baseline's partitions",
+            d.log,
+        )
         wait_for(
             lambda: any(t.skip_reason == "no changes since last" for t in ticks_of(instance)),
             60,
