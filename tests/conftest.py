@@ -107,12 +107,12 @@ def fine_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n N`), the slow tests (the real daemon, mostly waiting for cron
-    minutes) start first, one per worker: xdist hands each worker two consecutive tests to
-    begin with, so slow tests go at every other position, each followed by a fast one. N
-    must exceed their count (seven: `.ci/run` uses `-n 8`), or a slow test waits for a
+    minutes or runs) start first, one per worker: xdist hands each worker two consecutive
+    tests to begin with, so slow tests go at every other position, each followed by a fast
+    one. N must exceed their count (six: `.ci/run` uses `-n 7`), or a slow test waits for a
     worker and the fast ones wait behind them all; the extra worker starts on the fast ones
-    at once, on the CPU the daemon tests leave idle between their cron minutes (the sensor
-    tests' workers join it after about a minute)."""
+    at once, on the CPU the daemon tests leave idle between their ticks (the sensor tests'
+    workers join it after about two minutes)."""
     if not (hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None)):
         return  # not under xdist (workers collect; the controller only schedules)
     slow = [i for i in items if i.get_closest_marker("slow")]

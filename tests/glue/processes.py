@@ -18,7 +18,7 @@ import dagster as dg
 T = TypeVar("T")
 
 
-# The suite runs seven daemon tests side by side with the fast tests on two cores: a wait
+# The suite runs six daemon tests side by side with the fast tests on two cores: a wait
 # that takes seconds alone can take minutes there. ``timeout`` is what a quiet machine needs;
 # a wait gives up only after this many times it (a passing test never waits longer for it).
 LOAD_SLACK = 2.5

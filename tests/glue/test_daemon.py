@@ -1,7 +1,8 @@
 """The real thing: `dagster-daemon run` ticks raw_schedule every minute, launches exactly one
-run for an edit, promotes `last`, and the following tick launches nothing; on Dagster's
-default storage (SQLite), and with the store on a bucket on a Postgres-backed instance, the
-deployed shape. Slow (minutes)."""
+run for an edit, promotes `last`, and the following tick launches nothing; with the store on
+a bucket and a Postgres-backed instance, the deployed shape. (Dagster's default SQLite
+storage under the daemon, and the factory's default store under DAGSTER_HOME, are the
+adopter story's second half: tests/glue/test_daemon_adopter.py.) Slow (minutes)."""
 
 from __future__ import annotations
 
@@ -43,54 +44,6 @@ def _sample_deployment(tmp_path: Path, storage: str = "") -> tuple[Path, Path, P
         f"      working_directory: {REPO_ROOT}\n"
     )
     return root, home, workspace
-
-
-def test_daemon_launches_exactly_one_run_and_promotes(tmp_path: Path) -> None:
-    root, home, workspace = _sample_deployment(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        RAW_DATA_DIR=str(root),
-        RAW_SCAN_CRON="* * * * *",
-        RAW_SCHEDULE_ENABLED="true",
-        RAW_SCAN_COOLDOWN_SEC="0",
-    )
-    config = load_config(env=env)
-    assert config.store == home / "state" / "raw"  # where change_detection keeps it
-    repo = Repository(config)
-    assert repo.begin().outcome == "baseline"  # the same store the daemon will use
-    baseline = repo.find_ref("last")
-
-    edit(
-        root / "evaluation_templates.csv",
-        "clarity,Clarity,evaluation_templates/coherence.txt,true\n",
-    )
-    log = tmp_path / "daemon.log"
-    with running_daemon(workspace, env, log) as instance:
-        promoted = wait_for(
-            lambda: repo.find_ref("last") != baseline and repo.find_ref("last"),
-            240,
-            "the run to succeed and last to be promoted",
-            log,
-        )
-        runs = instance.get_runs()
-        assert len(runs) == 1
-        run = runs[0]
-        assert run.status == dg.DagsterRunStatus.SUCCESS
-        assert run.tags[".dagster/raw_fingerprint"] == promoted
-        assert run.tags["trigger"] == "raw_schedule"
-        assert repo.find_ref("pending") is None
-        materialized = {
-            k.to_user_string()
-            for k in instance.get_asset_keys()
-            if instance.get_latest_materialization_event(k) is not None
-        }
-        assert {"raw_evaluation_templates", "evaluation_tasks"} <= materialized
-        # The tick after the run (it promotes, if the promotion sensor has not yet)
-        ended = last_run_ended(instance)
-        wait_for(lambda: finished_ticks_after(instance, ended), 90, "a tick after the run", log)
-        assert len(instance.get_runs()) == 1
-        assert repo.find_ref("last") == promoted and repo.find_ref("pending") is None
 
 
 def test_daemon_with_the_store_on_a_bucket_and_postgres(
@@ -138,6 +91,15 @@ def test_daemon_with_the_store_on_a_bucket_and_postgres(
             assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
             assert runs[0].tags[".dagster/raw_fingerprint"] == promoted
             assert runs[0].tags["dagster/schedule_name"] == "raw_schedule"
+            assert runs[0].tags["trigger"] == "raw_schedule"
+            materialized = {
+                k.to_user_string()
+                for k in instance.get_asset_keys()
+                if instance.get_latest_materialization_event(k) is not None
+            }
+            # the edited file's asset and its downstream (and, on this fresh instance, their
+            # never-materialized ancestors)
+            assert {"raw_evaluation_templates", "evaluation_tasks"} <= materialized
             assert repo.log("last")[0].runs == (runs[0].run_id,)
             ended = last_run_ended(instance)
             wait_for(lambda: finished_ticks_after(instance, ended), 90, "a tick after the run", log)

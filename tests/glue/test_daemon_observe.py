@@ -1,7 +1,10 @@
 """The real daemon in observe mode, with two code locations in one workspace: the sample
 (`RAW_ASSET_MODE=observe`) and a small project whose automation run fails once. An edit is
 observed by exactly one run, `last` is promoted, the eager downstream recomputes through the
-automation sensor, and Dagster's run retries re-execute a failed automation run. Slow."""
+automation sensor, and Dagster's run retries re-execute a failed automation run. Both
+projects use the sensor trigger (evaluated every few seconds, not on a cron minute: the
+schedule under the daemon is tests/glue/test_daemon.py's and the adopter story's), so the
+test waits for runs, not for minutes. Slow."""
 
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
         DAGSTER_HOME=str(home),
         RAW_DATA_DIR=str(root),
         RAW_ASSET_MODE="observe",
-        RAW_SCAN_CRON="* * * * *",
+        RAW_TRIGGER="sensor",
+        RAW_SENSOR_INTERVAL_SEC="4",
         RAW_SCHEDULE_ENABLED="true",
         RAW_SCAN_COOLDOWN_SEC="0",
         FLAKY_ROOT=str(flaky),
@@ -70,7 +74,7 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
     flaky_repo = Repository(load_config(root=flaky, store=tmp_path / "flaky_store", env={}))
     log = tmp_path / "daemon.log"
     with running_daemon(workspace, env, log) as instance:
-        # The first ticks record baselines (and runless data versions); the automation
+        # The first evaluations record baselines (and runless data versions); the automation
         # sensor materializes the never-materialized downstream once.
         baseline = wait_for(lambda: sample.find_ref("last"), 150, "the sample baseline", log)
         flaky_base = wait_for(lambda: flaky_repo.find_ref("last"), 150, "the flaky baseline", log)
@@ -107,7 +111,7 @@ def test_daemon_observe_mode_and_run_retries(tmp_path: Path) -> None:
             "the sample's observation run and promotion",
             log,
         )
-        observed = instance.get_runs(dg.RunsFilter(tags={"trigger": "raw_schedule"}))
+        observed = instance.get_runs(dg.RunsFilter(tags={"trigger": "raw_sensor"}))
         assert len(observed) == 1 and observed[0].tags[".dagster/raw_fingerprint"] == promoted
         assert observed[0].job_name == "observe_raw_sources"
         after = wait_for(

@@ -1,6 +1,6 @@
 """A code location for the real-daemon test: one observed source whose eager downstream
 fails once (while ``$FLAKY_DIR/fail_next`` exists), to show Dagster's run retries
-re-executing the automation run after the schedule's part already succeeded."""
+re-executing the automation run after the sensor's part already succeeded."""
 
 from pathlib import Path
 
@@ -32,7 +32,8 @@ defs = dg.Definitions.merge(
         state_dir=dg.EnvVar("FLAKY_STORE"),
         name="flaky",
         asset_mode="observe",
-        cron="* * * * *",
+        trigger="sensor",
+        minimum_interval_seconds=4,
         enabled=True,
         cooldown_sec=0,
     ),
