@@ -58,9 +58,9 @@ def _init(raw: Path, store: Path) -> None:
 def test_status_lists_settling_files(raw: Path, tmp_path: Path) -> None:
     write(raw / "fresh.csv", "x\n", age=0)
     _init(raw, tmp_path / "s")
-    result = runner.invoke(
-        app, ["--root", str(raw), "--store", str(tmp_path / "s"), "status", "--json"]
-    )
+    # a cooldown no loaded machine outlasts between the write and the status
+    settings = ["--root", str(raw), "--store", str(tmp_path / "s"), "--cooldown", "600"]
+    result = runner.invoke(app, [*settings, "status", "--json"])
     assert json.loads(result.output)["unstable"] == ["fresh.csv"]
 
 
