@@ -58,8 +58,9 @@ def _init(raw: Path, store: Path) -> None:
 def test_status_lists_settling_files(raw: Path, tmp_path: Path) -> None:
     write(raw / "fresh.csv", "x\n", age=0)
     _init(raw, tmp_path / "s")
-    # a cooldown no loaded machine outlasts between the write and the status
-    settings = ["--root", str(raw), "--store", str(tmp_path / "s"), "--cooldown", "600"]
+    # longer than any loaded machine takes from the write to the status; shorter than the
+    # age of the fixture's files (60 s)
+    settings = ["--root", str(raw), "--store", str(tmp_path / "s"), "--cooldown", "30"]
     result = runner.invoke(app, [*settings, "status", "--json"])
     assert json.loads(result.output)["unstable"] == ["fresh.csv"]
 
