@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
@@ -61,7 +61,68 @@ from manifest.text import escape_text
 EXIT_DIFFERENCES = 1
 LOG_PAGE = 50  # moves `manifest log` shows on a terminal without -n
 
-app = typer.Typer(
+class _Commands(MutableMapping[str, Any]):
+    """The group's commands, each turned into its click form when it is first looked up:
+    one invocation builds the command it runs, not all of them (Typer reads every command's
+    signature and annotations to build one; for all of them that was most of the CPU a
+    quick ``manifest status`` spent outside the engine). Help and completion list them all
+    and build each, as before."""
+
+    def __init__(self, infos: dict[str, Any], build: Callable[[Any], Any]) -> None:
+        self._infos = infos
+        self._build = build
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            self._built[name] = self._build(self._infos[name])  # KeyError: no such command
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+        self._infos.setdefault(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        del self._infos[name]
+        self._built.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+
+class _App(typer.Typer):
+    """The ``manifest`` command: a Typer app whose group builds its commands lazily when it
+    runs as the program (``typer.testing`` builds them all, as ``typer.main.get_command``
+    does; both parse and run the same commands)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import copy
+
+        import typer.main as typer_main
+
+        shell = copy.copy(self)
+        shell.registered_commands = []  # the group itself: callback, options, completion
+        group: Any = typer_main.get_command(shell)
+        infos = {
+            info.name or typer_main.get_command_name(info.callback.__name__): info
+            for info in self.registered_commands
+            if info.callback is not None
+        }
+        group.commands = _Commands(
+            infos,
+            functools.partial(
+                typer_main.get_command_from_info,
+                pretty_exceptions_short=self.pretty_exceptions_short,
+                rich_markup_mode=self.rich_markup_mode,
+            ),
+        )
+        return group(*args, **kwargs)
+
+
+app = _App(
     name="manifest",
     help="Content-addressed manifests of the raw data tree, with git-style snapshots.\n\n"
     "Example: manifest status",

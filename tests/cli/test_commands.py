@@ -388,3 +388,46 @@ def test_every_command_that_scans_says_what_it_left_out_in_json(raw: Path, tmp_p
     for args in (["snapshot", "--json"], ["diff", "last", "--json"], ["status", "--json"]):
         data = json.loads(runner.invoke(app, [*base, *args]).output)
         assert data["unstable"] == ["fresh.csv"] and data["problems"] == [], args
+
+
+def test_the_program_builds_only_the_command_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`manifest` as a program (`app(...)`, what the console script and `python -m manifest`
+    call) turns only the command it runs into its click form; its help lists every command
+    exactly as the eagerly built group (typer.testing's) does, and an unknown command is
+    still a usage error that suggests the right one."""
+    import typer.main
+
+    built: list[str] = []
+    real = typer.main.get_command_from_info
+
+    def spy(command_info: Any, **kwargs: Any) -> Any:
+        built.append(command_info.callback.__name__)
+        return real(command_info, **kwargs)
+
+    monkeypatch.setattr(typer.main, "get_command_from_info", spy)
+    for key in [k for k in os.environ if k.startswith("RAW_") or k == "DAGSTER_HOME"]:
+        monkeypatch.delenv(key)
+
+    def program(*args: str) -> int:
+        with pytest.raises(SystemExit) as exit_info:
+            app([*args], prog_name="manifest")
+        return int(exit_info.value.code or 0)
+
+    assert program("-C", str(tmp_path), "status") == 3  # no store here: a manifest error
+    assert built == ["status"]
+    capsys.readouterr()
+    assert program("--help") == 0
+    lazy_help = capsys.readouterr().out
+    eager_help = runner.invoke(app, ["--help"]).output
+
+    def listed(text: str) -> tuple[list[str], list[str]]:
+        """The commands and the options a help lists (their wrapping follows the width)."""
+        commands = text.split("Commands:")[1]
+        return re.findall(r"^  (\w+) ", commands, re.M), re.findall(r"--[\w-]+", text)
+
+    assert listed(lazy_help) == listed(eager_help)
+    assert listed(lazy_help)[0][:2] == ["init", "status"] and "watch" in listed(lazy_help)[0]
+    assert program("statu") == 2
+    assert "Did you mean 'status'?" in capsys.readouterr().err
