@@ -12,7 +12,6 @@ import functools
 import io
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
@@ -60,6 +59,7 @@ from manifest.text import escape_text
 
 EXIT_DIFFERENCES = 1
 LOG_PAGE = 50  # moves `manifest log` shows on a terminal without -n
+
 
 class _Commands(MutableMapping[str, Any]):
     """The group's commands, each turned into its click form when it is first looked up:
@@ -1037,6 +1037,8 @@ def watch(
     if journal.ask(root, cache, {"op": "status"}) is not None:
         _fail(f"a watcher already runs for {quote_path(str(root))}", EXIT_ERROR)
     if start:
+        import subprocess
+
         log = cache / "watch.log"
         argv = [sys.executable, "-m", "manifest", "--store", repo.store.text]
         argv += ["--root", str(root), "watch"]

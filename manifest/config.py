@@ -545,7 +545,6 @@ def _events_queue(
     delete the other's events). Unlike the filters, a store that records none takes one
     given: the queue changes what a tick costs, never what it finds."""
     from manifest.errors import SettingsMismatchError
-    from manifest.root.events import parse_queue_url
 
     by = given_by
     text = given.strip() if given is not None else None
@@ -555,6 +554,8 @@ def _events_queue(
         text = None
     kept = recorded.events_queue if recorded is not None else None
     if text is not None:
+        from manifest.root.events import parse_queue_url  # only when a queue is given
+
         text = parse_queue_url(text, by)
         if kept is not None and kept != text:
             raise SettingsMismatchError("events_queue", text, by, kept, recorded_where)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import socket
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ def writev_all(fd: int, buffers: list[bytes], size: int) -> None:
 
 def write_temp(path: Path, data: bytes) -> Path:
     """Write ``data`` to a new temporary file beside ``path`` (not synced); return its name."""
-    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.urandom(6).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         write_all(fd, data)
@@ -54,7 +53,7 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True, exclusive: bool 
     """Write ``data`` to ``path`` through a uniquely named temporary file and a rename.
     ``exclusive``: only if ``path`` does not exist (a hard link instead of the rename, so
     two writers never both win); False when it did."""
-    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.urandom(6).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
@@ -143,7 +142,7 @@ class LockFile:
 
         from manifest.errors import StoreError
 
-        tmp = self.path.with_name(f".tmp-{self.path.name}-{secrets.token_hex(6)}")
+        tmp = self.path.with_name(f".tmp-{self.path.name}-{os.urandom(6).hex()}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             with contextlib.suppress(OSError):  # a filesystem without flock: no takeover
