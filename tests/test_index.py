@@ -594,3 +594,82 @@ def test_a_lazy_cache_gives_what_a_loaded_one_gives(repo: Repository, tmp_path: 
     damaged = StatCache(index, mode, context, lazy=True)
     assert damaged.head(b"d09/") is None and damaged.rewrite
     assert damaged.head(b"d10/") == eager.head(b"d10/")
+
+
+def _walked(index: Path, mode: str, context: bytes) -> StatCache:
+    """A lazy load that walks the file (its table of contents moved aside)."""
+    toc = index.with_name("index.toc")
+    aside = toc.with_name("toc.aside")
+    toc.rename(aside)
+    try:
+        return StatCache(index, mode, context, lazy=True)
+    finally:
+        aside.rename(toc)
+
+
+def _same_places(a: StatCache, b: StatCache) -> None:
+    assert a.where == b.where and a.raw == b.raw
+    assert a.sizes == b.sizes
+    assert (a.total, a.end, a.trusted, a.rewrite) == (b.total, b.end, b.trusted, b.rewrite)
+
+
+@pytest.mark.usefixtures("fine_timestamps")
+def test_the_table_of_contents_is_read_only_for_the_file_it_describes(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Every save (an append, a rewrite) writes ``index.toc``; a lazy load takes the
+    records' places from it, exactly what walking the file gives, and walks the file instead
+    when it describes another (stale after a save it missed, or garbage), or is missing;
+    then it writes the table of the file it walked."""
+    index = tmp_path / "state" / "index"
+    toc = tmp_path / "state" / "index.toc"
+    mode, context = "content_hash", scan_context(repo.config)
+    assert toc.is_file()  # the snapshot's save (a new file) wrote one
+    write(tmp_path / "raw" / "d03" / "f1.csv", "edited\n")
+    before = index.stat()
+    repo.status()  # appends d03's record and the root's
+    assert index.stat().st_ino == before.st_ino and index.stat().st_size > before.st_size
+    eager = StatCache(index, mode, context)
+    from_toc = StatCache(index, mode, context, lazy=True)
+    _same_places(from_toc, _walked(index, mode, context))
+    assert from_toc.where == eager.where and from_toc.total == eager.total
+    for path in eager.records:
+        assert from_toc.head(path) == eager.head(path)
+        assert from_toc.payload(path) == eager.payload(path)
+
+    # it is what a lazy load reads: a table naming one folder fewer loads one fewer
+    good = toc.read_bytes()
+    table = msgspec.msgpack.decode(good)
+    table[4] = [r for r in table[4] if r[0] != b"d05/"]
+    toc.write_bytes(msgspec.msgpack.encode(table))
+    assert b"d05/" not in StatCache(index, mode, context, lazy=True).raw
+    toc.write_bytes(good)
+
+    # stale: a save it missed (the table put back from before it) is walked past
+    write(tmp_path / "raw" / "d04" / "f2.csv", "edited\n")
+    repo.status()
+    toc.write_bytes(good)
+    stale = StatCache(index, mode, context, lazy=True)
+    assert stale.where == StatCache(index, mode, context).where
+    assert stale.head(b"d04/") == StatCache(index, mode, context).head(b"d04/")
+    for garbage in (b"", b"\x93\x01\x02", os.urandom(64)):
+        toc.write_bytes(garbage)
+        _same_places(StatCache(index, mode, context, lazy=True), _walked(index, mode, context))
+
+    # a lazy load that had to walk writes the table (a store from before tables)
+    toc.unlink()
+    walked = StatCache(index, mode, context, lazy=True)
+    assert toc.is_file()
+    _same_places(StatCache(index, mode, context, lazy=True), walked)
+
+    # a rewrite (compaction) writes the new file's table
+    cache = StatCache(index, mode, context)
+    cache.rewrite = True
+    cache.keep_all()
+    cache.put(msgspec.structs.replace(cache.records[b"d05/"].head, files=99), b"x")
+    assert cache.save() and index.stat().st_ino != before.st_ino
+    rewritten = StatCache(index, mode, context, lazy=True)
+    _same_places(rewritten, _walked(index, mode, context))
+    assert rewritten.head(b"d05/").files == 99  # type: ignore[union-attr]
+    assert rewritten.payload(b"d05/") == b"x"
+    assert rewritten.head(b"d06/") == eager.head(b"d06/")
