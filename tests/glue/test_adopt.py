@@ -19,7 +19,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 from manifest import Repository, load_config
 from manifest.text import escape_path
 
-from .harness import Project, age_tree, edit
+from .harness import Project, age_tree, edit, sqlite_instance
 
 DOC = Path(__file__).parents[2] / "docs" / "dagster.md"
 
@@ -66,7 +66,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with dg.instance_for_test() as instance:
+    with sqlite_instance() as instance:
         yield Project(module.defs, instance)
 
 
@@ -234,7 +234,7 @@ def test_component_from_yaml_watches_its_root(tmp_path: Path, monkeypatch: Any) 
             "def report() -> int:\n"
             "    return 1\n"
         )
-        with sandbox.build_all_defs() as defs, dg.instance_for_test() as instance:
+        with sandbox.build_all_defs() as defs, sqlite_instance() as instance:
             assert (
                 defs.resolve_schedule_def("raw_schedule").default_status
                 == dg.DefaultScheduleStatus.RUNNING

@@ -13,7 +13,7 @@ from tests.s3server import CountingProxy, S3Server
 from tests.test_bucket import upload
 from tests.test_bucket_events import waiting
 
-from .harness import Project
+from .harness import Project, sqlite_instance
 
 
 def test_the_schedule_reads_a_buckets_events_instead_of_listing_it(
@@ -37,7 +37,7 @@ def test_the_schedule_reads_a_buckets_events_instead_of_listing_it(
         dg.Definitions(assets=[customers]),
         change_detection(root=raw, state_dir=state, cooldown_sec=0, events_queue=queue),
     )
-    with dg.instance_for_test() as instance:
+    with sqlite_instance() as instance:
         project = Project(defs, instance)
         assert "baseline" in (project.tick().skip_message or "")
         proxy.take()

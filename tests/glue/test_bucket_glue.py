@@ -14,7 +14,7 @@ from manifest.errors import ConfigError
 from tests.s3server import S3Server
 from tests.test_bucket import upload
 
-from .harness import Project
+from .harness import Project, sqlite_instance
 
 RAW = {
     "customers.csv": b"id,name\n1,Ada\n2,Grace\n",
@@ -60,7 +60,7 @@ def bucket_project(s3: S3Server) -> Iterator[tuple[Project, str, str]]:
     raw = f"s3://{s3.make_bucket('raw')}/landing"
     state = f"s3://{s3.make_bucket('state')}/dagster/raw"
     upload(raw, RAW)
-    with dg.instance_for_test() as instance:
+    with sqlite_instance() as instance:
         yield Project(build(raw, state), instance), raw, state
 
 
@@ -179,7 +179,7 @@ def test_component_yaml_on_buckets(s3: S3Server, monkeypatch: pytest.MonkeyPatch
             "    meta = raw_manifest.source_metadata(context)\n"
             "    return dg.MaterializeResult(metadata={**meta, 'rows': len(rows) - 1})\n"
         )
-        with sandbox.build_all_defs() as defs, dg.instance_for_test() as instance:
+        with sandbox.build_all_defs() as defs, sqlite_instance() as instance:
             project = Project(defs, instance)
             time.sleep(4.2)  # the default 3 s cooldown, from the end of the LastModified second
             assert "baseline" in (project.tick().skip_message or "")

@@ -16,7 +16,7 @@ from dagster_glue.planning import Watched, plan
 from manifest import ChangeSet
 from manifest.errors import ConfigError
 
-from .harness import edit
+from .harness import edit, sqlite_instance
 
 MALFORMED = "clarity,Clarity,evaluation_templates/coherence.txt,true,EXTRA,FIELDS\n"
 
@@ -326,7 +326,7 @@ def test_nothing_is_materialized_twice_or_from_a_stale_fan_in() -> None:
     assert by_roots[("other",)].after == ()  # not held back
     assert by_roots[("u", "f")].after == (by_roots[("a",)].number,)
     assert by_roots[("u", "f")].processed() == ("p/x.txt", "u.csv")
-    with dg.instance_for_test() as instance:
+    with sqlite_instance() as instance:
         keys, _, _ = selection(by_roots[("u", "f")], graph, instance, observe=False)
     assert {k.to_user_string() for k in keys} == {"u", "f", "g"}  # g once, after the parts
     # after the partition and `other` succeeded, a superseding pending skips both

@@ -22,7 +22,7 @@ from dagster_glue import change_detection
 from manifest import Repository, load_config
 from manifest.cli import app
 
-from .harness import Project, age_tree, edit
+from .harness import Project, age_tree, edit, sqlite_instance
 
 PROJECT = Path(__file__).parent / "projects" / "adopter.py"
 FILES = {
@@ -51,7 +51,7 @@ def adopter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[P
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("ADOPTER_ROOT", str(root))
     defs = runpy.run_path(str(PROJECT))["defs"]
-    with dg.instance_for_test() as instance:
+    with sqlite_instance() as instance:
         yield Project(defs, instance), root
 
 
@@ -221,7 +221,7 @@ def _minimal(root: Path, store: Path, instance: dg.DagsterInstance, **kw: object
 
 
 def test_filters_recorded_in_the_store_are_the_glue_s_too(tmp_path: Path) -> None:
-    with dg.instance_for_test() as instance:
+    with sqlite_instance() as instance:
         _filters_recorded_in_the_store(tmp_path, instance)
 
 

@@ -32,7 +32,7 @@ from manifest.store import STORE_LOCK
 from tests.s3server import S3Server
 from tests.test_bucket import upload
 
-from .harness import Project, age_tree, edit
+from .harness import Project, age_tree, edit, sqlite_instance
 
 DOCS = Path(__file__).parents[2] / "docs"
 TABLE_START = (
@@ -229,7 +229,7 @@ def test_bootstrap_and_lock_timeout_from_yaml_take_effect(sandbox: Any, tmp_path
     }
     with (
         load_component(sandbox, attributes, RAW_ASSETS) as defs,
-        dg.instance_for_test() as instance,
+        sqlite_instance() as instance,
     ):
         project = Project(defs, instance)
         store.mkdir()
@@ -252,7 +252,7 @@ def test_etag_from_yaml_reaches_the_store(sandbox: Any, s3: S3Server, tmp_path: 
     attributes = {"root": raw, "state_dir": str(store), "hash_mode": "etag", "cooldown_sec": 0}
     with (
         load_component(sandbox, attributes, RAW_ASSETS) as defs,
-        dg.instance_for_test() as instance,
+        sqlite_instance() as instance,
     ):
         assert "baseline" in (Project(defs, instance).tick().skip_message or "")
     recorded = Repository(load_config(root=raw, store=store, env={}))
