@@ -784,8 +784,8 @@ class StatCache(CacheView):
             places: dict[bytes, Where] = {}
             try:
                 out = [_header_bytes(self.mode, self.context)]
-                pending = len(out[0])
-                at = pending  # where the next record starts in the new file
+                pending = first = len(out[0])
+                at = first  # where the next record starts in the new file
                 for path in live:
                     raw = self.raw.get(path)
                     if raw is not None:
@@ -813,8 +813,7 @@ class StatCache(CacheView):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        written = at - len(_header_bytes(self.mode, self.context))
-        return places, written + _place(places, at, self.updates)
+        return places, at - first + _place(places, at, self.updates)
 
 
 _FOLDER_HEAD_ARRAY: Final = 0x90 | len(FolderHead.__struct_fields__)  # msgpack fixarray
