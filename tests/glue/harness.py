@@ -4,6 +4,7 @@ schedule and execute what it requests in process."""
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import shutil
 import time
@@ -138,26 +139,23 @@ class Harness(Project):
         )
 
 
-_TEMPLATE: list[Path] = []  # this process's migrated instance folder, made once
-
-
+@functools.cache
 def _template() -> Path:
-    if not _TEMPLATE:
-        import atexit
-        import tempfile
+    """This process's migrated instance folder, made once."""
+    import atexit
+    import tempfile
 
-        home = Path(tempfile.mkdtemp(prefix="manifest-test-instance-"))
-        atexit.register(shutil.rmtree, home, ignore_errors=True)
-        (home / "dagster.yaml").write_text(
-            "telemetry:\n  enabled: false\n"
-            "code_servers:\n  wait_for_local_processes_on_shutdown: true\n"
-        )
-        with dg.DagsterInstance.from_config(str(home)) as instance:  # creates and migrates
-            instance.get_runs(limit=1)
-            instance.all_instigator_state()
-            instance.get_asset_keys()
-        _TEMPLATE.append(home)
-    return _TEMPLATE[0]
+    home = Path(tempfile.mkdtemp(prefix="manifest-test-instance-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "code_servers:\n  wait_for_local_processes_on_shutdown: true\n"
+    )
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # creates and migrates
+        instance.get_runs(limit=1)
+        instance.all_instigator_state()
+        instance.get_asset_keys()
+    return home
 
 
 @contextmanager
