@@ -1,5 +1,5 @@
 """``python -m manifest``: the same as the ``manifest`` command."""
 
-from manifest.cli import main
+from manifest.entry import main
 
 main()

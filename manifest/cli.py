@@ -9,35 +9,41 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import msgspec
 import typer
 
 from manifest import __version__
-from manifest import format as format_module
 from manifest.config import (
     DEFAULT_DATA_DIR,
     ENV_DATA_DIR,
     ENV_STATE_DIR,
     FALLBACK_STATE_DIR,
-    Config,
     default_store,
     load_config,
     parse_duration,
     parse_seconds,
 )
+from manifest.entry import (
+    EXIT_DIFFERENCES,
+    Options,
+    _fail,
+    enter,
+    handle_errors,
+    pager,
+    show_status,
+    with_progress,
+)
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
-from manifest.errors import ManifestError, NoStoreError
+from manifest.errors import ManifestError
 from manifest.format import (
-    HashProgress,
     changes_json,
     entry_json,
     iso,
@@ -45,10 +51,8 @@ from manifest.format import (
     paint,
     print_changes,
     print_json,
-    print_status,
     quote_path,
     short,
-    status_json,
 )
 from manifest.globs import PathFilter
 from manifest.location import absolute_location
@@ -57,7 +61,6 @@ from manifest.repo import GC_GRACE_SECONDS, LogEntry, Repository
 from manifest.scanresult import ScanResult
 from manifest.text import escape_text
 
-EXIT_DIFFERENCES = 1
 LOG_PAGE = 50  # moves `manifest log` shows on a terminal without -n
 
 
@@ -135,48 +138,6 @@ app = _App(
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class Options:
-    def __init__(
-        self,
-        root: str | None,
-        store: str | None,
-        mode: str | None,
-        cooldown: float | None,
-        no_pager: bool = False,
-        name: str | None = None,
-    ) -> None:
-        self.name = name
-        self.root = root
-        self.store = store
-        self.mode = mode
-        self.cooldown = cooldown
-        self.no_pager = no_pager
-
-    def config(self) -> Config:
-        return load_config(
-            root=self.root,
-            store=self.store,
-            mode=self.mode,
-            cooldown_sec=self.cooldown,
-            discover=True,
-            name=self.name,
-        )
-
-    def repository(self, *, must_exist: bool | None = True) -> Repository:
-        """The repository; a command that reads (``must_exist``) refuses a missing store and
-        names where it looked. ``None``: only a store named explicitly (--store,
-        RAW_STATE_DIR) may be created on the fly, as `snapshot` does."""
-        config = self.config()
-        if must_exist is None:
-            must_exist = config.store_source in ("found", "default")
-        repo = Repository(config)
-        if must_exist and not repo.exists():
-            raise NoStoreError(
-                config.store_text, (str(p) for p in config.searched), config.store_source
-            )
-        return repo
 
 
 def _version(value: bool) -> None:
@@ -258,23 +219,7 @@ def _options(
         ),
     ] = False,
 ) -> None:
-    if directory is not None:
-        try:
-            os.chdir(directory)
-        except OSError as exc:
-            sys.stderr.write(
-                f"manifest: error: -C {escape_text(directory)}: {exc.strerror}; "
-                "give an existing folder\n"
-            )
-            raise typer.Exit(EXIT_ERROR) from None
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        sys.stderr.write(
-            "manifest: error: the current folder no longer exists (it was deleted or moved); "
-            "cd to an existing folder, or give one with -C DIR\n"
-        )
-        raise typer.Exit(EXIT_ERROR) from None
+    enter(directory)
     ctx.obj = Options(root, store, mode, cooldown, no_pager, name)
 
 
@@ -308,66 +253,6 @@ def _repo(ctx: typer.Context, *, must_exist: bool | None = True) -> Repository:
     return options.repository(must_exist=must_exist)
 
 
-def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Expected errors: one line on stderr, no traceback, the error's exit code. Any OS
-    error the engine did not name (or one writing the output) is exit 3, never 1 (which
-    means "differences found")."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            result = fn(*args, **kwargs)
-            sys.stdout.flush()  # a full or closed output fails here, not at exit
-            return result
-        except ManifestError as exc:
-            _fail(str(exc), exc.exit_code)
-        except BrokenPipeError:
-            _quiet_exit()
-        except OSError as exc:
-            where = exc.filename if exc.filename is not None else "standard output"
-            what = exc.strerror or str(exc)
-            _fail(
-                f"{os.fsdecode(where)}: {what}; check the path, its permissions and free space",
-                EXIT_ERROR,
-            )
-        raise AssertionError("unreachable")
-
-    return wrapper
-
-
-EXIT_SIGPIPE = 141  # 128 + SIGPIPE, what git and a shell pipeline report
-
-
-def _quiet_exit() -> NoReturn:
-    """The reader of standard output quit early (`manifest log | head`): no error, as git
-    and every Unix tool; exit 141 without a word. Nothing more may reach the closed pipe."""
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    raise typer.Exit(EXIT_SIGPIPE)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    with contextlib.suppress(OSError):
-        sys.stderr.write(f"manifest: error: {escape_text(message)}\n")
-        sys.stderr.flush()
-    # Nothing more may reach a broken stdout (Python would complain at exit).
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    raise typer.Exit(code)
-
-
-def _with_progress(fn: Callable[[HashProgress], R], repo: Repository | None = None) -> R:
-    progress = HashProgress(repo.expected_size() if repo is not None else None)
-    try:
-        return fn(progress)
-    finally:
-        progress.close()
-
-
 # -- commands -------------------------------------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (see docs/cli.md).")]
@@ -387,42 +272,6 @@ LimitOpt = Annotated[
         "--limit", metavar="N", help="List at most N paths of each kind.", min=1, show_default=False
     ),
 ]
-DEFAULT_PAGER = "less -FRX"
-
-
-class _PagerBuffer(io.StringIO):
-    """Collects a page; says it is a terminal, so echo keeps the colours less -R shows."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-@contextlib.contextmanager
-def pager(ctx: typer.Context) -> Iterator[None]:
-    """On a terminal, page what the block prints through $PAGER (``less -FRX``: quits at
-    once when it fits), as git does; ``--no-pager`` or a pipe prints it unchanged."""
-    options: Options = ctx.obj
-    command = os.environ.get("MANIFEST_PAGER") or os.environ.get("PAGER") or DEFAULT_PAGER
-    if options.no_pager or not sys.stdout.isatty() or command.strip() in ("", "cat"):
-        yield
-        return
-    buffer = _PagerBuffer()
-    with format_module.forced_color(format_module.use_color()), contextlib.redirect_stdout(buffer):
-        yield
-    text = buffer.getvalue()
-    import subprocess  # only when paging
-
-    try:
-        proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE)
-    except OSError:
-        sys.stdout.write(text)
-        return
-    assert proc.stdin is not None
-    with contextlib.suppress(BrokenPipeError):  # the reader quit early: that is fine
-        proc.stdin.write(text.encode("utf-8", "surrogateescape"))
-    with contextlib.suppress(BrokenPipeError):
-        proc.stdin.close()
-    proc.wait()
 
 
 @app.command()
@@ -534,7 +383,6 @@ def init(
 
 
 @app.command()
-@handle_errors
 def status(
     ctx: typer.Context,
     as_json: JsonOpt = False,
@@ -548,23 +396,7 @@ def status(
 
     Example: manifest status --limit 20
     """
-    repo = _repo(ctx)
-    st = _with_progress(
-        lambda progress: repo.status(
-            on_hash=progress, on_walk=progress.walked, details=fingerprints
-        ),
-        repo,
-    )
-    if as_json:
-        data = status_json(st)
-        if fingerprints:
-            data["changes"] = msgspec.to_builtins(st.details)
-        print_json(data)
-    else:
-        with pager(ctx):
-            print_status(st, repo.config.cooldown_sec, limit=limit)
-    if exit_code and st.changes:
-        raise typer.Exit(EXIT_DIFFERENCES)
+    show_status(ctx.obj, as_json, exit_code, limit, fingerprints)
 
 
 @app.command()
@@ -585,7 +417,7 @@ def snapshot(
     """
     repo = _repo(ctx, must_exist=None)
     scans: list[ScanResult] = []
-    sid, changes = _with_progress(
+    sid, changes = with_progress(
         lambda progress: repo.snapshot(
             message=message,
             ref=ref,
@@ -631,7 +463,7 @@ def log(
     if as_json:
         print_json([log_json(e) for e in entries])
         return
-    with pager(ctx):
+    with pager(ctx.obj):
         if not entries:
             typer.echo(f"{ref} has never moved")
         for n, e in enumerate(entries):
@@ -728,7 +560,7 @@ def diff(
             data["changes"] = msgspec.to_builtins(details)
         print_json(data)
     elif changes:
-        with pager(ctx):
+        with pager(ctx.obj):
             print_changes(changes, indent="", limit=limit)
     else:
         typer.echo("no differences")
@@ -1066,4 +898,7 @@ def watch(
 
 
 def main() -> None:
-    app(prog_name="manifest")
+    """The ``manifest`` program (``manifest.entry.main``: a plain ``status`` skips Typer)."""
+    from manifest.entry import main as entry_main
+
+    entry_main()

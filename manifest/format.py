@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import typer
-
 from manifest.model import ChangeSet, TreeEntry
 from manifest.repo import LogEntry, Status
 from manifest.text import C_ESCAPES, escape_text
@@ -34,6 +32,12 @@ def to_json(data: Any) -> str:
     """JSON with undecodable name bytes as ``\\udcXX`` escapes (reversible, see docs)."""
     text = json.dumps(data, ensure_ascii=False, indent=2)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def echo(text: str = "") -> None:
+    """A line on standard output (as ``typer.echo``, without importing Typer: ``manifest
+    status`` runs without it). Colour is decided by :func:`paint`, not stripped here."""
+    sys.stdout.write(f"{text}\n")
 
 
 def print_json(data: Any) -> None:
@@ -138,16 +142,14 @@ def print_changes(changes: ChangeSet, indent: str = "\t", limit: int | None = No
     ):
         shown = paths if limit is None else paths[:limit]
         for path in shown:
-            typer.echo(paint(f"{indent}{label + ':':<10}{quote_path(path)}", color))
+            echo(paint(f"{indent}{label + ':':<10}{quote_path(path)}", color))
         if len(shown) < len(paths):
-            typer.echo(paint(f"{indent}... and {len(paths) - len(shown)} more {label}", "dim"))
+            echo(paint(f"{indent}... and {len(paths) - len(shown)} more {label}", "dim"))
     renames = changes.renamed if limit is None else changes.renamed[:limit]
     for old, new in renames:
-        typer.echo(paint(f"{indent}{'renamed:':<10}{quote_path(old)} -> {quote_path(new)}", "cyan"))
+        echo(paint(f"{indent}{'renamed:':<10}{quote_path(old)} -> {quote_path(new)}", "cyan"))
     if len(renames) < len(changes.renamed):
-        typer.echo(
-            paint(f"{indent}... and {len(changes.renamed) - len(renames)} more renamed", "dim")
-        )
+        echo(paint(f"{indent}... and {len(changes.renamed) - len(renames)} more renamed", "dim"))
 
 
 class HashProgress:
@@ -249,21 +251,21 @@ def status_json(status: Status) -> dict[str, Any]:
 
 
 def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
-    typer.echo(f"root:    {quote_path(st.root)}")
-    typer.echo(f"store:   {quote_path(st.store)} ({st.mode})")
+    echo(f"root:    {quote_path(st.root)}")
+    echo(f"store:   {quote_path(st.store)} ({st.mode})")
     moved = f"  moved {iso(st.last_moved_ns)} ({ago(st.last_moved_ns)})" if st.last else ""
-    typer.echo(f"last:    {short(st.last)}{moved}")
+    echo(f"last:    {short(st.last)}{moved}")
     failure = st.pending_failure
     if st.pending and failure is not None:
-        typer.echo(
+        echo(
             paint(
                 f"pending: {short(st.pending)}  processing FAILED, retries stopped "
                 f"{iso(failure.time_ns)} ({ago(failure.time_ns)})",
                 "red",
             )
         )
-        typer.echo(f"         runs: {', '.join(failure.runs) or '(none)'}")
-        typer.echo(
+        echo(f"         runs: {', '.join(failure.runs) or '(none)'}")
+        echo(
             "         fix the cause, then edit the data (its paths are requested again) or "
             "roll back: manifest reset pending --delete --force"
         )
@@ -274,74 +276,70 @@ def print_status(st: Status, cooldown: float, limit: int | None = None) -> None:
             if reason.startswith("previewed")
             else "handed to a run (the Dagster tick's message says whether it runs or waits)"
         )
-        typer.echo(
+        echo(
             f"pending: {short(st.pending)}  set {iso(st.pending_moved_ns)} "
             f"({ago(st.pending_moved_ns)}); {what}"
         )
         if reason:
-            typer.echo(paint(f"         {escape_text(reason)}", "dim"))
+            echo(paint(f"         {escape_text(reason)}", "dim"))
     else:
-        typer.echo("pending: (none)")
-    typer.echo("")
+        echo("pending: (none)")
+    echo("")
     if st.last is None:
-        typer.echo(
+        echo(
             "No `last` yet, so everything counts as added: the first Dagster tick (or "
             "`manifest snapshot --ref last`) records a baseline."
         )
     if st.changes:
         base = "since last" if st.last else "(no last yet)"
         scanned = f"{st.files} file" if st.files == 1 else f"{st.files} files"
-        typer.echo(f"Changes {base} ({scanned} scanned):")
+        echo(f"Changes {base} ({scanned} scanned):")
         if st.last:
-            typer.echo(
-                '  (use "manifest diff last" for the same list, or "manifest reset" to roll back)'
-            )
+            echo('  (use "manifest diff last" for the same list, or "manifest reset" to roll back)')
         if len(st.changes.paths) > SUMMARY_AFTER:
             for line in summarize(st.changes):
-                typer.echo(line)
+                echo(line)
         print_changes(st.changes, limit=limit)
-        typer.echo("")
+        echo("")
     if st.unstable:
-        typer.echo(f"Settling (modified in the last {cooldown:g}s; picked up once they settle):")
+        echo(f"Settling (modified in the last {cooldown:g}s; picked up once they settle):")
         shown = st.unstable if limit is None else st.unstable[:limit]
         for path in shown:
-            typer.echo(paint(f"\t{quote_path(path)}", "dim"))
+            echo(paint(f"\t{quote_path(path)}", "dim"))
         if len(shown) < len(st.unstable):
-            typer.echo(paint(f"\t... and {len(st.unstable) - len(shown)} more", "dim"))
-        typer.echo("")
+            echo(paint(f"\t... and {len(st.unstable) - len(shown)} more", "dim"))
+        echo("")
     if st.problems:
-        typer.echo("Scan problems (each kept as it was in last, unless it says otherwise):")
+        echo("Scan problems (each kept as it was in last, unless it says otherwise):")
         for problem in st.problems:
-            typer.echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
-        typer.echo("")
+            echo(paint(f"\t{quote_path(problem.path)}: {problem.message}", "red"))
+        echo("")
     if st.skipped:
-        typer.echo(
+        echo(
             "Left out (not files the store records: FIFOs, sockets, devices, or data "
             "named like the store inside the root):"
         )
         for path in st.skipped:
-            typer.echo(paint(f"\t{quote_path(path)}", "dim"))
-        typer.echo("")
+            echo(paint(f"\t{quote_path(path)}", "dim"))
+        echo("")
     if st.stale_locks:
-        typer.echo(
-            "Locks left by a crash (their process is gone; the next writer takes them over):"
-        )
+        echo("Locks left by a crash (their process is gone; the next writer takes them over):")
         for lock in st.stale_locks:
-            typer.echo(paint(f"\t{quote_path(lock)}", "yellow"))
-        typer.echo("")
+            echo(paint(f"\t{quote_path(lock)}", "yellow"))
+        echo("")
     bucket = st.root.partition("://")[0].isalnum() and "://" in st.root  # its events' journal
     if st.scan_source == "journal" and not bucket:
         # nothing changed: no folder listed; else only the changed paths' folders were
         walk = "no walk" if st.scan_reason.startswith("no change") else "no full walk"
         shows = escape_text(st.scan_reason)
-        typer.echo(paint(f"({walk}: the watcher's journal shows {shows})", "dim"))
+        echo(paint(f"({walk}: the watcher's journal shows {shows})", "dim"))
     elif st.scan_source in ("journal", "events"):
-        typer.echo(paint(f"(no listing: {escape_text(st.scan_reason)})", "dim"))
+        echo(paint(f"(no listing: {escape_text(st.scan_reason)})", "dim"))
     elif st.scan_reason and st.scan_reason != "no watcher":
         what = "listed the bucket" if bucket else "walked the tree"
-        typer.echo(paint(f"({what}: {escape_text(st.scan_reason)})", "dim"))
+        echo(paint(f"({what}: {escape_text(st.scan_reason)})", "dim"))
     if not st.changes:
-        typer.echo(f"nothing changed since last ({st.files} file{'' if st.files == 1 else 's'})")
+        echo(f"nothing changed since last ({st.files} file{'' if st.files == 1 else 's'})")
 
 
 def log_json(entry: LogEntry) -> dict[str, Any]:

@@ -6,9 +6,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import time
 from pathlib import Path
+
+
+def _hostname() -> str:
+    """The host a lock names (``gethostname``; ``uname`` gives it without the socket module,
+    which a quick command need not import)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 def fsync_dir(path: Path) -> None:
@@ -234,9 +243,7 @@ def owner_line() -> bytes:
     """``pid host time_ns boot_id start_ticks``: who holds a lock, precisely enough to tell
     that it is gone even if its pid was reused."""
     pid = os.getpid()
-    return (
-        f"{pid} {socket.gethostname()} {time.time_ns()} {_boot_id()} {_start_ticks(pid)}\n"
-    ).encode()
+    return (f"{pid} {_hostname()} {time.time_ns()} {_boot_id()} {_start_ticks(pid)}\n").encode()
 
 
 def take_over_stale_lock(path: Path) -> bool:
@@ -299,7 +306,7 @@ class LockOwner:
     @property
     def stale(self) -> bool:
         """Its process is gone, on this host (a lock from another host is never judged)."""
-        if self.host != socket.gethostname():
+        if self.host != _hostname():
             return False
         try:
             os.kill(self.pid, 0)
@@ -313,7 +320,7 @@ class LockOwner:
     def gone(self) -> bool:
         """Provably gone: this host, and no process with its pid, or one that started
         later (a reused pid) or in another boot."""
-        if self.host != socket.gethostname():
+        if self.host != _hostname():
             return False
         if self.stale:
             return True

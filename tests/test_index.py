@@ -583,9 +583,24 @@ def test_a_lazy_cache_gives_what_a_loaded_one_gives(repo: Repository, tmp_path: 
     lazy.keep_all()
     recorded = eager.records[b"d05/"]
     lazy.put(msgspec.structs.replace(recorded.head, files=99), eager.payload(b"d05/") or b"")
-    assert lazy.save()
+    assert lazy.save()  # an append, its table of contents made from the one it read
     again = StatCache(index, mode, context)
     assert set(again.records) == set(eager.records) and again.head(b"d05/").files == 99  # type: ignore[union-attr]
+    _same_places(StatCache(index, mode, context, lazy=True), _walked(index, mode, context))
+
+    # a lazy cache that finds the file mostly dead (counted from its table) rewrites it
+    lazy = StatCache(index, mode, context, lazy=True)
+    lazy.keep_all()
+    lazy.total += 10 * index.stat().st_size  # as if most of the file were dead records
+    lazy.put(msgspec.structs.replace(recorded.head, files=98), eager.payload(b"d05/") or b"")
+    before = index.stat().st_ino
+    assert lazy.save() and index.stat().st_ino != before
+    again = StatCache(index, mode, context)
+    assert set(again.records) == set(eager.records) and again.head(b"d05/").files == 98  # type: ignore[union-attr]
+    for path in eager.records:
+        if path != b"d05/":
+            assert again.head(path) == eager.head(path)
+    _same_places(StatCache(index, mode, context, lazy=True), _walked(index, mode, context))
 
     start, hlen, *_ = StatCache(index, mode, context, lazy=True).raw[b"d09/"]
     with open(index, "r+b") as fh:  # one head's bytes damaged
@@ -640,9 +655,23 @@ def test_the_table_of_contents_is_read_only_for_the_file_it_describes(
     # it is what a lazy load reads: a table naming one folder fewer loads one fewer
     good = toc.read_bytes()
     table = msgspec.msgpack.decode(good)
-    table[4] = [r for r in table[4] if r[0] != b"d05/"]
+    names, places = table[4], table[5]  # five int64 per name
+    gone = names.index(b"d05/")
+    table[4] = names[:gone] + names[gone + 1 :]
+    table[5] = places[: 40 * gone] + places[40 * (gone + 1) :]
     toc.write_bytes(msgspec.msgpack.encode(table))
     assert b"d05/" not in StatCache(index, mode, context, lazy=True).raw
+    # a place past the file's end (a table that is not this file's, though its inode, size
+    # and mtime match): that folder is a miss, the others are read, the cache is rebuilt
+    table = msgspec.msgpack.decode(good)
+    at = table[4].index(b"d05/")
+    row = array("q", table[5][40 * at : 40 * at + 40])
+    row[1] = index.stat().st_size  # the head's length
+    table[5] = table[5][: 40 * at] + row.tobytes() + table[5][40 * at + 40 :]
+    toc.write_bytes(msgspec.msgpack.encode(table))
+    off = StatCache(index, mode, context, lazy=True)
+    assert off.head(b"d05/") is None and off.rewrite
+    assert off.head(b"d06/") == eager.head(b"d06/")
     toc.write_bytes(good)
 
     # stale: a save it missed (the table put back from before it) is walked past

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import sys
 import weakref
 import zlib
 from array import array
@@ -105,13 +106,31 @@ Where = tuple[int, int, int, int, int]  # head offset, head length, head crc, pa
 
 class Toc(msgspec.Struct, frozen=True, array_like=True):
     """``index.toc``: where each folder's last record lies in the index file it names (by
-    inode, size and mtime), in file order, and the framed bytes of every record in it."""
+    inode, size and mtime), and the framed bytes of every record in it. Column by column, so
+    that loading it builds no object per folder: ``names``, and ``places`` with five
+    little-endian int64 per name (its ``Where``)."""
 
     ino: int
     size: int
     mtime_ns: int
     total: int
-    records: list[tuple[bytes, int, int, int, int, int]]
+    names: list[bytes]
+    places: bytes
+
+
+def _places_array(data: bytes) -> array[int]:
+    places = array("q")
+    places.frombytes(data)
+    if sys.byteorder != "little":
+        places.byteswap()
+    return places
+
+
+def _places_bytes(places: array[int]) -> bytes:
+    if sys.byteorder != "little":
+        places = array("q", places)
+        places.byteswap()
+    return places.tobytes()
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -536,18 +555,41 @@ class StatCache(CacheView):
         self.lazy = lazy
         # lazy: path -> (head offset, head length, head crc, payload length, payload crc) of
         # the records not decoded yet
-        self.raw: dict[bytes, Where] = {}
+        self._raw: dict[bytes, Where] = {}
         # the same for every folder's last record, decoded or not (the table of contents)
-        self.where: dict[bytes, Where] = {}
+        self._where: dict[bytes, Where] = {}
+        self._sizes: dict[bytes, int] = {}  # framed size of each folder's last record
+        # A lazy load from the table of contents keeps its columns as read, and turns a
+        # folder's into the dicts above only when that folder is asked for; whatever needs
+        # them all (``raw``, ``where``, ``sizes``, a rewrite) turns the rest (``_spread``).
+        self._toc_names: list[bytes] | None = None
+        self._toc_places: array[int] = array("q")
+        self._toc_index: dict[bytes, int] = {}
+        self._toc_live = 0  # framed bytes of the table's records
+        self._toc_kept = False  # keep_all: every folder of the table is kept
         self.path = path
         self.mode = mode
         self.context = context
         self.rewrite = False  # the file must be rewritten whole (damaged, other layout)
         self.end = 0  # where the valid records end
         self.ino: int | None = None
-        self.sizes: dict[bytes, int] = {}  # framed size of each folder's last record
         self.total = 0  # framed size of every record in the file, overridden ones too
         self._load(open_index(path) if fd is None else fd)
+
+    @property
+    def raw(self) -> dict[bytes, Where]:
+        self._spread()
+        return self._raw
+
+    @property
+    def where(self) -> dict[bytes, Where]:
+        self._spread()
+        return self._where
+
+    @property
+    def sizes(self) -> dict[bytes, int]:
+        self._spread()
+        return self._sizes
 
     def _load(self, fd: int) -> None:
         if fd < 0:
@@ -562,6 +604,7 @@ class StatCache(CacheView):
         except (OSError, struct.error):
             # unreadable, or cut short by another hand while it was read: scan without it
             self.records.clear()
+            self._toc_names = None
             self.rewrite = True
 
     def _read_records(self, fd: int) -> None:
@@ -620,7 +663,7 @@ class StatCache(CacheView):
             at = start - block_at
             name = _peek_path(block, at, hlen) if self.lazy else None
             if name is not None:
-                self.raw[name] = self.where[name] = (start, hlen, hcrc, plen, pcrc)
+                self._raw[name] = self._where[name] = (start, hlen, hcrc, plen, pcrc)
                 self.records.pop(name, None)
             else:
                 folder = _checked(block[at : at + hlen], hlen, hcrc, _HEAD_DECODER)
@@ -629,9 +672,9 @@ class StatCache(CacheView):
                     break
                 name = folder.path
                 self.records[name] = Loaded(folder, start + hlen, plen, pcrc)
-                self.where[name] = (start, hlen, hcrc, plen, pcrc)
-                self.raw.pop(name, None)
-            self.sizes[name] = RECORD_FRAME.size + hlen + plen
+                self._where[name] = (start, hlen, hcrc, plen, pcrc)
+                self._raw.pop(name, None)
+            self._sizes[name] = RECORD_FRAME.size + hlen + plen
             self.total += RECORD_FRAME.size + hlen + plen
             pos = start + hlen + plen
         if pos != size:
@@ -640,7 +683,7 @@ class StatCache(CacheView):
         if self.lazy and not self.rewrite:
             # the next lazy load reads the table instead (a store from before tables, or a
             # table a crash left stale): for the file as read, whatever replaced it since
-            self._write_toc(self.where, self.total, st)
+            self._write_toc(*_columns(self._where), self.total, st)
 
     @property
     def toc_path(self) -> Path:
@@ -656,21 +699,65 @@ class StatCache(CacheView):
             return False
         if (toc.ino, toc.size, toc.mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
             return False  # another file's, or this one's before a save it missed
+        if len(toc.places) != 40 * len(toc.names):
+            return False
+        places = _places_array(toc.places)
+        names = toc.names
+        index = dict(zip(names, range(len(names)), strict=True))
+        if len(index) != len(names):
+            return False  # a folder named twice: not a table this code wrote
         frame = RECORD_FRAME.size
-        for name, start, hlen, hcrc, plen, pcrc in toc.records:
-            if start < first + frame or start + hlen + plen > st.st_size:
-                self.raw.clear()  # not this file's layout: walk it
-                self.where.clear()
-                self.sizes.clear()
-                return False
-            self.raw[name] = self.where[name] = (start, hlen, hcrc, plen, pcrc)
-            self.sizes[name] = frame + hlen + plen
+        if names and min(places[0::5]) < first + frame:
+            return False  # not this file's layout: walk it
+        # (each record's end is checked against the file's when it is taken: ``_fits``)
+        self._toc_names, self._toc_places, self._toc_index = names, places, index
+        self._toc_live = sum(places[1::5]) + sum(places[3::5]) + frame * len(names)
         self.total = toc.total
         self.end = st.st_size
         return True
 
+    def _toc_where(self, path: bytes) -> Where | None:
+        """The table's place for a folder not yet taken from it (then it is taken: into
+        ``_where`` and ``_sizes``, not ``_raw``: the caller decodes it)."""
+        if self._toc_names is None or path in self._where:
+            return None
+        i = self._toc_index.get(path)
+        if i is None:
+            return None
+        at = 5 * i
+        where: Where = tuple(self._toc_places[at : at + 5])  # type: ignore[assignment]
+        if not self._fits(where):
+            return None
+        self._where[path] = where
+        self._sizes[path] = RECORD_FRAME.size + where[1] + where[3]
+        return where
+
+    def _spread(self) -> None:
+        """Every folder of the table of contents into the dicts (those not taken yet)."""
+        names = self._toc_names
+        if names is None:
+            return
+        self._toc_names = None
+        frame = RECORD_FRAME.size
+        it = iter(self._toc_places)
+        for name, where in zip(names, zip(it, it, it, it, it, strict=True), strict=True):
+            if name not in self._where and self._fits(where):
+                self._where[name] = self._raw[name] = where
+                self._sizes[name] = frame + where[1] + where[3]
+        if self._toc_kept:
+            self.kept.update(self._where)
+
+    def _fits(self, where: Where) -> bool:
+        """A place from the table lies inside the file; else the table is not this file's
+        (its inode, size and mtime matched all the same): the cache is rebuilt."""
+        start, hlen, _, plen, _ = where
+        if start + hlen + plen <= self.end:
+            return True
+        self.rewrite = True
+        return False
+
     def _write_toc(
-        self, places: dict[bytes, Where], total: int, st: os.stat_result | None = None
+        self, names: list[bytes], places: array[int], total: int, st: os.stat_result | None = None
     ) -> None:
         """Describe the file ``st`` (None: the one just saved, whose lock the caller holds).
         A cache of a cache: any failure leaves the old one, which then no longer matches
@@ -679,9 +766,7 @@ class StatCache(CacheView):
         try:
             if st is None:
                 st = os.stat(self.path)
-            records = [(name, *where) for name, where in places.items()]
-            records.sort(key=itemgetter(1))
-            toc = Toc(st.st_ino, st.st_size, st.st_mtime_ns, total, records)
+            toc = Toc(st.st_ino, st.st_size, st.st_mtime_ns, total, names, _places_bytes(places))
             with open(tmp, "wb") as fh:
                 fh.write(_ENCODER.encode(toc))
             os.replace(tmp, self.toc_path)
@@ -691,8 +776,13 @@ class StatCache(CacheView):
 
     def _loaded(self, path: bytes) -> Loaded | None:
         loaded = self.records.get(path)
-        if loaded is None and path in self.raw:
-            start, hlen, hcrc, plen, pcrc = self.raw.pop(path)
+        if loaded is None:
+            where = self._raw.pop(path, None) if self._raw else None
+            if where is None:
+                where = self._toc_where(path)
+                if where is None:
+                    return None
+            start, hlen, hcrc, plen, pcrc = where
             try:
                 data = os.pread(self.fd, hlen, start)
             except OSError:
@@ -708,11 +798,12 @@ class StatCache(CacheView):
         """Every record loaded is still true (a scan that looked at a few folders only)."""
         if self.trusted:
             self.kept.update(self.records)
-            self.kept.update(self.raw)
+            self.kept.update(self._raw)
+            self._toc_kept = self._toc_names is not None
 
     def keep_below(self, prefix: bytes) -> None:
         if self.raw:
-            for path in [p for p in self.raw if p.startswith(prefix)]:
+            for path in [p for p in self._raw if p.startswith(prefix)]:
                 self._loaded(path)
         super().keep_below(prefix)
 
@@ -721,12 +812,26 @@ class StatCache(CacheView):
             self._loaded(path)
         return super().__len__()
 
+    def _live_bytes(self) -> tuple[dict[bytes, int] | None, int]:
+        """The records a rewrite would keep (None: every one of the table of contents but
+        the updated, not listed) and their framed bytes."""
+        if self._toc_names is not None and self._toc_kept:
+            # counted from the table, not folder by folder: a journal scan's save
+            frame = RECORD_FRAME.size
+            updated = 0
+            for path in self.updates:
+                i = self._toc_index.get(path)
+                if i is not None:
+                    updated += frame + self._toc_places[5 * i + 1] + self._toc_places[5 * i + 3]
+            return None, self._toc_live - updated
+        live = {p: n for p, n in self.sizes.items() if p in self.kept and p not in self.updates}
+        return live, sum(live.values())
+
     def save(self) -> bool:
         """Write what changed: append the changed folders' records, or rewrite the file
         when that is shorter than what it would carry dead. Skips (False) if another
         process holds the lock: the cache is an optimisation, never a record."""
-        live = {p: n for p, n in self.sizes.items() if p in self.kept and p not in self.updates}
-        live_bytes = sum(live.values())
+        live, live_bytes = self._live_bytes()
         dead_bytes = self.total - live_bytes
         new_bytes = sum(RECORD_FRAME.size + len(h) + len(p) for h, p in self.updates.values())
         rewrite = self.rewrite or dead_bytes > live_bytes + new_bytes
@@ -753,13 +858,17 @@ class StatCache(CacheView):
                     if appended is not None:
                         self._write_toc(*appended)
                         return True
+                if live is None:  # counted from the table: now folder by folder
+                    self._spread()
+                    live, _ = self._live_bytes()
+                assert live is not None
                 self._write_toc(*self._rewrite(live))
                 return True
             return False
         finally:
             lock.release()
 
-    def _append(self) -> tuple[dict[bytes, Where], int] | None:
+    def _append(self) -> tuple[list[bytes], array[int], int] | None:
         """Append the updates, if the file is still exactly the one loaded; the places of
         its folders' last records and the bytes of all of them, for the table of contents.
         None: replaced or appended to meanwhile (rewrite from what we know)."""
@@ -771,13 +880,27 @@ class StatCache(CacheView):
             _write_frames(fd, self.updates.values())
         finally:
             os.close(fd)
-        places = dict(self.where)
-        total = self.total + _place(places, self.end, self.updates)
-        return places, total
+        appended: dict[bytes, Where] = {}
+        total = self.total + _place(appended, self.end, self.updates)
+        if self._toc_names is None:
+            return (*_columns({**self._where, **appended}), total)
+        # the table as read, with the appended records' places written over or added
+        names = list(self._toc_names)
+        places = array("q", self._toc_places)
+        index = self._toc_index
+        for path, where in appended.items():
+            i = index.get(path)
+            if i is None:
+                names.append(path)
+                places.extend(where)
+            else:
+                places[5 * i : 5 * i + 5] = array("q", where)
+        return names, places, total
 
-    def _rewrite(self, live: dict[bytes, int]) -> tuple[dict[bytes, Where], int]:
+    def _rewrite(self, live: dict[bytes, int]) -> tuple[list[bytes], array[int], int]:
         # No fsync: after a crash the old or the new index (or none) is found, and each is
         # only a cache (a missing or stale entry costs one re-hash).
+        self._spread()
         tmp = self.path.with_name(f".tmp-{self.path.name}-{os.getpid()}-{id(self):x}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -787,16 +910,16 @@ class StatCache(CacheView):
                 pending = first = len(out[0])
                 at = first  # where the next record starts in the new file
                 for path in live:
-                    raw = self.raw.get(path)
+                    raw = self._raw.get(path)
                     if raw is not None:
                         start = raw[0] - RECORD_FRAME.size
                     else:
                         loaded = self.records[path]
-                        start = loaded.offset - (self.sizes[path] - loaded.length)
-                    data = os.pread(self.fd, self.sizes[path], start)
-                    if len(data) != self.sizes[path]:
+                        start = loaded.offset - (self._sizes[path] - loaded.length)
+                    data = os.pread(self.fd, self._sizes[path], start)
+                    if len(data) != self._sizes[path]:
                         continue
-                    _, hlen, hcrc, plen, pcrc = self.where[path]
+                    _, hlen, hcrc, plen, pcrc = self._where[path]
                     places[path] = (at + RECORD_FRAME.size, hlen, hcrc, plen, pcrc)
                     at += len(data)
                     out.append(data)
@@ -813,7 +936,16 @@ class StatCache(CacheView):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return places, at - first + _place(places, at, self.updates)
+        total = at - first + _place(places, at, self.updates)
+        return (*_columns(places), total)
+
+
+def _columns(places: dict[bytes, Where]) -> tuple[list[bytes], array[int]]:
+    """The table of contents' columns for ``places``."""
+    flat = array("q")
+    for where in places.values():
+        flat.extend(where)
+    return list(places), flat
 
 
 _FOLDER_HEAD_ARRAY: Final = 0x90 | len(FolderHead.__struct_fields__)  # msgpack fixarray

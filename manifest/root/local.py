@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import subprocess
 
     from manifest.config import Config
+    from manifest.root.scan import Scanner, _Folder
     from manifest.scanresult import BaseTrees
     from manifest.store import Store
 
@@ -206,7 +207,6 @@ class LocalRoot(Root):
         self, base: BaseTrees, options: ScanOptions, changed: _Changed | None = None
     ) -> ScanResult:
         from manifest.root.index import StatCache, open_index, scan_context
-        from manifest.root.pool import choose_jobs, scan_in_parallel, start_spares, stop_spares
         from manifest.root.scan import Scanner
 
         config, store = self.settings, self.store
@@ -215,6 +215,8 @@ class LocalRoot(Root):
             # scan workers read base trees from a local object store only
             if store.caps.local_objects is None:
                 return 1
+            from manifest.root.pool import choose_jobs  # (the workers' module: not for one)
+
             return choose_jobs(expected, config.jobs)
 
         expected = options.expected_files
@@ -225,6 +227,8 @@ class LocalRoot(Root):
         if jobs > 1 and (expected is not None or config.jobs is not None):
             # A big tree, known from its last snapshot: start the workers now, so their
             # start-up overlaps loading the stat cache.
+            from manifest.root.pool import start_spares
+
             spares = start_spares(jobs - 1, index_fd)
         try:
             cache = StatCache(
@@ -250,11 +254,14 @@ class LocalRoot(Root):
                 jobs_forced=config.jobs is not None,
             )
             scanner.spares = spares
-            scanner.parallel = scan_in_parallel
+            scanner.parallel = _scan_in_parallel
             scanner.reuse = changed
             result = scanner.scan()
         finally:
-            stop_spares(spares)
+            if spares:
+                from manifest.root.pool import stop_spares
+
+                stop_spares(spares)
         save = options.save_cache and store.ready_cache_dir()
         if changed is not None:
             # The folders not listed keep their records; a cache that was not loaded whole
@@ -272,6 +279,12 @@ class LocalRoot(Root):
         base = self.path
         top = base / prefix if prefix else base
         return sorted(p.relative_to(base).as_posix() for p in top.rglob("*") if p.is_file())
+
+
+def _scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
+    from manifest.root.pool import scan_in_parallel
+
+    return scan_in_parallel(scanner, root)
 
 
 class _Answer:

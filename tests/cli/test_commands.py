@@ -241,7 +241,7 @@ def test_every_command_is_documented() -> None:
 def test_progress_bar_only_on_a_terminal_after_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from manifest import cli as cli_module
+    from manifest import format as cli_module
 
     class FakeTty(io.StringIO):
         def isatty(self) -> bool:
