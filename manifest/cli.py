@@ -21,6 +21,16 @@ import msgspec
 import typer
 
 from manifest import __version__
+from manifest.commands import (
+    EXIT_DIFFERENCES,
+    Options,
+    _fail,
+    enter,
+    handle_errors,
+    pager,
+    show_status,
+    with_progress,
+)
 from manifest.config import (
     DEFAULT_DATA_DIR,
     ENV_DATA_DIR,
@@ -30,16 +40,6 @@ from manifest.config import (
     load_config,
     parse_duration,
     parse_seconds,
-)
-from manifest.entry import (
-    EXIT_DIFFERENCES,
-    Options,
-    _fail,
-    enter,
-    handle_errors,
-    pager,
-    show_status,
-    with_progress,
 )
 from manifest.errors import EXIT_MANIFEST_ERROR as EXIT_ERROR
 from manifest.errors import ManifestError
@@ -898,7 +898,6 @@ def watch(
 
 
 def main() -> None:
-    """The ``manifest`` program (``manifest.entry.main``: a plain ``status`` skips Typer)."""
-    from manifest.entry import main as entry_main
-
-    entry_main()
+    """The Typer app as a program (``manifest.entry.main`` is the command: it runs a plain
+    ``status`` without Typer, and everything else through this app)."""
+    app(prog_name="manifest")
