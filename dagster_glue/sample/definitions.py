@@ -43,7 +43,13 @@ def build(
         }
     )
     resource: ManifestResource = (watch.resources or {})[resource_key("raw")]
-    return dg.Definitions.merge(dg.Definitions(assets=sample_assets(resource.asset_mode)), watch)
+    # Each run's steps run in the run's own process: the sample's assets are small, and a
+    # process per step (Dagster's default executor) costs more than they do. The glue works
+    # with either; tests/glue/projects/adopter.py keeps the default under the daemon.
+    assets = dg.Definitions(
+        assets=sample_assets(resource.asset_mode), executor=dg.in_process_executor
+    )
+    return dg.Definitions.merge(assets, watch)
 
 
 def _store_name(env: Mapping[str, str] | None) -> str | None:

@@ -89,12 +89,18 @@ def test_readme_session_is_real(tmp_path: Path) -> None:
 
 
 def test_the_readme_test_command_is_what_ci_runs() -> None:
-    """The README's second command runs lint, format and type checks and the tests, as it
-    says, and `.ci/run` runs those same steps."""
+    """The README's second command installs, runs lint, format and type checks and the
+    tests, as it says, and `.ci/run` runs those same steps."""
     top = Path(__file__).parents[2]
     readme = (top / "README.md").read_text()
     command = re.findall(r"```sh\n(python3\.11 -m venv .*?)\n```", readme)[1]
-    steps = [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"]
+    steps = [
+        ".venv/bin/pip install -q uv",
+        ".venv/bin/uv pip install -q --python .venv/bin/python -e '.[test]'",
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/mypy",
+    ]
     pytest_step = re.search(r"\.venv/bin/python -m pytest -q -n \d+", command)
     assert pytest_step is not None, command  # the tests, on xdist workers
     steps.append(pytest_step.group())

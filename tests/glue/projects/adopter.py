@@ -66,6 +66,8 @@ def notes_digest(raw_manifest: ManifestResource) -> int:
     return len(raw_manifest.list_files("notes"))
 
 
+# Dagster's default executor (a process per step under the daemon): the resource is set up
+# again in each step's process, as in a deployment that keeps the default
 defs = dg.Definitions.merge(
     dg.Definitions(
         assets=[customers, customer_report, customer_names, prices, notes, note_words, notes_digest]

@@ -26,7 +26,8 @@ def summary(context: dg.AssetExecutionContext, flaky_manifest: ManifestResource)
 
 
 defs = dg.Definitions.merge(
-    dg.Definitions(assets=[readings, summary]),
+    # steps in the run's process (adopter.py keeps Dagster's default, a process per step)
+    dg.Definitions(assets=[readings, summary], executor=dg.in_process_executor),
     change_detection(
         root=dg.EnvVar("FLAKY_ROOT"),
         state_dir=dg.EnvVar("FLAKY_STORE"),

@@ -40,7 +40,8 @@ def events(context: dg.AssetExecutionContext, raw_manifest: ManifestResource):  
 
 
 defs = dg.Definitions.merge(
-    dg.Definitions(assets=[orders, order_count, events]),
+    # steps in the run's process (adopter.py keeps Dagster's default, a process per step)
+    dg.Definitions(assets=[orders, order_count, events], executor=dg.in_process_executor),
     change_detection(
         root=dg.EnvVar("LANDING_ROOT"),
         name="raw",
