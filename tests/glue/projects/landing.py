@@ -4,10 +4,13 @@ file partition per event file (no fan-in, so one edit is one run). The daemon te
 bench/sensor_latency.py load it; the environment sets the root (``LANDING_ROOT``), the
 trigger (``LANDING_TRIGGER``: ``sensor`` or ``schedule``), the sensor's interval
 (``LANDING_INTERVAL_SEC``), the cooldown (``LANDING_COOLDOWN_SEC``) and, for a bucket
-root, the SQS queue its events go to (``LANDING_EVENTS_QUEUE``). The store is the
-factory's default, ``$DAGSTER_HOME/state/raw``."""
+root, the SQS queue its events go to (``LANDING_EVENTS_QUEUE``), and how long the exact
+file's asset takes (``LANDING_RUN_SEC``, default 0: the daemon test makes its run outlast a
+sensor interval, so that an evaluation meets it in flight). The store is the factory's
+default, ``$DAGSTER_HOME/state/raw``."""
 
 import os
+import time
 
 import dagster as dg
 
@@ -18,6 +21,7 @@ event_files = dg.DynamicPartitionsDefinition(name="event_files")
 
 @dg.asset(group_name="raw", metadata={"source_path": "orders.csv"})
 def orders(context: dg.AssetExecutionContext, raw_manifest: ManifestResource):  # type: ignore[no-untyped-def]
+    time.sleep(float(os.environ.get("LANDING_RUN_SEC", "0")))
     text = raw_manifest.read_text("orders.csv")
     meta = raw_manifest.source_metadata(context)
     return dg.MaterializeResult(metadata={**meta, "rows": len(text.splitlines()) - 1})
