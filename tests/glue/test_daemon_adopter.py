@@ -78,7 +78,7 @@ FIRST_HALF = Counter(
 class Deployment:
     """The adopter's project in a workspace, its root, DAGSTER_HOME and the daemon's env."""
 
-    def __init__(self, tmp_path: Path, storage: str = "") -> None:
+    def __init__(self, tmp_path: Path, storage: str = "", executor: str = "") -> None:
         self.root, self.home = tmp_path / "raw", tmp_path / "dagster_home"
         for rel, text in FILES.items():
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,10 @@ class Deployment:
         )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "DAGSTER_"))}
         self.env.update(
-            DAGSTER_HOME=str(self.home), ADOPTER_ROOT=str(self.root), ADOPTER_MAX_ATTEMPTS="1"
+            DAGSTER_HOME=str(self.home),
+            ADOPTER_ROOT=str(self.root),
+            ADOPTER_MAX_ATTEMPTS="1",
+            ADOPTER_EXECUTOR=executor,
         )
         self.log = tmp_path / "daemon.log"
 
@@ -144,8 +147,13 @@ def test_the_adopter_story_under_the_daemon_to_the_give_up(
     tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
     """On a Postgres-backed instance (the deployed shape): the file partitions, run keys
-    and the failed tick are Postgres's."""
-    d = Deployment(tmp_path, postgres_server.storage_yaml(postgres_server.make_database("adopter")))
+    and the failed tick are Postgres's. The runs' steps run in the run's process."""
+    # four runs: their steps in the run's process (the second half keeps a process per step)
+    d = Deployment(
+        tmp_path,
+        postgres_server.storage_yaml(postgres_server.make_database("adopter")),
+        executor="in_process",
+    )
     d.baseline()
     d.first_edits()
     now = d.status()  # what the next tick processes, seen from the project folder

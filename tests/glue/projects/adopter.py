@@ -66,11 +66,23 @@ def notes_digest(raw_manifest: ManifestResource) -> int:
     return len(raw_manifest.list_files("notes"))
 
 
-# Dagster's default executor (a process per step under the daemon): the resource is set up
-# again in each step's process, as in a deployment that keeps the default
+# Dagster's default executor (a process per step under the daemon: the resource is set up
+# again in each step's process, as in a deployment that keeps the default), or with
+# ADOPTER_EXECUTOR=in_process every step in the run's process
 defs = dg.Definitions.merge(
     dg.Definitions(
-        assets=[customers, customer_report, customer_names, prices, notes, note_words, notes_digest]
+        assets=[
+            customers,
+            customer_report,
+            customer_names,
+            prices,
+            notes,
+            note_words,
+            notes_digest,
+        ],
+        executor=(
+            dg.in_process_executor if os.environ.get("ADOPTER_EXECUTOR") == "in_process" else None
+        ),
     ),
     change_detection(
         root=dg.EnvVar("ADOPTER_ROOT"),
