@@ -147,14 +147,31 @@ def _template() -> Path:
 
     home = Path(tempfile.mkdtemp(prefix="manifest-test-instance-"))
     atexit.register(shutil.rmtree, home, ignore_errors=True)
+    # One event log database for all runs (Dagster's default SQLite event log makes a
+    # database per run, and checks its migrations at every connection: most of an
+    # in-process run's cost). Its folder is the instance's own, so each copy has its own.
     (home / "dagster.yaml").write_text(
         "telemetry:\n  enabled: false\n"
         "code_servers:\n  wait_for_local_processes_on_shutdown: true\n"
+        "event_log_storage:\n"
+        "  module: dagster.core.storage.event_log\n"
+        "  class: ConsolidatedSqliteEventLogStorage\n"
+        "  config:\n"
+        "    base_dir:\n"
+        "      env: DAGSTER_HOME\n"
     )
-    with dg.DagsterInstance.from_config(str(home)) as instance:  # creates and migrates
-        instance.get_runs(limit=1)
-        instance.all_instigator_state()
-        instance.get_asset_keys()
+    old = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:  # creates and migrates
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+            instance.get_asset_keys()
+    finally:
+        if old is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = old
     return home
 
 
