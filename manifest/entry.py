@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from manifest.commands import Options, enter, show_status
 
@@ -38,7 +39,11 @@ STATUS_FLAGS = {"--json": "as_json", "--exit-code": "exit_code", "--fingerprints
 
 
 def _take(
-    argv: Sequence[str], i: int, values: dict[str, str], flags: dict[str, str], seen: dict
+    argv: Sequence[str],
+    i: int,
+    values: dict[str, str],
+    flags: dict[str, str],
+    seen: dict[str, Any],
 ) -> int | None:
     """Read the option at ``argv[i]`` into ``seen``; the index after it, or None when it is
     not one of ``values``/``flags`` in a plain form (then Typer reads the whole line)."""
@@ -63,10 +68,10 @@ def _take(
     return i + step
 
 
-def parse_status(argv: Sequence[str]) -> tuple[dict, dict] | None:
+def parse_status(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """``(group options, status options)`` when ``argv`` is a plain ``status`` line, as the
     Typer app would parse it; else None."""
-    group: dict = {}
+    group: dict[str, Any] = {}
     i = 0
     while i < len(argv) and argv[i] != "status":
         step = _take(argv, i, GROUP_VALUES, GROUP_FLAGS, group)
@@ -76,7 +81,7 @@ def parse_status(argv: Sequence[str]) -> tuple[dict, dict] | None:
     if i == len(argv):
         return None
     i += 1
-    command: dict = {}
+    command: dict[str, Any] = {}
     while i < len(argv):
         step = _take(argv, i, STATUS_VALUES, STATUS_FLAGS, command)
         if step is None:
