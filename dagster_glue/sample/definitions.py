@@ -45,7 +45,7 @@ def build(
     resource: ManifestResource = (watch.resources or {})[resource_key("raw")]
     # Each run's steps run in the run's own process: the sample's assets are small, and a
     # process per step (Dagster's default executor) costs more than they do. The glue works
-    # with either; tests/glue/projects/adopter.py keeps the default under the daemon.
+    # with either; the sensor daemon test runs tests/glue/projects/landing.py with the default.
     assets = dg.Definitions(
         assets=sample_assets(resource.asset_mode), executor=dg.in_process_executor
     )

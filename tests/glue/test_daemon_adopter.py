@@ -10,7 +10,9 @@ process (the project's own schedule evaluated against the daemon's instance, its
 executed in process, as test_one_truth.py does), then the daemon takes it from the restore
 to the promotion and the tick after it. The first half runs on a Postgres-backed instance
 (a real PostgreSQL server, the deployed shape), the second on Dagster's default SQLite.
-Slow (about 3 minutes each)."""
+Both halves run each run's steps in the run's process (``ADOPTER_EXECUTOR``): a process
+per step is the sensor daemon test's (tests/glue/test_daemon_sensor.py). Slow (about 3
+minutes each)."""
 
 from __future__ import annotations
 
@@ -147,8 +149,7 @@ def test_the_adopter_story_under_the_daemon_to_the_give_up(
     tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
     """On a Postgres-backed instance (the deployed shape): the file partitions, run keys
-    and the failed tick are Postgres's. The runs' steps run in the run's process."""
-    # four runs: their steps in the run's process (the second half keeps a process per step)
+    and the failed tick are Postgres's."""
     d = Deployment(
         tmp_path,
         postgres_server.storage_yaml(postgres_server.make_database("adopter")),
@@ -201,7 +202,7 @@ def test_the_adopter_story_under_the_daemon_to_the_give_up(
 def test_the_adopter_story_under_the_daemon_from_the_restore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    d = Deployment(tmp_path)
+    d = Deployment(tmp_path, executor="in_process")
     d.baseline()
     # The first half in process, against the instance the daemon will use: the schedule's
     # ticks at past minutes (the daemon's later ones own pending after them), the runs

@@ -108,6 +108,9 @@ class Landing:
             LANDING_INTERVAL_SEC=str(INTERVAL_SEC),
             # the exact file's run outlasts an interval: an evaluation meets it in flight
             LANDING_RUN_SEC=str(INTERVAL_SEC + 2),
+            # Dagster's default executor, a process per step: the resource set up again in
+            # each step's process, as in a deployment that keeps the default
+            LANDING_EXECUTOR="multiprocess",
             LANDING_COOLDOWN_SEC=str(COOLDOWN_SEC),
         )
         self.log = tmp_path / "daemon.log"

@@ -66,9 +66,8 @@ def notes_digest(raw_manifest: ManifestResource) -> int:
     return len(raw_manifest.list_files("notes"))
 
 
-# Dagster's default executor (a process per step under the daemon: the resource is set up
-# again in each step's process, as in a deployment that keeps the default), or with
-# ADOPTER_EXECUTOR=in_process every step in the run's process
+# Dagster's default executor (a process per step under a daemon), or with
+# ADOPTER_EXECUTOR=in_process (the daemon tests) every step in the run's process
 defs = dg.Definitions.merge(
     dg.Definitions(
         assets=[

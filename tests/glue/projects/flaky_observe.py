@@ -26,7 +26,7 @@ def summary(context: dg.AssetExecutionContext, flaky_manifest: ManifestResource)
 
 
 defs = dg.Definitions.merge(
-    # steps in the run's process (adopter.py keeps Dagster's default, a process per step)
+    # steps in the run's process (the landing project's daemon test keeps a process per step)
     dg.Definitions(assets=[readings, summary], executor=dg.in_process_executor),
     change_detection(
         root=dg.EnvVar("FLAKY_ROOT"),

@@ -44,8 +44,14 @@ def events(context: dg.AssetExecutionContext, raw_manifest: ManifestResource):  
 
 
 defs = dg.Definitions.merge(
-    # steps in the run's process (adopter.py keeps Dagster's default, a process per step)
-    dg.Definitions(assets=[orders, order_count, events], executor=dg.in_process_executor),
+    # steps in the run's process, or with LANDING_EXECUTOR=multiprocess (the daemon test)
+    # Dagster's default, a process per step: the resource is set up again in each step's
+    dg.Definitions(
+        assets=[orders, order_count, events],
+        executor=(
+            None if os.environ.get("LANDING_EXECUTOR") == "multiprocess" else dg.in_process_executor
+        ),
+    ),
     change_detection(
         root=dg.EnvVar("LANDING_ROOT"),
         name="raw",
