@@ -24,8 +24,8 @@ from manifest import __version__
 from manifest.commands import (
     EXIT_DIFFERENCES,
     Options,
-    _fail,
     enter,
+    fail,
     handle_errors,
     pager,
     show_status,
@@ -831,7 +831,7 @@ def watch(
     repo = _repo(ctx)
     root = repo.root.local_path
     if root is None:
-        _fail(
+        fail(
             f"manifest watch: {repo.root.text} is on a bucket; its changes come from the "
             "bucket's event notifications, not a watcher",
             EXIT_ERROR,
@@ -867,7 +867,7 @@ def watch(
                 typer.echo(paint(f"every scan walks: {answer['doubt']}", "yellow"))
         return
     if journal.ask(root, cache, {"op": "status"}) is not None:
-        _fail(f"a watcher already runs for {quote_path(str(root))}", EXIT_ERROR)
+        fail(f"a watcher already runs for {quote_path(str(root))}", EXIT_ERROR)
     if start:
         import subprocess
 
@@ -881,20 +881,20 @@ def watch(
         deadline = time.monotonic() + 30
         while journal.ask(root, cache, {"op": "status"}) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
-                _fail(f"the watcher did not start; see {quote_path(str(log))}", EXIT_ERROR)
+                fail(f"the watcher did not start; see {quote_path(str(log))}", EXIT_ERROR)
             time.sleep(0.05)
         typer.echo(f"watching {quote_path(str(root))} in the background (pid {proc.pid})")
         return
     try:
         watcher = journal.Watcher(root, cache)
     except OSError as exc:
-        _fail(f"manifest watch: cannot watch {quote_path(str(root))}: {exc}", EXIT_ERROR)
+        fail(f"manifest watch: cannot watch {quote_path(str(root))}: {exc}", EXIT_ERROR)
     signal.signal(signal.SIGTERM, lambda *_: watcher.stopping.set())
     typer.echo(f"watching {quote_path(str(root))} (pid {os.getpid()})", err=True)
     with contextlib.suppress(KeyboardInterrupt):
         watcher.run()
     if watcher.exit_reason is not None:
-        _fail(f"manifest watch: {watcher.exit_reason}; start it again", EXIT_ERROR)
+        fail(f"manifest watch: {watcher.exit_reason}; start it again", EXIT_ERROR)
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ class Options:
 
     def __init__(
         self,
-        root: str | None,
-        store: str | None,
-        mode: str | None,
-        cooldown: float | None,
+        root: str | None = None,
+        store: str | None = None,
+        mode: str | None = None,
+        cooldown: float | None = None,
         no_pager: bool = False,
         name: str | None = None,
     ) -> None:
@@ -115,13 +115,13 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             sys.stdout.flush()  # a full or closed output fails here, not at exit
             return result
         except ManifestError as exc:
-            _fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code)
         except BrokenPipeError:
             _quiet_exit()
         except OSError as exc:
             where = exc.filename if exc.filename is not None else "standard output"
             what = exc.strerror or str(exc)
-            _fail(
+            fail(
                 f"{os.fsdecode(where)}: {what}; check the path, its permissions and free space",
                 EXIT_ERROR,
             )
@@ -140,7 +140,7 @@ def _quiet_exit() -> NoReturn:
     raise SystemExit(EXIT_SIGPIPE)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: int) -> NoReturn:
     from manifest.text import escape_text
 
     with contextlib.suppress(OSError):

@@ -110,9 +110,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     group, command = parsed
     enter(group.pop("directory", None))
-    group.setdefault("root", None)
-    group.setdefault("store", None)
-    group.setdefault("mode", None)
-    group.setdefault("cooldown", None)
     show_status(Options(**group), **command)
     raise SystemExit(0)
