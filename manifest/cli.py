@@ -863,6 +863,16 @@ def watch(
                     else ""
                 )
             )
+            served = answer.get("commands") or {}
+            if served.get("serving"):
+                last = served.get("last_fallback") or {}
+                typer.echo(
+                    f"commands: {served.get('served')} answered, {served.get('fallbacks')} "
+                    "left to the program"
+                    + (f"; the last {iso(last.get('time_ns'))}: {last['reason']}" if last else "")
+                )
+            else:
+                typer.echo(f"commands: not answered here ({served.get('reason')})")
             if answer.get("doubt"):
                 typer.echo(paint(f"every scan walks: {answer['doubt']}", "yellow"))
         return
@@ -886,7 +896,9 @@ def watch(
         typer.echo(f"watching {quote_path(str(root))} in the background (pid {proc.pid})")
         return
     try:
-        watcher = journal.Watcher(root, cache)
+        from manifest.server import CommandServer
+
+        watcher = journal.Watcher(root, cache, CommandServer(cache))
     except OSError as exc:
         fail(f"manifest watch: cannot watch {quote_path(str(root))}: {exc}", EXIT_ERROR)
     signal.signal(signal.SIGTERM, lambda *_: watcher.stopping.set())

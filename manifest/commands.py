@@ -28,7 +28,9 @@ R = TypeVar("R")
 
 EXIT_DIFFERENCES = 1
 EXIT_SIGPIPE = 141  # 128 + SIGPIPE, what git and a shell pipeline report
-DEFAULT_PAGER = "less -FRX"
+# Set in a command server's child (manifest.server): a page goes back to the client, whose
+# terminal the pager needs, instead of to a pager started here.
+PAGE_TO: Callable[[str], None] | None = None
 
 
 class Options:
@@ -49,8 +51,15 @@ class Options:
         self.mode = mode
         self.cooldown = cooldown
         self.no_pager = no_pager
+        self._config: Config | None = None
 
     def config(self) -> Config:
+        """The resolved settings (resolved once)."""
+        if self._config is None:
+            self._config = self._load()
+        return self._config
+
+    def _load(self) -> Config:
         from manifest.config import load_config
 
         return load_config(
@@ -176,8 +185,9 @@ def pager(options: Options) -> Iterator[None]:
     """On a terminal, page what the block prints through $PAGER (``less -FRX``: quits at
     once when it fits), as git does; ``--no-pager`` or a pipe prints it unchanged."""
     from manifest import format as format_module
+    from manifest.client import pager_command, run_pager
 
-    command = os.environ.get("MANIFEST_PAGER") or os.environ.get("PAGER") or DEFAULT_PAGER
+    command = pager_command(os.environ)
     if options.no_pager or not sys.stdout.isatty() or command.strip() in ("", "cat"):
         yield
         return
@@ -185,19 +195,10 @@ def pager(options: Options) -> Iterator[None]:
     with format_module.forced_color(format_module.use_color()), contextlib.redirect_stdout(buffer):
         yield
     text = buffer.getvalue()
-    import subprocess  # only when paging
-
-    try:
-        proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE)
-    except OSError:
-        sys.stdout.write(text)
+    if PAGE_TO is not None:
+        PAGE_TO(text)
         return
-    assert proc.stdin is not None
-    with contextlib.suppress(BrokenPipeError):  # the reader quit early: that is fine
-        proc.stdin.write(text.encode("utf-8", "surrogateescape"))
-    with contextlib.suppress(BrokenPipeError):
-        proc.stdin.close()
-    proc.wait()
+    run_pager(command, text)
 
 
 @handle_errors

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-from manifest.commands import Options, enter, show_status
+TYPE_CHECKING = False  # typing is not imported on the quick path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 # -- the quick path ---------------------------------------------------------------------------
 
@@ -109,6 +110,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         app(args, prog_name="manifest")
         return
     group, command = parsed
+    from manifest.client import serve_status
+
+    code = serve_status(args, group)  # the watcher for the store answers, when one runs
+    if code is not None:
+        raise SystemExit(code)
+    from manifest.commands import Options, enter, show_status
+
     enter(group.pop("directory", None))
     show_status(Options(**group), **command)
     raise SystemExit(0)

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from blake3 import blake3
 
@@ -143,11 +143,24 @@ def _mask() -> int:
     )
 
 
+class Commands(Protocol):
+    """What answers commands beside the journal (``manifest.server.CommandServer``): its
+    socket's address, a connection to handle (in a thread of its own, which owns it), and
+    its figures for ``manifest watch --status``."""
+
+    address: str
+
+    def handle(self, conn: socket.socket) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Watcher:
     """Watches ``root`` (leaving out ``skip``, the store inside it) and answers over the
-    socket at ``address(root, cache_dir)``."""
+    socket at ``address(root, cache_dir)``; ``commands``, when given, answers on a socket of
+    its own (the command server)."""
 
-    def __init__(self, root: Path, cache_dir: Path) -> None:
+    def __init__(self, root: Path, cache_dir: Path, commands: Commands | None = None) -> None:
         from inotify_simple import INotify
 
         self.root = root
@@ -168,6 +181,21 @@ class Watcher:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(address(root, cache_dir))  # EADDRINUSE: one watcher per root
         self.server.listen(16)
+        self.commands = commands
+        self.command_socket: socket.socket | None = None
+        self.commands_off: str | None = None  # why no command server runs
+        if commands is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(commands.address)
+                sock.listen(16)
+                self.command_socket = sock
+            except OSError as exc:
+                sock.close()
+                self.commands_off = f"its socket is taken ({exc.strerror})"
+                print(f"manifest watch: no command server: {self.commands_off}", file=sys.stderr)
+        else:
+            self.commands_off = "not started with one"
         self.add_tree("", new=False)
 
     # -- watching --------------------------------------------------------------------
@@ -280,20 +308,34 @@ class Watcher:
     # -- answering -------------------------------------------------------------------
 
     def serve(self) -> None:
-        self.server.settimeout(0.2)
+        poller = select.poll()
+        poller.register(self.server.fileno(), select.POLLIN)
+        if self.command_socket is not None:
+            poller.register(self.command_socket.fileno(), select.POLLIN)
         while not self.stopping.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5.0)
+            for fd, _ in poller.poll(200):
+                listener = self.server if fd == self.server.fileno() else self.command_socket
+                assert listener is not None
                 try:
-                    self.answer(conn)
-                except (OSError, ValueError):
+                    conn, _ = listener.accept()
+                except OSError:
+                    if self.stopping.is_set():
+                        return
                     continue
+                if not _same_user(conn):
+                    conn.close()  # another user's process: not answered
+                elif listener is self.command_socket and self.commands is not None:
+                    threading.Thread(
+                        target=self.commands.handle,
+                        args=(conn,),
+                        name="manifest-command",
+                        daemon=True,
+                    ).start()
+                else:
+                    with conn:
+                        conn.settimeout(5.0)
+                        with contextlib.suppress(OSError, ValueError):
+                            self.answer(conn)
 
     def answer(self, conn: socket.socket) -> None:
         data = b""
@@ -343,6 +385,11 @@ class Watcher:
             "walks": self.walks,
             "last_walk": self.last_walk,
             "rss_kib": _rss_kib(),
+            "commands": (
+                {"serving": True, **self.commands.status()}
+                if self.commands is not None and self.command_socket is not None
+                else {"serving": False, "reason": self.commands_off}
+            ),
         }
 
     def run(self) -> None:
@@ -353,7 +400,21 @@ class Watcher:
         finally:
             self.stopping.set()
             self.server.close()
+            if self.command_socket is not None:
+                self.command_socket.close()
             self.inotify.close()
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """Whether the process at the other end of ``conn`` runs as this user: an abstract
+    socket is open to every user of the machine, and only the watcher's own may ask it."""
+    import struct
+
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

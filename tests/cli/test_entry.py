@@ -13,6 +13,7 @@ import pytest
 import typer.main
 
 from manifest import entry
+from manifest.commands import Options
 from manifest.cli import app
 
 from ..conftest import write
@@ -85,8 +86,8 @@ def test_the_quick_path_parses_a_line_as_typer_does(
     seen: dict[str, Any] = {}
     monkeypatch.setattr("manifest.cli.enter", lambda directory: seen.update(directory=directory))
 
-    def record(options: entry.Options, *args: Any) -> None:
-        seen.update(vars(options))
+    def record(options: Options, *args: Any) -> None:
+        seen.update({k: v for k, v in vars(options).items() if not k.startswith("_")})
         seen.update(zip(("as_json", "exit_code", "limit", "fingerprints"), args, strict=True))
 
     monkeypatch.setattr("manifest.cli.show_status", record)

@@ -1,0 +1,378 @@
+"""The command server (manifest.server, manifest.client): a plain `manifest status` answered
+by the running watcher. Real watchers, real programs, real terminals and pipes: what the
+program prints and its exit code are the same with the server as without it, and whatever
+the server cannot serve it leaves to the program before it writes a byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manifest import client, load_config
+from manifest.errors import AmbiguousStoreError
+
+from .conftest import write
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
+
+PROGRAM = [sys.executable, "-m", "manifest"]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAW_", "DAGSTER_", "MANIFEST_")) and k not in ("PAGER", "NO_COLOR")
+    }
+    return {**env, "RAW_SCAN_COOLDOWN_SEC": "0", **extra}
+
+
+class Project:
+    """A project folder (``.manifest`` found walking up) with a watcher in the background."""
+
+    def __init__(self, folder: Path, raw: Path) -> None:
+        self.folder = folder
+        self.raw = raw
+        self.env = _clean_env()
+        assert self.run("init", "--root", str(raw)).returncode == 0
+        assert self.run("snapshot", "--ref", "last").returncode == 0
+        started = self.run("watch", "--start")
+        assert started.returncode == 0, started.stderr
+        self.run("status")  # walks once and records the journal's token
+
+    def run(
+        self, *args: str, server: bool = True, cwd: Path | None = None, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, **extra}
+        if not server:
+            env["MANIFEST_SERVER"] = "0"
+        return subprocess.run(
+            [*PROGRAM, *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd or self.folder,
+            env=env,
+            timeout=60,
+        )
+
+    def watcher(self) -> dict[str, Any]:
+        shown = self.run("watch", "--status", "--json")
+        answer: dict[str, Any] = json.loads(shown.stdout)
+        return answer
+
+    def served(self) -> int:
+        return int(self.watcher()["commands"]["served"])
+
+
+@pytest.fixture
+def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    moved = folder / "raw"
+    shutil.move(raw, moved)
+    p = Project(folder, moved)
+    yield p
+    p.run("watch", "--stop")
+
+
+def _same(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    def ago(text: str) -> str:
+        return re.sub(r"\(\d+ \w+ ago\)", "(ago)", text)
+
+    return result.returncode, ago(result.stdout), ago(result.stderr)
+
+
+def test_the_server_answers_exactly_what_the_program_answers(project: Project) -> None:
+    raw = project.raw
+    write(raw / "concepts" / "descriptions" / "c3.txt", "A third.\n")
+    (raw / "links" / "analogy.txt").unlink()
+    sub = raw / "concepts"
+    lines: list[tuple[list[str], Path | None]] = [
+        (["status"], None),
+        (["status", "--json"], None),
+        (["status", "--json", "--fingerprints"], None),
+        (["status", "--exit-code", "--limit", "1"], None),
+        (["--no-pager", "status"], sub),  # the store found walking up from a folder below
+        (["-C", str(project.folder), "status", "--json"], Path("/")),
+        (["--store", ".manifest", "status"], None),
+        (["--mode", "sideways", "status"], None),  # a bad setting: the error, exit 3
+        (["--root", str(sub), "status"], None),  # not the store's root: the error, exit 3
+    ]
+    before = project.served()
+    for argv, cwd in lines:
+        served = project.run(*argv, cwd=cwd)
+        alone = project.run(*argv, cwd=cwd, server=False)
+        assert _same(served) == _same(alone), argv
+        assert "Traceback" not in served.stderr
+    assert project.served() == before + len(lines)  # every line was the watcher's to answer
+    status = json.loads(project.run("status", "--json").stdout)
+    assert status["added"] == ["concepts/descriptions/c3.txt"]
+    assert status["removed"] == ["links/analogy.txt"]
+    assert project.run("status", "--exit-code").returncode == 1
+    assert project.run("--mode", "sideways", "status").returncode == 3
+
+
+def test_the_program_with_a_server_imports_no_engine(project: Project) -> None:
+    """The client's whole point: Python's start and a socket, not the engine."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "manifest", "status"],
+        capture_output=True,
+        text=True,
+        cwd=project.folder,
+        env=project.env,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "nothing changed since last" in proc.stdout
+    imported = {
+        line.split("|")[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"manifest.entry", "manifest.client", "_socket"} <= imported
+    assert not imported & {"msgspec", "blake3", "typing", "json", "manifest.repo", "typer"}
+
+
+def test_a_page_is_paged_by_the_program_on_its_terminal(project: Project) -> None:
+    write(project.raw / "link_templates.csv", "changed\n")
+    env = {**project.env, "TERM": "xterm", "MANIFEST_PAGER": "sed 's/^/PAGED: /'"}
+
+    def on_tty(server: bool) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [*PROGRAM, "status"],
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            cwd=project.folder,
+            env=env if server else {**env, "MANIFEST_SERVER": "0"},
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 0
+        os.close(leader)
+        return re.sub(r"\(\d+ \w+ ago\)", "(ago)", b"".join(chunks).decode())
+
+    before = project.served()
+    served = on_tty(server=True)
+    assert project.served() == before + 1
+    assert "PAGED: " in served and "\x1b[33m" in served  # paged, in colour (a terminal)
+    assert "modified: link_templates.csv" in served
+    assert served == on_tty(server=False)
+
+
+def test_a_closed_pipe_ends_the_command_quietly_as_in_process(project: Project) -> None:
+    def closed_reader(server: bool) -> tuple[int, bytes]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first byte
+        env = project.env if server else {**project.env, "MANIFEST_SERVER": "0"}
+        proc = subprocess.run(
+            [*PROGRAM, "status"], stdout=write_end, stderr=subprocess.PIPE, cwd=project.folder,
+            env=env, timeout=60,
+        )  # fmt: skip
+        os.close(write_end)
+        return proc.returncode, proc.stderr
+
+    assert closed_reader(server=True) == closed_reader(server=False) == (141, b"")
+
+
+def test_commands_at_once_each_get_their_own_answer(project: Project) -> None:
+    write(project.raw / "link_templates.csv", "changed\n")
+    before = project.served()
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: project.run("status", "--json"), range(12)))
+    assert {r.returncode for r in results} == {0}
+    assert {tuple(json.loads(r.stdout)["modified"]) for r in results} == {("link_templates.csv",)}
+    assert project.served() == before + 12
+
+
+# -- what the server leaves to the program ------------------------------------------------
+
+
+def _ask_raw(project: Project, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` to the watcher's command socket with a pipe as standard output:
+    the reply, and what reached the pipe."""
+    st = os.stat(project.folder / ".manifest")
+    read_end, write_end = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(client.address(st.st_dev, st.st_ino))
+            socket.send_fds(sock, [request], [0, write_end, 2])
+            os.close(write_end)
+            write_end = -1
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        os.set_blocking(read_end, False)
+        try:
+            written = os.read(read_end, 65536)
+        except BlockingIOError:
+            written = b""
+        return reply, written
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def _request(argv: list[str], cwd: Path, identity: bytes | None = None) -> bytes:
+    request = client.encode_request(argv, str(cwd))
+    if identity is None:
+        return request
+    body = request.partition(b"\n")[2]
+    fields = body.split(b"\0")
+    fields[1] = identity
+    body = b"\0".join(fields)
+    return b"run %d\n" % len(body) + body
+
+
+def test_what_the_server_cannot_serve_it_leaves_before_writing_a_byte(
+    project: Project, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-store"
+    assert project.run("--store", str(other), "init", "--root", str(project.raw)).returncode == 0
+    cases = {
+        "another store": (["--store", str(other), "status"], None),
+        "other code": (["status"], b"another version of the code"),
+        "not a status line": (["log"], None),
+    }
+    before = project.watcher()["commands"]
+    for what, (argv, identity) in cases.items():
+        reply, written = _ask_raw(project, _request(argv, project.folder, identity))
+        assert reply.splitlines()[-1].startswith(b"fallback "), (what, reply)
+        assert b"exit " not in reply and written == b"", what
+    after = project.watcher()["commands"]
+    assert after["fallbacks"] == before["fallbacks"] + len(cases)
+    assert after["served"] == before["served"]
+    assert "not a plain status line" in after["last_fallback"]["reason"]
+    # the program itself, on another store, is not served and answers in process
+    assert project.run("--store", str(other), "status").returncode == 0
+    assert project.served() == after["served"]
+    # and a request the server can serve writes the answer to the pipe it was given
+    reply, written = _ask_raw(project, _request(["status", "--json"], project.folder))
+    assert reply.startswith(b"pid ") and reply.endswith(b"exit 0\n")
+    assert json.loads(written)["store"] == str(project.folder / ".manifest")
+
+
+def test_another_users_process_gets_no_answer(project: Project) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root, to be another user")
+    st = os.stat(project.folder / ".manifest")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # another user's process
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(client.address(st.st_dev, st.st_ino))
+                try:
+                    request = client.encode_request(["status"], "/")
+                    socket.send_fds(sock, [request], [0, 1, 2])  # a request it could serve
+                    answer = sock.recv(100)
+                except OSError:
+                    answer = b""
+                os.write(write_end, answer or b"<closed>")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read_end, 100)
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0 and answer == b"<closed>"
+
+
+def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:
+    write(project.raw / "link_templates.csv", "changed\n")
+    pid = project.watcher()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while project.watcher().get("running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    result = project.run("status", "--exit-code")
+    assert result.returncode == 1 and "modified: link_templates.csv" in result.stdout
+    assert _same(result) == _same(project.run("status", "--exit-code", server=False))
+
+
+# -- the client's own parts ---------------------------------------------------------------
+
+
+def test_the_client_finds_the_store_the_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the client looks equals where load_config looks, or the client does not guess."""
+    top = tmp_path / "top"
+    deep = top / "a" / "b"
+    deep.mkdir(parents=True)
+    (top / ".manifest").mkdir()
+    (top / ".manifest" / "config.toml").write_text('root = "data"\n')
+    monkeypatch.setenv("HOME", str(tmp_path))  # for ~ in a setting
+    home = tmp_path / "dagster"
+    (home / "state" / "raw").mkdir(parents=True)
+    (home / "state" / "raw" / "FORMAT").write_text("1\n")
+    cases: list[tuple[dict[str, object], dict[str, str], Path]] = [
+        ({}, {}, deep),  # found walking up
+        ({}, {}, tmp_path),  # nothing found: ./.manifest
+        ({"store": "s"}, {}, deep),
+        ({"store": "~/x"}, {}, deep),
+        ({}, {"RAW_STATE_DIR": "../s"}, deep),
+        ({}, {"DAGSTER_HOME": str(home)}, tmp_path),  # the only store under state/
+        ({"name": "other"}, {"DAGSTER_HOME": str(home)}, deep),
+    ]
+    for group, env, cwd in cases:
+        found = client.find_store_folder(group, env, str(cwd))
+        assert found is not None
+        config = load_config(
+            store=group.get("store"),  # type: ignore[arg-type]
+            env=env,
+            cwd=cwd,
+            discover=True,
+            name=group.get("name"),  # type: ignore[arg-type]
+        )
+        assert os.path.realpath(found) == str(config.store), (group, env, cwd)
+    # no guess where the settings name a bucket or where they are ambiguous
+    assert client.find_store_folder({"store": "s3://bucket/state"}, {}, str(tmp_path)) is None
+    (home / "state" / "second").mkdir()
+    (home / "state" / "second" / "FORMAT").write_text("1\n")
+    assert client.find_store_folder({}, {"DAGSTER_HOME": str(home)}, str(tmp_path)) is None
+    with pytest.raises(AmbiguousStoreError):
+        load_config(env={"DAGSTER_HOME": str(home)}, cwd=tmp_path, discover=True)
+
+
+def test_the_code_identity_changes_with_any_module(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    shutil.copytree(
+        Path(client.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    first = client.code_identity(package)
+    assert client.code_identity(package) == first
+    module = package / "root" / "scan.py"
+    module.write_text(module.read_text() + "\n")
+    assert client.code_identity(package) != first
+    assert client.code_identity() != first  # another folder is other code
