@@ -6,11 +6,16 @@ store (``snapshot --ref last``) and its own git dir, measured round-robin (one u
 warm-up round, then ``--runs`` rounds; in each: start the watcher, one untimed ``status``
 that walks and records the token, then):
 
-(a) ``manifest status`` as a process, watcher running, quiet tree (from the journal)
+(a) ``manifest status`` as a process, watcher running, quiet tree (from the journal),
+    answered by the watcher's command server; CPU: the program's and the watcher's for it
+(a0) the same with ``MANIFEST_SERVER=0`` (the program runs the status itself)
+(p) ``python -c pass``: the interpreter's start, the floor of any Python program
 (d) in process: ``Repository(load_config(...)).status()``, watcher running
 (e) in process: ``repo.begin()`` (the Dagster tick's engine call), watcher running
-(f) ``manifest status`` as a process, watcher running, one file edited
+(f) ``manifest status`` as a process, watcher running, one file edited (served); (f0) the
+    same with ``MANIFEST_SERVER=0``
 (g) the same in process; the file is restored
+    (a), (a0), (p), (f) and (f0) run REPEAT times a round, interleaved
     -- the watcher is stopped --
 (b1) ``manifest status``, no watcher, one file edited (a walk); (c1) git status with it
 (b) ``manifest status`` as a process, no watcher (a walk)
@@ -58,6 +63,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 TREES = harness.TREES
 MANIFEST = harness.MANIFEST
 BURST_FILES = 10_000
+REPEAT = 5  # (a), (a0), (p), (f), (f0) per round: they are short, and a VM's timing is noisy
 BURST_DIR = "_watch_burst"  # inside the tree; removed again after each burst
 JOURNAL_MARK = "walk: the watcher's journal shows"  # "(no walk: ..." or "(no full walk: ..."
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -116,6 +122,12 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of the line
 
 
+def proc_cpu_total(pid: int) -> float:
+    """A process's CPU seconds so far with its reaped children's (the command server's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
 def proc_gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -133,8 +145,10 @@ class Bench:
     def __init__(self, n: int, tree: Path, store: Path, gitdir: Path) -> None:
         self.n, self.tree, self.store = n, tree, store
         self.env = harness.clean_env()  # RAW_SCAN_COOLDOWN_SEC=0, no other RAW_*
+        self.env.pop("MANIFEST_SERVER", None)  # the command server on, as by default
         self.git = ["git", f"--git-dir={gitdir}", f"--work-tree={tree}"]
         self.plain_env = {**self.env, "GIT_INDEX_FILE": str(gitdir / "index.plain")}
+        self.alone_env = {**self.env, "MANIFEST_SERVER": "0"}  # no command server
         self.pid: int | None = None
 
     @contextlib.contextmanager
@@ -239,14 +253,21 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
     from manifest import Repository, load_config
 
     m = {
-        "a": Measurement("a", "(a) manifest status, watcher, quiet", "manifest status"),
+        "a": Measurement("a", "(a) manifest status, watcher, quiet (served)", "manifest status"),
+        "a0": Measurement(
+            "a0", "(a0) the same, run by the program", "MANIFEST_SERVER=0 manifest status"
+        ),
+        "p": Measurement("p", "(p) Python's start", "python -c pass"),
         "d": Measurement(
             "d",
             "(d) status in process, watcher, quiet",
             "Repository(load_config(root=T, store=S, cooldown_sec=0, env={})).status()",
         ),
         "e": Measurement("e", "(e) tick proxy in process: begin(), watcher, quiet", "repo.begin()"),
-        "f": Measurement("f", "(f) manifest status, watcher, one edit", "manifest status"),
+        "f": Measurement("f", "(f) manifest status, watcher, one edit (served)", "manifest status"),
+        "f0": Measurement(
+            "f0", "(f0) the same, run by the program", "MANIFEST_SERVER=0 manifest status"
+        ),
         "g": Measurement(
             "g", "(g) status in process, watcher, one edit", "Repository(...).status()"
         ),
@@ -280,10 +301,26 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
             extra["start_wall"].append(start_wall)
             extra["start_cpu"].append(start_cpu)
 
-        wall, cpu, out = run_proc(b.manifest("status"), b.env)
-        if JOURNAL_MARK not in out or quiet_tail not in out:
-            raise RuntimeError(f"(a) did not come from the journal:\n{out[-1000:]}")
-        m["a"].add(wall, cpu, timed)
+        assert b.pid is not None
+        served = b.watcher()["commands"]["served"]
+        watcher_cpu = proc_cpu_total(b.pid)
+        runs_a: list[tuple[float, float]] = []
+        for _ in range(REPEAT):
+            for key, env in (("a", b.env), ("a0", b.alone_env)):
+                wall, cpu, out = run_proc(b.manifest("status"), env)
+                if JOURNAL_MARK not in out or quiet_tail not in out:
+                    raise RuntimeError(f"({key}) did not come from the journal:\n{out[-1000:]}")
+                if key == "a":
+                    runs_a.append((wall, cpu))
+                else:
+                    m[key].add(wall, cpu, timed)
+            wall, cpu, _ = run_proc([sys.executable, "-c", "pass"], b.env)
+            m["p"].add(wall, cpu, timed)
+        # the watcher's part (its forked children's), in 10 ms ticks: its mean per command
+        # (the (a0) and (p) runs beside cost it nothing, or a journal question at most)
+        share = (proc_cpu_total(b.pid) - watcher_cpu) / REPEAT
+        for wall, cpu in runs_a:
+            m["a"].add(wall, cpu + share, timed)
 
         t0, c0 = time.perf_counter(), time.process_time()
         st = Repository(config()).status()
@@ -302,10 +339,23 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
         m["e"].add(wall, cpu, timed)
 
         with b.edited() as rel:
-            wall, cpu, out = run_proc(b.manifest("status"), b.env)
-            if JOURNAL_MARK not in out or "listed 3 folder(s)" not in out or rel not in out:
-                raise RuntimeError(f"(f) did not come from the journal:\n{out[-1000:]}")
-            m["f"].add(wall, cpu, timed)
+            watcher_cpu = proc_cpu_total(b.pid)
+            runs_f: list[tuple[float, float]] = []
+            for _ in range(REPEAT):
+                for key, env in (("f", b.env), ("f0", b.alone_env)):
+                    wall, cpu, out = run_proc(b.manifest("status"), env)
+                    if JOURNAL_MARK not in out or "listed 3 folder(s)" not in out or rel not in out:
+                        raise RuntimeError(f"({key}) did not come from the journal:\n{out[-1000:]}")
+                    if key == "f":
+                        runs_f.append((wall, cpu))
+                    else:
+                        m[key].add(wall, cpu, timed)
+            share = (proc_cpu_total(b.pid) - watcher_cpu) / REPEAT
+            for wall, cpu in runs_f:
+                m["f"].add(wall, cpu + share, timed)
+            answered = b.watcher()["commands"]["served"] - served
+            if answered != 2 * REPEAT:
+                raise RuntimeError(f"the watcher served {answered} of {2 * REPEAT} commands")
 
             t0, c0 = time.perf_counter(), time.process_time()
             st = Repository(config()).status()
@@ -456,6 +506,13 @@ def section(
         f"{ratio('a', 'b', 'cpu')} |",
         f"| **(f) / (c1): status after one edit with the watcher vs git status** | "
         f"{ratio('f', 'c1', 'wall')} | {ratio('f', 'c1', 'cpu')} |",
+        f"| (f0) / (c1): the same, run by the program (no command server) | "
+        f"{ratio('f0', 'c1', 'wall')} | {ratio('f0', 'c1', 'cpu')} |",
+        f"| **(a), (f): the command with the watcher, against fsmonitor's 30 ms** | "
+        f"{ms(med(m['a'].wall))}, {ms(med(m['f'].wall))} | {ms(med(m['a'].cpu))}, "
+        f"{ms(med(m['f'].cpu))} |",
+        f"| (a) / (p), (f) / (p): against Python's own start | {ratio('a', 'p', 'wall')}, "
+        f"{ratio('f', 'p', 'wall')} | {ratio('a', 'p', 'cpu')}, {ratio('f', 'p', 'cpu')} |",
         f"| (b1) / (c1): the same without a watcher | {ratio('b1', 'c1', 'wall')} | "
         f"{ratio('b1', 'c1', 'cpu')} |",
         f"| (g) status after one edit in process (no Python start-up) | {ms(med(m['g'].wall))} "
@@ -471,6 +528,14 @@ def section(
         f"({runs} bursts; ~{events:,} events each, {overflows} overflows) | | "
         f"{spread(burst['create_cpu'])} |",
         f"| watcher CPU for deleting them again | | {spread(burst['delete_cpu'])} |",
+        "",
+        "(a) and (f) are answered by the watcher's command server (`manifest.server`): the "
+        "program (`manifest.client`) hands its descriptors, folder and environment to the "
+        "watcher, which forks a child that runs the status with the engine already imported; "
+        "their CPU is the program's plus the watcher's for that command (`/proc/PID/stat`, "
+        "its reaped children included, 10 ms ticks summed over many runs). Every round checks "
+        f"that the watcher served all {2 * REPEAT} of them; (a0) and (f0) are the same "
+        "commands with `MANIFEST_SERVER=0`.",
         "",
         "(c) has `core.untrackedCache=true` and `gc.auto=0` in its own git dir; (c0) is the same "
         "index without the untracked cache (`GIT_INDEX_FILE`, `-c core.untrackedCache=false`), "

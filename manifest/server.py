@@ -26,14 +26,15 @@ import contextlib
 import gc
 import io
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from manifest import client
 
@@ -73,18 +74,33 @@ class Request:
         self.argv = [os.fsdecode(a) for a in fields[8 : 8 + count]]
         self.env = dict(e.partition(b"=")[::2] for e in fields[8 + count :] if e)
         self.fds = fds
+        self.body = b"\0".join(fields)
 
 
 class CommandServer:
-    """Serves the store at ``store`` (the watcher's), on :func:`manifest.client.address`."""
+    """Serves the store at ``store`` (the watcher's), on :func:`manifest.client.address`.
+
+    A command runs in a child forked ahead of it (the spare): when a request comes, the
+    spare takes it at once, and the next spare is forked after the answer, off the client's
+    clock. The spare has also resolved the watcher's own settings once, so the pages of the
+    engine a command touches first are its own already (a fork shares them until written)."""
 
     def __init__(self, store: Path) -> None:
         st = os.stat(store)
+        self.store = store
         self.store_id = (st.st_dev, st.st_ino)
         self.address = client.address(st.st_dev, st.st_ino)
         self.identity = client.code_identity()
-        self.lock = threading.Lock()  # one fork at a time; the warm-up once
+        # the watcher's descriptors no child may hold on to (its listening sockets: a child
+        # that outlives the watcher would keep their names taken); set by the watcher
+        self.inherited: list[int] = []
+        # descriptors received from clients and still open here: a child forked meanwhile
+        # closes its copies at once (a spare would otherwise keep a client's pipe open)
+        self.client_fds: set[int] = set()
+        self.lock = threading.Lock()  # forks, receiving descriptors, the warm-up
+
         self.warm = False
+        self.spare: tuple[int, socket.socket] | None = None  # (pid, the watcher's end)
         self.served = 0
         self.fallbacks = 0
         self.last_fallback: dict[str, Any] | None = None
@@ -96,6 +112,16 @@ class CommandServer:
             "last_fallback": self.last_fallback,
         }
 
+    def close(self) -> None:
+        """The spare ends (it sees its socket close and exits)."""
+        with self.lock:
+            if self.spare is not None:
+                pid, sock = self.spare
+                self.spare = None
+                sock.close()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
     # -- one connection (its own thread; it owns ``conn``) -----------------------------
 
     def handle(self, conn: socket.socket) -> None:
@@ -106,38 +132,24 @@ class CommandServer:
                 request = self._read(conn, fds)
                 conn.settimeout(None)
                 self._run(conn, request)
-            except (OSError, ValueError, UnicodeDecodeError):
+            except (OSError, EOFError, ValueError, UnicodeDecodeError):
                 return
             finally:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                with self.lock:
+                    for fd in fds:
+                        self.client_fds.discard(fd)
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+        with self.lock:  # the next command's child, forked now that this one is answered
+            if self.warm and self.spare is None:
+                self.spare = self._fork()
 
     def _read(self, conn: socket.socket, fds: list[int]) -> Request:
-        data = b""
-        space = socket.CMSG_SPACE(3 * array.array("i").itemsize)
-        while b"\n" not in data:
-            chunk, ancdata, _, _ = conn.recvmsg(65536, space)
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    received = array.array("i")
-                    received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-                    fds.extend(received)
-            if not chunk:
-                raise ValueError("the client closed the connection")
-            data += chunk
-            if len(data) > MAX_REQUEST:
-                raise ValueError("request too long")
-        head, _, body = data.partition(b"\n")
-        word, _, length_text = head.partition(b" ")
-        length = int(length_text)
-        if word != b"run" or not 0 <= length <= MAX_REQUEST:
-            raise ValueError("not a run request")
-        while len(body) < length:
-            chunk = conn.recv(min(65536, length - len(body)))
-            if not chunk:
-                raise ValueError("the request broke off")
-            body += chunk
+        def received(new: list[int]) -> None:  # called with the lock held
+            fds.extend(new)
+            self.client_fds.update(new)
+
+        body = _receive(conn, received, self.lock)
         if len(fds) != 3:
             raise ValueError("a request hands over exactly three descriptors")
         return Request(body.split(b"\0"), fds)
@@ -147,6 +159,20 @@ class CommandServer:
         self.last_fallback = {"time_ns": time.time_ns(), "reason": reason}
         with contextlib.suppress(OSError):
             conn.sendall(b"fallback " + reason.encode("utf-8", "replace") + b"\n")
+
+    def _fork(self) -> tuple[int, socket.socket]:
+        """A spare child (the lock held): it waits for one command on its socket."""
+        ours, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for stream in (sys.stdout, sys.stderr):  # nothing of ours may reach a child's
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        gc.freeze()  # the child's collections leave the watcher's objects (and pages) alone
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            _spare(its, self)
+        gc.unfreeze()  # the watcher's own collections go on as before
+        its.close()  # only the child holds its end: it sees ours close when we go
+        return pid, ours
 
     def _run(self, conn: socket.socket, request: Request) -> None:
         if request.identity != self.identity:
@@ -163,30 +189,26 @@ class CommandServer:
                 for name in WARM_MODULES:
                     importlib.import_module(name)
                 self.warm = True
-            read_end, write_end = os.pipe()
-            for stream in (sys.stdout, sys.stderr):  # nothing of ours may reach the child's
-                with contextlib.suppress(OSError, ValueError):
-                    stream.flush()
-            gc.freeze()  # the child's collections leave the watcher's objects (and pages) alone
-            pid = os.fork()
-            if pid == 0:  # the child: never returns
-                os.close(read_end)
-                _child(conn, request, write_end, self.store_id)
-            gc.unfreeze()  # the watcher's own collections go on as before
-            os.close(write_end)  # under the lock: no other child may hold it
+            pid, sock = self.spare if self.spare is not None else self._fork()
+            self.spare = None
         relayed = b""
-        try:
-            conn.sendall(b"pid %d\n" % pid)
-            with os.fdopen(read_end, "rb") as messages:
-                # the child's page or fallback, then its exit code, which it sends before it
-                # exits (tearing its memory down is no business of the client's)
-                for message in _messages(messages):
-                    relayed = message
-                    conn.sendall(message)
-                    if message.startswith((b"exit ", b"fallback ")):
-                        break
-        finally:
-            _, status = os.waitpid(pid, 0)
+        with sock:
+            try:
+                socket.send_fds(sock, [b"%d\n" % len(request.body) + request.body], request.fds)
+                conn.sendall(b"pid %d\n" % pid)
+                with sock.makefile("rb") as messages:
+                    # the child's page or fallback, then its exit code, which it sends before
+                    # it exits (tearing its memory down is no business of the client's)
+                    for message in _messages(messages):
+                        relayed = message
+                        conn.sendall(message)
+                        if message.startswith((b"exit ", b"fallback ")):
+                            break
+            finally:
+                if not relayed.startswith((b"exit ", b"fallback ")):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)  # the client went: so does its command
+                _, status = os.waitpid(pid, 0)
         if relayed.startswith(b"fallback "):
             self.fallbacks += 1
             reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
@@ -196,6 +218,46 @@ class CommandServer:
         if not relayed.startswith(b"exit "):  # killed (a signal) before it could say
             code = os.waitstatus_to_exitcode(status)
             conn.sendall(b"exit %d\n" % (code if code >= 0 else 128 - code))
+
+
+def _receive(
+    sock: socket.socket,
+    on_fds: Callable[[list[int]], None],
+    lock: threading.Lock | contextlib.nullcontext[None],
+) -> bytes:
+    """A ``<word> <length>\\n`` or ``<length>\\n`` header and that many bytes; the
+    descriptors sent with them go to ``on_fds``, called under ``lock`` in the very step
+    that receives them (no fork in between may miss them)."""
+    data = b""
+    space = socket.CMSG_SPACE(3 * array.array("i").itemsize)
+    timeout = sock.gettimeout()
+    while b"\n" not in data:
+        ready = select.select([sock], [], [], timeout)[0]
+        if not ready:
+            raise TimeoutError("no request came")
+        with lock:
+            chunk, ancdata, _, _ = sock.recvmsg(65536, space, socket.MSG_DONTWAIT)
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    received = array.array("i")
+                    received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+                    on_fds(list(received))
+        if not chunk:
+            raise EOFError("the other end closed the connection")
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request too long")
+    head, _, body = data.partition(b"\n")
+    word, _, length_text = head.rpartition(b" ")
+    length = int(length_text)
+    if word not in (b"run", b"") or not 0 <= length <= MAX_REQUEST:
+        raise ValueError("not a run request")
+    while len(body) < length:
+        chunk = sock.recv(min(65536, length - len(body)))
+        if not chunk:
+            raise ValueError("the request broke off")
+        body += chunk
+    return body
 
 
 def _messages(stream: io.BufferedReader) -> Iterator[bytes]:
@@ -212,10 +274,33 @@ _KEEP: list[object] = []  # the watcher's own streams: never flushed or closed i
 _FALLBACK = -1  # the child ran nothing (it said "fallback")
 
 
-def _child(conn: socket.socket, request: Request, out: int, store_id: tuple[int, int]) -> None:
-    code = 1
+def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
+    """A child forked ahead of its command: it makes itself ready, waits for the command on
+    ``sock``, runs it, says its exit code there and exits."""
+    out = sock.fileno()
+    code = 0
     try:
-        code = _serve_child(conn, request, out, store_id)
+        for fd in server.client_fds:  # other clients' descriptors, the watcher's copies
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in server.inherited:  # the watcher's sockets: released, their numbers kept
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        gc.disable()  # a command's garbage dies with the child
+        _KEEP.extend((sys.stdin, sys.stdout, sys.stderr))
+        from manifest.commands import Options
+
+        with contextlib.suppress(Exception):  # touched first here: those pages become ours
+            Options(store=str(server.store)).config()
+        fds: list[int] = []
+        try:
+            body = _receive(sock, fds.extend, contextlib.nullcontext())
+        except (EOFError, OSError, ValueError):
+            os._exit(0)  # the watcher went, or sent nothing usable: no command comes
+        code = _serve_child(Request(body.split(b"\0"), fds), out, server.store_id)
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except KeyboardInterrupt:
@@ -246,15 +331,13 @@ def _exit_code(value: object) -> int:
     return 1
 
 
-def _serve_child(conn: socket.socket, request: Request, out: int, store_id: tuple[int, int]) -> int:
-    conn.close()  # the watcher answers the client; this copy would keep it waiting
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _serve_child(request: Request, out: int, store_id: tuple[int, int]) -> int:
+    """Take the client's descriptors, folder, umask and environment, and run its line as
+    the program would; what it cannot serve it says (``fallback``) before writing a byte."""
     for target, fd in enumerate(request.fds):
         os.dup2(fd, target)
         os.close(fd)
     request.fds = []
-    _KEEP.extend((sys.stdin, sys.stdout, sys.stderr))
     # standard streams as Python makes them for the client (its -u, a terminal or a pipe)
     unbuffered = request.buffering == "none"
 
@@ -276,7 +359,6 @@ def _serve_child(conn: socket.socket, request: Request, out: int, store_id: tupl
     sys.stderr = stream(2, "w", "backslashreplace", True)
     os.chdir(request.cwd)
     os.umask(request.umask)
-    gc.disable()  # a command's garbage dies with the child
     environ = os.environb  # the client's environment; only what differs is changed
     for key in [k for k in environ if k not in request.env]:
         del environ[key]

@@ -149,10 +149,13 @@ class Commands(Protocol):
     its figures for ``manifest watch --status``."""
 
     address: str
+    inherited: list[int]
 
     def handle(self, conn: socket.socket) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class Watcher:
@@ -197,6 +200,10 @@ class Watcher:
         else:
             self.commands_off = "not started with one"
         self.add_tree("", new=False)
+        if commands is not None:  # a command's child must not keep these
+            commands.inherited = [self.server.fileno(), self.inotify.fileno()]
+            if self.command_socket is not None:
+                commands.inherited.append(self.command_socket.fileno())
 
     # -- watching --------------------------------------------------------------------
 
@@ -402,6 +409,8 @@ class Watcher:
             self.server.close()
             if self.command_socket is not None:
                 self.command_socket.close()
+            if self.commands is not None:
+                self.commands.close()
             self.inotify.close()
 
 

@@ -13,8 +13,8 @@ import pytest
 import typer.main
 
 from manifest import entry
-from manifest.commands import Options
 from manifest.cli import app
+from manifest.commands import Options
 
 from ..conftest import write
 from .conftest import runner
