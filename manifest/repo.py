@@ -387,6 +387,14 @@ class Repository:
         read = tree_reader(self.objects, result.trees)
         return diff_trees(read, old_root, result.root_id, renames=self._renames, entries=entries)
 
+    def warm(self) -> None:
+        """Import now what a status or a scan will need (``Root.warm``): a long-lived process
+        that forks its commands (the watcher's command server) calls this once, so that no
+        command imports it again."""
+        from manifest import diff  # noqa: F401
+
+        self.root.warm()
+
     def status(
         self,
         *,

@@ -40,21 +40,6 @@ from manifest import client
 
 MAX_REQUEST = 1 << 20  # bytes: a request beyond is refused (an environment is a few KB)
 
-# Imported in the watcher before the first fork, so that no child imports them again: what
-# a status needs (measured with -X importtime on `manifest status`).
-WARM_MODULES = (
-    "manifest.commands",
-    "manifest.entry",
-    "manifest.config",
-    "manifest.format",
-    "manifest.repo",
-    "manifest.root.local",
-    "manifest.root.scan",
-    "manifest.root.index",
-    "manifest.store.local",
-    "tomllib",
-)
-
 
 class Request:
     """A decoded request."""
@@ -113,12 +98,14 @@ class CommandServer:
         }
 
     def close(self) -> None:
-        """The spare ends (it sees its socket close and exits)."""
+        """The spare ends (it waits for a command, and none will come)."""
         with self.lock:
             if self.spare is not None:
                 pid, sock = self.spare
                 self.spare = None
                 sock.close()
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
 
@@ -160,6 +147,18 @@ class CommandServer:
         with contextlib.suppress(OSError):
             conn.sendall(b"fallback " + reason.encode("utf-8", "replace") + b"\n")
 
+    def _warm(self) -> None:
+        """Import, once, in the watcher what a status needs, so that no child imports it:
+        the verbs, the faces' modules, and what the store's repository needs to scan
+        (``Repository.warm``: the backends say what that is)."""
+        import tomllib  # noqa: F401  (a store's config.toml)
+
+        from manifest import format, statusline  # noqa: F401
+        from manifest.commands import Options
+
+        with contextlib.suppress(Exception):  # a store it cannot open now: the child says
+            Options(store=str(self.store)).repository().warm()
+
     def _fork(self) -> tuple[int, socket.socket]:
         """A spare child (the lock held): it waits for one command on its socket."""
         ours, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -169,6 +168,7 @@ class CommandServer:
         gc.freeze()  # the child's collections leave the watcher's objects (and pages) alone
         pid = os.fork()
         if pid == 0:  # the child: never returns
+            ours.close()  # so that it sees the watcher's end close when the watcher goes
             _spare(its, self)
         gc.unfreeze()  # the watcher's own collections go on as before
         its.close()  # only the child holds its end: it sees ours close when we go
@@ -184,10 +184,7 @@ class CommandServer:
             return
         with self.lock:
             if not self.warm:
-                import importlib
-
-                for name in WARM_MODULES:
-                    importlib.import_module(name)
+                self._warm()
                 self.warm = True
             pid, sock = self.spare if self.spare is not None else self._fork()
             self.spare = None
@@ -366,14 +363,14 @@ def _serve_child(request: Request, out: int, store_id: tuple[int, int]) -> int:
         if environ.get(key) != value:
             environ[key] = value
 
-    from manifest import commands, entry
+    from manifest import commands, statusline
     from manifest.errors import ManifestError
 
     def fallback(reason: str) -> int:
         os.write(out, b"fallback " + reason.encode("utf-8", "replace") + b"\n")
         return _FALLBACK
 
-    parsed = entry.parse_status(request.argv)
+    parsed = statusline.parse_status(request.argv)
     if parsed is None:
         return fallback("not a plain status line")
     group, command = parsed

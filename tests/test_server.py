@@ -78,6 +78,30 @@ class Project:
         return int(self.watcher()["commands"]["served"])
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _gone(pids: list[int], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:
+                continue
+            if state not in ("Z", "X"):
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.fixture
 def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
     folder = tmp_path / "project"
@@ -86,7 +110,11 @@ def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
     shutil.move(raw, moved)
     p = Project(folder, moved)
     yield p
-    p.run("watch", "--stop")
+    shown = p.watcher()
+    if shown.get("running"):
+        pids = [shown["pid"], *_children(shown["pid"])]
+        p.run("watch", "--stop")
+        assert _gone(pids), "the watcher or its spare child outlived --stop"
 
 
 def _same(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
@@ -310,7 +338,10 @@ def test_another_users_process_gets_no_answer(project: Project) -> None:
 def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:
     write(project.raw / "link_templates.csv", "changed\n")
     pid = project.watcher()["pid"]
+    spares = _children(pid)
+    assert len(spares) == 1  # the child forked ahead for the next command
     os.kill(pid, signal.SIGKILL)
+    assert _gone(spares), "the spare child outlived its watcher"
     deadline = time.monotonic() + 10
     while project.watcher().get("running"):
         assert time.monotonic() < deadline

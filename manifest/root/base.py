@@ -46,6 +46,11 @@ class Root(ABC):
         """The location as the user gives it."""
         return str(self.location)
 
+    def warm(self) -> None:
+        """Import now what a scan of this root will need (a long-lived process that forks
+        its commands, the watcher's command server, calls this once). Nothing by default."""
+        return None
+
     @abstractmethod
     def describe(self) -> str:
         """What a snapshot records as its data root (one printable line)."""

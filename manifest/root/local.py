@@ -46,6 +46,10 @@ class LocalRoot(Root):
         if not self.path.is_dir():
             raise RootError(str(self.path), "is not an existing folder; create it or pass --root")
 
+    def warm(self) -> None:
+        from manifest import fingerprint  # noqa: F401
+        from manifest.root import index, scan, watch  # noqa: F401
+
     def scan(self, base: BaseTrees, options: ScanOptions = DEFAULT_SCAN) -> ScanResult:
         answer = self._ask_journal(base, options)
         if answer.result is not None:
