@@ -9,6 +9,10 @@ import os
 import time
 from pathlib import Path
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
 
 def _hostname() -> str:
     """The host a lock names (``gethostname``; ``uname`` gives it without the socket module,
@@ -477,3 +481,17 @@ def read_small_file(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def same_user(conn: socket.socket) -> bool:
+    """Whether the process at the other end of the Unix socket ``conn`` runs as this user
+    (``SO_PEERCRED``): an abstract socket is open to every user of the machine, and only the
+    owner's processes may ask the watcher anything."""
+    import socket
+    import struct
+
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    return bool(struct.unpack("3i", creds)[1] == os.getuid())

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from manifest import client
+from manifest.fsutil import same_user
 
 MAX_REQUEST = 1 << 20  # bytes: a request beyond is refused (an environment is a few KB)
 
@@ -111,22 +112,43 @@ class CommandServer:
 
     # -- one connection (its own thread; it owns ``conn``) -----------------------------
 
+    def accept(self, listener: socket.socket) -> None:
+        """Take a connection waiting on ``listener`` and answer it in a thread of its own.
+        Accepted under the lock that forks: no child is forked between the accept and the
+        connection's being known to be closed in children."""
+        with self.lock:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            self.client_fds.add(conn.fileno())
+        if not same_user(conn):
+            self._close(conn, [])  # another user's process: not answered
+            return
+        threading.Thread(
+            target=self.handle, args=(conn,), name="manifest-command", daemon=True
+        ).start()
+
+    def _close(self, conn: socket.socket, fds: list[int]) -> None:
+        with self.lock:  # forgotten and closed at once: no child sees a number reused
+            for fd in [conn.fileno(), *fds]:
+                self.client_fds.discard(fd)
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            conn.close()
+
     def handle(self, conn: socket.socket) -> None:
         fds: list[int] = []
-        with conn:
-            try:
-                conn.settimeout(5.0)
-                request = self._read(conn, fds)
-                conn.settimeout(None)
-                self._run(conn, request)
-            except (OSError, EOFError, ValueError, UnicodeDecodeError):
-                return
-            finally:
-                with self.lock:
-                    for fd in fds:
-                        self.client_fds.discard(fd)
-                        with contextlib.suppress(OSError):
-                            os.close(fd)
+        try:
+            conn.settimeout(5.0)
+            request = self._read(conn, fds)
+            conn.settimeout(None)
+            self._run(conn, request)
+        except (OSError, EOFError, ValueError, UnicodeDecodeError):
+            return
+        finally:
+            self._close(conn, fds)
         with self.lock:  # the next command's child, forked now that this one is answered
             if self.warm and self.spare is None:
                 self.spare = self._fork()
@@ -277,11 +299,11 @@ def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
     out = sock.fileno()
     code = 0
     try:
-        for fd in server.client_fds:  # other clients' descriptors, the watcher's copies
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        # The watcher's copies of other clients' connections and descriptors, and its own
+        # sockets: released (a client waits for its pipe's end, a new watcher for the
+        # socket's name), their numbers kept (whatever still owns one may close it)
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in server.inherited:  # the watcher's sockets: released, their numbers kept
+        for fd in (*server.client_fds, *server.inherited):
             os.dup2(devnull, fd)
         os.close(devnull)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -33,6 +33,8 @@ from typing import Any, Final, Protocol
 
 from blake3 import blake3
 
+from manifest.fsutil import same_user
+
 MAX_JOURNAL: Final = 1_000_000  # paths kept; beyond, the journal starts again (full scan)
 ASK_TIMEOUT: Final = 2.0  # seconds a scan waits for the watcher before scanning in full
 STATE_FILE: Final = "journal"  # in the store's cache folder: the last clean scan's token
@@ -151,7 +153,7 @@ class Commands(Protocol):
     address: str
     inherited: list[int]
 
-    def handle(self, conn: socket.socket) -> None: ...
+    def accept(self, listener: socket.socket) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -321,23 +323,18 @@ class Watcher:
             poller.register(self.command_socket.fileno(), select.POLLIN)
         while not self.stopping.is_set():
             for fd, _ in poller.poll(200):
-                listener = self.server if fd == self.server.fileno() else self.command_socket
-                assert listener is not None
+                if self.command_socket is not None and fd == self.command_socket.fileno():
+                    assert self.commands is not None
+                    self.commands.accept(self.command_socket)
+                    continue
                 try:
-                    conn, _ = listener.accept()
+                    conn, _ = self.server.accept()
                 except OSError:
                     if self.stopping.is_set():
                         return
                     continue
-                if not _same_user(conn):
+                if not same_user(conn):
                     conn.close()  # another user's process: not answered
-                elif listener is self.command_socket and self.commands is not None:
-                    threading.Thread(
-                        target=self.commands.handle,
-                        args=(conn,),
-                        name="manifest-command",
-                        daemon=True,
-                    ).start()
                 else:
                     with conn:
                         conn.settimeout(5.0)
@@ -412,18 +409,6 @@ class Watcher:
             if self.commands is not None:
                 self.commands.close()
             self.inotify.close()
-
-
-def _same_user(conn: socket.socket) -> bool:
-    """Whether the process at the other end of ``conn`` runs as this user: an abstract
-    socket is open to every user of the machine, and only the watcher's own may ask it."""
-    import struct
-
-    try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return False
-    return struct.unpack("3i", creds)[1] == os.getuid()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
