@@ -388,12 +388,21 @@ class Repository:
         return diff_trees(read, old_root, result.root_id, renames=self._renames, entries=entries)
 
     def warm(self) -> None:
-        """Import now what a status or a scan will need (``Root.warm``): a long-lived process
-        that forks its commands (the watcher's command server) calls this once, so that no
-        command imports it again."""
+        """Import and read now what a status needs first, writing nothing: the modules a
+        scan imports (``Root.warm``), the format marker, the refs, their reflogs, the locks
+        and a recorded failure. A long-lived process that forks its commands (the watcher's
+        command server) calls this once, and again in each child it forks ahead of a
+        command: a forked child shares its parent's pages until it writes them, and a page
+        touched before the command came is one the command does not wait for."""
         from manifest import diff  # noqa: F401
 
         self.root.warm()
+        self._check_format(create=False)
+        self._ref_snapshot(REF_LAST)
+        self.find_ref(REF_PENDING)
+        self._moved_ns(REF_LAST)
+        maintenance.stale_locks(self.store)
+        self.find_failure()
 
     def status(
         self,

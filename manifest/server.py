@@ -68,8 +68,9 @@ class CommandServer:
 
     A command runs in a child forked ahead of it (the spare): when a request comes, the
     spare takes it at once, and the next spare is forked after the answer, off the client's
-    clock. The spare has also resolved the watcher's own settings once, so the pages of the
-    engine a command touches first are its own already (a fork shares them until written)."""
+    clock. The spare has also opened the watcher's own store and read what a status reads
+    first (``Repository.warm``), so the pages a command touches first are its own already
+    (a fork shares them until written: each first write is a page copied)."""
 
     def __init__(self, store: Path) -> None:
         st = os.stat(store)
@@ -313,7 +314,7 @@ def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
         from manifest.commands import Options
 
         with contextlib.suppress(Exception):  # touched first here: those pages become ours
-            Options(store=str(server.store)).config()
+            Options(store=str(server.store)).repository().warm()
         fds: list[int] = []
         try:
             body = _receive(sock, fds.extend, contextlib.nullcontext())
