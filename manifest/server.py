@@ -1,13 +1,15 @@
 """The command server: the watcher answers a plain ``manifest status`` itself.
 
 The client (:mod:`manifest.client`) sends its standard input, output and error, folder,
-umask, environment and arguments over the watcher's command socket. For each request the
-watcher forks: the child takes the client's descriptors as its own 0, 1 and 2, its folder,
-umask and environment, and runs what the program runs in process (``manifest.entry``'s
-quick path: :func:`manifest.commands.enter`, then :func:`manifest.commands.show_status`).
-The engine is imported once, in the watcher; the child starts with it loaded, so the answer
-costs the status itself. A fork keeps each command apart from the watcher and from the
-others (folder, environment, global state, a crash), as chg's server does.
+umask, environment and arguments over the watcher's command socket. Each request goes to
+a child the watcher forked ahead (the spare; the next one is forked after the answer): it
+takes the client's descriptors as its own 0, 1 and 2, its folder, umask and environment, and
+runs what the program runs in process (``manifest.entry``'s quick path:
+:func:`manifest.commands.enter`, then :func:`manifest.commands.show_status`). The engine is
+imported once, in the watcher; the child starts with it loaded and the store's first reads
+done (``Repository.warm``), so the answer costs little more than the status itself. A child
+per command keeps each apart from the watcher and from the others (folder, environment,
+global state, a crash), as chg's server does.
 
 What the child cannot serve it answers ``fallback`` before it writes a byte, and the client
 runs the command in process: settings that name another store, a line that is not a plain
@@ -377,7 +379,11 @@ def _serve_child(request: Request, out: int, store_id: tuple[int, int]) -> int:
     sys.stdin = stream(0, "r", request.errors, False)
     sys.stdout = stream(1, "w", request.errors, request.buffering == "line")
     sys.stderr = stream(2, "w", "backslashreplace", True)
-    os.chdir(request.cwd)
+    try:
+        os.chdir(request.cwd)
+    except OSError:  # gone since the client asked: the program says so itself
+        os.write(out, b"fallback the client's folder is gone\n")
+        return _FALLBACK
     os.umask(request.umask)
     environ = os.environb  # the client's environment; only what differs is changed
     for key in [k for k in environ if k not in request.env]:

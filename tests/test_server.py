@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from manifest import client, load_config
+from manifest import Repository, client, load_config
 from manifest.errors import AmbiguousStoreError
+from manifest.root import watch as journal
 
 from .conftest import write
 
@@ -42,16 +43,27 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 class Project:
-    """A project folder (``.manifest`` found walking up) with a watcher in the background."""
+    """A project folder (``.manifest`` found walking up) with a watcher in the foreground, as
+    a supervisor runs it (set up and asked in process: the programs under test are the
+    status commands)."""
 
     def __init__(self, folder: Path, raw: Path) -> None:
         self.folder = folder
         self.raw = raw
         self.env = _clean_env()
-        assert self.run("init", "--root", str(raw)).returncode == 0
-        assert self.run("snapshot", "--ref", "last").returncode == 0
-        started = self.run("watch", "--start")
-        assert started.returncode == 0, started.stderr
+        store = folder / ".manifest"
+        repo = Repository(load_config(root=raw, store=store, cooldown_sec=0, env={}))
+        repo.init()
+        repo.snapshot(ref="last", message="base")
+        self.root, self.cache = repo.root.local_path, repo.store.cache_dir
+        assert self.root is not None
+        argv = [*PROGRAM, "--store", str(store), "watch"]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=self.env)
+        deadline = time.monotonic() + 30
+        while journal.ask(self.root, self.cache, {"op": "status"}) is None:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            assert time.monotonic() < deadline, "the watcher did not answer"
+            time.sleep(0.02)
         self.run("status")  # walks once and records the journal's token
 
     def run(
@@ -70,12 +82,24 @@ class Project:
         )
 
     def watcher(self) -> dict[str, Any]:
-        shown = self.run("watch", "--status", "--json")
-        answer: dict[str, Any] = json.loads(shown.stdout)
-        return answer
+        """What ``manifest watch --status --json`` shows (the watcher's own answer)."""
+        assert self.root is not None
+        answer = journal.ask(self.root, self.cache, {"op": "status"})
+        return {"running": False} if answer is None else {"running": True, **answer}
 
     def served(self) -> int:
         return int(self.watcher()["commands"]["served"])
+
+    def stop(self) -> None:
+        shown = self.watcher()
+        if shown["running"]:
+            pids = [shown["pid"], *_children(shown["pid"])]
+            assert self.root is not None
+            journal.ask(self.root, self.cache, {"op": "stop"})
+            assert _gone(pids), "the watcher or its spare child outlived its stop"
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
 
 
 def _children(pid: int) -> list[int]:
@@ -98,7 +122,7 @@ def _gone(pids: list[int], within: float = 10.0) -> bool:
                 alive.append(pid)
         if not alive:
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     return False
 
 
@@ -110,11 +134,7 @@ def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
     shutil.move(raw, moved)
     p = Project(folder, moved)
     yield p
-    shown = p.watcher()
-    if shown.get("running"):
-        pids = [shown["pid"], *_children(shown["pid"])]
-        p.run("watch", "--stop")
-        assert _gone(pids), "the watcher or its spare child outlived --stop"
+    p.stop()
 
 
 def _same(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
