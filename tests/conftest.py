@@ -131,22 +131,47 @@ def fine_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest.fingerprint, "RACY_NS", 1)
 
 
+# The fast tests that take longest (each a few real subprocesses: dg, dagster dev, the demo's
+# runs, killed writers): they go first among the fast ones, so that none of them starts last
+# and holds the suite's end (the longest first, as a scheduler of unequal jobs does)
+LONGEST_FAST = (
+    "tests/glue/test_dg.py",
+    "tests/glue/test_entrypoints.py",
+    "tests/glue/test_bucket_glue.py",
+    "tests/glue/test_one_truth.py",
+    "tests/glue/test_adopt.py",
+    "tests/test_crash.py",
+    "tests/cli/test_bucket_cli.py",
+    "tests/glue/test_bucket_events_glue.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n N`), the slow tests (the real daemon, mostly waiting for cron
     minutes or runs) start first, one per worker: xdist hands each worker two consecutive
-    tests to begin with, so slow tests go at every other position, each followed by a fast
-    one. N must exceed their count (six: `.ci/run` uses `-n 7`), or a slow test waits for a
-    worker and the fast ones wait behind them all; the extra worker starts on the fast ones
-    at once, on the CPU the daemon tests leave idle between their ticks (the sensor tests'
-    workers join it after about two minutes)."""
+    tests to begin with, so slow tests go at every other position, each followed by a short
+    fast one (it waits for the slow one). N must exceed their count (seven: `.ci/run` uses
+    `-n 8`), or a slow test waits for a worker and the fast ones wait behind them all; the
+    extra worker starts on the fast ones at once, on the CPU the daemon tests leave idle
+    between their ticks, the longest of them first (``LONGEST_FAST``)."""
     if not (hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None)):
         return  # not under xdist (workers collect; the controller only schedules)
     slow = [i for i in items if i.get_closest_marker("slow")]
     fast = [i for i in items if not i.get_closest_marker("slow")]
+    # stable: the longest modules first, in LONGEST_FAST's order, then the rest as collected
+    fast.sort(
+        key=lambda i: next(
+            (n for n, m in enumerate(LONGEST_FAST) if i.nodeid.startswith(m)), len(LONGEST_FAST)
+        )
+    )
+    # a slow test's partner waits for it on its worker: partners come from the end (the
+    # shorter tests), the longest from the front
+    partners = fast[len(fast) - min(len(slow), len(fast)) :]
+    rest = fast[: len(fast) - len(partners)]
     ordered: list[pytest.Item] = []
     for n, item in enumerate(slow):
         ordered.append(item)
-        if n < len(fast):
-            ordered.append(fast[n])
-    ordered.extend(fast[len(slow) :])
+        if n < len(partners):
+            ordered.append(partners[n])
+    ordered.extend(rest)
     items[:] = ordered

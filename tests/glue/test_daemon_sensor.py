@@ -9,8 +9,8 @@ event notifications go to its SQS queue, ``events_queue``: an evaluation reads t
 lists nothing, counted through a proxy), both on a Postgres-backed instance (a real
 PostgreSQL server, as deployments run it): the run keys, the tick history and the dynamic
 partitions are Postgres's. (The schedule's daemon tests run on SQLite and on Postgres; the
-sensor on SQLite is tested in process, tests/glue/test_sensor_trigger.py.) One slow test: the
-two roots one after the other, a minute or two each."""
+sensor on SQLite is tested in process, tests/glue/test_sensor_trigger.py.) Two slow tests, a
+root each, about a minute and a half each."""
 
 from __future__ import annotations
 
@@ -177,20 +177,22 @@ def _promoted(d: Landing, instance: dg.DagsterInstance, run: dg.DagsterRun) -> d
     return done
 
 
+@pytest.mark.parametrize("where", ["local", "bucket"])
 def test_the_sensor_under_the_daemon(
-    tmp_path: Path, s3: S3Server, postgres_server: PostgresServer
+    where: str, tmp_path: Path, postgres_server: PostgresServer, request: pytest.FixtureRequest
 ) -> None:
-    """A local root, then a bucket root, one daemon after the other (one slow test: two
-    daemons side by side cost the other daemon tests' CPU on a 2-core machine). The local
-    root's story edits the exact file, then adds and removes a partition's file; the bucket
-    root's only adds and removes (a run fewer: the exact file's run is the same code)."""
-    for where in ("local", "bucket"):
-        d = Landing(tmp_path / where, s3 if where == "bucket" else None, postgres_server)
-        try:
-            _sensor_story(d, exact=where == "local")
-        finally:
-            if d.proxy is not None:
-                d.proxy.close()
+    """A local root and a bucket root, each its own daemon (two slow tests, side by side on
+    two workers: each waits for its runs, not for the CPU). The local root's story edits
+    the exact file, then adds and removes a partition's file; the bucket root's only adds
+    and removes (a run fewer: the exact file's run is the same code)."""
+    # the S3 server only where it is used (each worker starts its own)
+    s3 = request.getfixturevalue("s3") if where == "bucket" else None
+    d = Landing(tmp_path / where, s3, postgres_server)
+    try:
+        _sensor_story(d, exact=where == "local")
+    finally:
+        if d.proxy is not None:
+            d.proxy.close()
 
 
 def _sensor_story(d: Landing, *, exact: bool) -> None:

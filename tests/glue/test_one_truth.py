@@ -167,7 +167,7 @@ def test_the_adopter_story(adopter: tuple[Project, Path]) -> None:
     (fan_in,) = project.tick().run_requests
     assert fan_in.tags["raw_paths"] == "notes/feb.txt\nnotes/jan.txt"
     run(fan_in)
-    project.tick()
+    assert not project.tick().run_requests  # it promotes; the fan-in is not asked for again
     assert executed[("notes/jan.txt", "notes/jan.txt")] == 2  # once per content: cold, snow
     assert executed[("notes/feb.txt", "notes/feb.txt")] == 3  # two failures, one success
     _, out = cli(root, "log", "-n", "1")
