@@ -5,6 +5,7 @@ and no change is ever lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -149,12 +150,21 @@ def test_a_file_the_filters_leave_out_does_not_cost_a_walk(
     repo.snapshot(ref="last")
     watcher = Watcher(repo)
     watcher.start()
+    recorded = repo.store.cache_dir / "journal"  # the last clean scan and its token
     try:
         repo.status()
+        walked = json.loads(recorded.read_bytes())["token"]
         write(raw / "draft.tmp", "scratch")
         with monkeypatch.context() as m:
             _no_walk(m)
             assert repo.status().scan_source == "journal"
+            # the answer moved the recorded token past the event (the next question asks
+            # for less); asked again on a quiet tree, the token and the file stay as they are
+            kept = recorded.stat()
+            assert json.loads(recorded.read_bytes())["token"] != walked
+            assert repo.status().scan_source == "journal"
+            again = recorded.stat()
+            assert (again.st_ino, again.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
     finally:
         watcher.kill()
 

@@ -136,8 +136,8 @@ class LocalRoot(Root):
             source="journal",
             reason=f"no change since token {state['token']}",
         )
-        if options.save_cache and token is not None:
-            self._write_state({**state, "token": token})
+        if options.save_cache and token is not None and token != state["token"]:
+            self._write_state({**state, "token": token})  # a quiet tree's token: unchanged
         return _Answer(token, "", result)
 
     def _walk_changed(
