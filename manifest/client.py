@@ -35,6 +35,7 @@ STORE_DIR = ".manifest"  # manifest.config.FALLBACK_STATE_DIR
 CONFIG_FILE = "config.toml"  # manifest.config.CONFIG_FILE
 FORMAT_FILE = "FORMAT"  # manifest.store.base.FORMAT_FILE
 DEFAULT_STORE_NAME = "raw"  # manifest.config.DEFAULT_STORE_NAME
+CONNECT_TIMEOUT = 1.0  # seconds for the watcher to accept the connection
 FIRST_REPLY_TIMEOUT = 5.0  # seconds for the server's first line; then the answer takes its time
 DEFAULT_PAGER = "less -FRX"
 
@@ -162,26 +163,41 @@ class _Lines:
 
     def __init__(self, sock: object) -> None:
         self.sock = sock
-        self.data = b""
+        self.data = bytearray()  # appended to in place: a page can be megabytes
 
     def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)  # type: ignore[attr-defined]
+        chunk = self.sock.recv(1 << 20)  # type: ignore[attr-defined]
         self.data += chunk
         return bool(chunk)
 
     def line(self) -> bytes | None:
-        while b"\n" not in self.data:
+        while (end := self.data.find(b"\n")) < 0:
             if not self._fill():
                 return None
-        line, _, self.data = self.data.partition(b"\n")
+        line = bytes(self.data[:end])
+        del self.data[: end + 1]
         return line
 
     def block(self, size: int) -> bytes | None:
         while len(self.data) < size:
             if not self._fill():
                 return None
-        block, self.data = self.data[:size], self.data[size:]
+        block = bytes(self.data[:size])
+        del self.data[:size]
         return block
+
+
+def _peer_is_me(sock: object) -> bool:
+    """Whether the process listening at the other end of ``sock`` runs as this user
+    (``SO_PEERCRED``). Anyone can bind an abstract socket's name first: this program's
+    environment and terminal go only to its own user's watcher."""
+    import _socket
+
+    try:
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # type: ignore[attr-defined]
+    except (OSError, AttributeError):
+        return False
+    return int.from_bytes(creds[4:8], sys.byteorder, signed=True) == os.getuid()
 
 
 def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
@@ -205,7 +221,11 @@ def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
+            # a watcher too busy to accept (its queue full) is no server: the program answers
+            sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(address(st.st_dev, st.st_ino))
+            if not _peer_is_me(sock):
+                return None  # not this user's watcher: nothing is sent to it
             request = encode_request(argv, cwd)
             fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
             sent = sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])

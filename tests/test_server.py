@@ -5,10 +5,12 @@ the server cannot serve it leaves to the program before it writes a byte."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
 import re
+import select
 import shutil
 import signal
 import socket
@@ -353,6 +355,65 @@ def test_another_users_process_gets_no_answer(project: Project) -> None:
     answer = os.read(read_end, 100)
     os.close(read_end)
     assert os.waitstatus_to_exitcode(status) == 0 and answer == b"<closed>"
+
+
+def test_a_socket_another_user_took_first_gets_nothing(project: Project) -> None:
+    """Anyone can bind an abstract socket's name: when another user's process holds the
+    command and journal addresses of this store (no watcher runs), the program sends it
+    neither its environment nor its descriptors, does not trust an answer about changes,
+    and walks."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to be another user")
+    project.stop()
+    write(project.raw / "link_templates.csv", "changed\n")
+    st = os.stat(project.folder / ".manifest")
+    assert project.root is not None
+    names = [client.address(st.st_dev, st.st_ino), journal.address(project.root, project.cache)]
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    result_r, result_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # another user's process, listening where the watcher would
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            listeners = []
+            for name in names:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(name)
+                sock.listen(8)
+                listeners.append(sock)
+            os.write(ready_w, b"1")
+            connections = received = 0
+            while True:
+                readable, _, _ = select.select([*listeners, stop_r], [], [], 30)
+                if not readable or stop_r in readable:
+                    break
+                for sock in readable:
+                    conn, _ = sock.accept()
+                    connections += 1
+                    with conn:
+                        conn.settimeout(2)
+                        with contextlib.suppress(OSError):
+                            while chunk := conn.recv(65536):
+                                received += len(chunk)
+            os.write(result_w, f"{connections} {received}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.read(ready_r, 1) == b"1"
+    try:
+        result = project.run("status", "--exit-code")
+    finally:
+        os.write(stop_w, b"x")
+        _, status = os.waitpid(pid, 0)
+    connections, received = map(int, os.read(result_r, 100).split())
+    for fd in (ready_r, ready_w, stop_r, stop_w, result_r, result_w):
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert connections >= 2 and received == 0, (connections, received)  # both asked, told nothing
+    assert result.returncode == 1 and "modified: link_templates.csv" in result.stdout
 
 
 def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:

@@ -52,17 +52,21 @@ def ask(root: Path, cache_dir: Path, request: dict[str, Any]) -> dict[str, Any] 
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(ASK_TIMEOUT)
             sock.connect(address(root, cache_dir))
+            if not same_user(sock):
+                # anyone may bind an abstract name: an answer from another user's process
+                # could hide a change, so it is no watcher (the scan walks)
+                return None
             sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
+            chunks: list[bytes] = []
+            while not (chunks and chunks[-1].endswith(b"\n")):
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     break
-                data += chunk
+                chunks.append(chunk)
     except OSError:
         return None
     try:
-        answer = json.loads(data)
+        answer = json.loads(b"".join(chunks))
     except ValueError:
         return None
     return answer if isinstance(answer, dict) else None
