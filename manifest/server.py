@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -90,6 +90,8 @@ class CommandServer:
 
         self.warm = False
         self.spare: tuple[int, socket.socket] | None = None  # (pid, the watcher's end)
+        self.running: set[int] = set()  # the children answering a command now
+        self.closed = False
         self.served = 0
         self.fallbacks = 0
         self.last_fallback: dict[str, Any] | None = None
@@ -102,8 +104,13 @@ class CommandServer:
         }
 
     def close(self) -> None:
-        """The spare ends (it waits for a command, and none will come)."""
+        """The spare ends (it waits for a command, and none will come), and so do commands
+        still running: their programs say the watcher stopped (run the command again)."""
         with self.lock:
+            self.closed = True
+            for pid in self.running:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)  # reaped by the thread that relays it
             if self.spare is not None:
                 pid, sock = self.spare
                 self.spare = None
@@ -149,12 +156,13 @@ class CommandServer:
             conn.settimeout(None)
             self._run(conn, request)
         except (OSError, EOFError, ValueError, UnicodeDecodeError):
-            return
+            pass  # the client went, or sent what is not a request
         finally:
             self._close(conn, fds)
         with self.lock:  # the next command's child, forked now that this one is answered
-            if self.warm and self.spare is None:
-                self.spare = self._fork()
+            if self.warm and self.spare is None and not self.closed:
+                with contextlib.suppress(OSError):  # none now (e.g. EAGAIN): the next forks
+                    self.spare = self._fork()
 
     def _read(self, conn: socket.socket, fds: list[int]) -> Request:
         def received(new: list[int]) -> None:  # called with the lock held
@@ -191,7 +199,13 @@ class CommandServer:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         gc.freeze()  # the child's collections leave the watcher's objects (and pages) alone
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            gc.unfreeze()
+            ours.close()
+            its.close()
+            raise
         if pid == 0:  # the child: never returns
             ours.close()  # so that it sees the watcher's end close when the watcher goes
             _spare(its, self)
@@ -213,24 +227,20 @@ class CommandServer:
                 self.warm = True
             pid, sock = self.spare if self.spare is not None else self._fork()
             self.spare = None
+            self.running.add(pid)
         relayed = b""
         with sock:
             try:
                 socket.send_fds(sock, [b"%d\n" % len(request.body) + request.body], request.fds)
                 conn.sendall(b"pid %d\n" % pid)
-                with sock.makefile("rb") as messages:
-                    # the child's page or fallback, then its exit code, which it sends before
-                    # it exits (tearing its memory down is no business of the client's)
-                    for message in _messages(messages):
-                        relayed = message
-                        conn.sendall(message)
-                        if message.startswith((b"exit ", b"fallback ")):
-                            break
+                relayed = _relay(sock, conn)
             finally:
                 if not relayed.startswith((b"exit ", b"fallback ")):
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)  # the client went: so does its command
                 _, status = os.waitpid(pid, 0)
+                with self.lock:
+                    self.running.discard(pid)
         if relayed.startswith(b"fallback "):
             self.fallbacks += 1
             reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
@@ -282,12 +292,32 @@ def _receive(
     return body
 
 
-def _messages(stream: io.BufferedReader) -> Iterator[bytes]:
-    """The child's messages: lines, a ``page`` line with its block."""
-    while line := stream.readline():
-        if line.startswith(b"page "):
-            line += stream.read(int(line[5:]))
-        yield line
+def _relay(child: socket.socket, conn: socket.socket) -> bytes:
+    """Pass the child's messages (lines; a ``page`` line with its block) to the client
+    until its ``exit`` or ``fallback``, which it sends before it exits (tearing its memory
+    down is no business of the client's); that last message. ``b""`` when the child ends
+    without one, or when the client hangs up first: a client sends nothing after its
+    request, so its end turning readable means it went (then so does its command)."""
+    pending = bytearray()
+    while True:
+        readable = select.select([child, conn], [], [])[0]
+        if child not in readable:
+            return b""  # the client hung up
+        chunk = child.recv(1 << 16)
+        if not chunk:
+            return b""
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            size = end + 1
+            if pending.startswith(b"page "):
+                size += int(pending[5:end])
+                if len(pending) < size:
+                    break  # the rest of the page is still coming
+            message = bytes(pending[:size])
+            del pending[:size]
+            conn.sendall(message)
+            if message.startswith((b"exit ", b"fallback ")):
+                return message
 
 
 # -- the child ------------------------------------------------------------------------------

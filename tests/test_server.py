@@ -416,6 +416,46 @@ def test_a_socket_another_user_took_first_gets_nothing(project: Project) -> None
     assert result.returncode == 1 and "modified: link_templates.csv" in result.stdout
 
 
+@pytest.mark.parametrize("who", ["the client", "the watcher"])
+def test_a_command_goes_when_its_client_or_the_watcher_goes(project: Project, who: str) -> None:
+    """A status whose reader does not read blocks in the child on a full pipe. When its
+    program is killed, or the watcher is stopped, the child is killed too: it writes nothing
+    more (a child left behind would write into the pipe, or a terminal, after the program
+    had ended, or had said the watcher stopped and run nothing)."""
+    many = project.raw / "many"
+    many.mkdir()
+    for n in range(6000):  # ~150 KB of status lines: more than a pipe holds
+        (many / f"file-{n:05d}.txt").write_bytes(b"x")
+    project.run("status")  # the journal's answer after the burst, taken once
+    watcher = project.watcher()["pid"]
+    proc = subprocess.Popen(
+        [*PROGRAM, "status", "--limit", "100000"],
+        stdout=subprocess.PIPE,
+        cwd=project.folder,
+        env=project.env,
+    )
+    assert proc.stdout is not None
+    try:
+        assert select.select([proc.stdout], [], [], 30)[0], "no output came"
+        deadline = time.monotonic() + 10
+        while not (running := _children(watcher)):  # the command's child (the spare went)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        if who == "the client":
+            proc.kill()
+            proc.wait(10)
+        else:
+            project.stop()
+            assert proc.wait(10) == 3  # "the watcher stopped while it answered"
+        assert _gone(running), f"the command's child outlived {who}"
+        while proc.stdout.read(65536):  # every writer gone: the pipe ends
+            pass
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
 def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:
     write(project.raw / "link_templates.csv", "changed\n")
     pid = project.watcher()["pid"]
