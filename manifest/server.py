@@ -246,6 +246,8 @@ class CommandServer:
             reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
             self.last_fallback = {"time_ns": time.time_ns(), "reason": reason}
             return
+        if self.closed and not relayed.startswith(b"exit "):
+            return  # the watcher stops: its end closes, and the program says so (exit 3)
         self.served += 1
         if not relayed.startswith(b"exit "):  # killed (a signal) before it could say
             code = os.waitstatus_to_exitcode(status)
