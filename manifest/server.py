@@ -196,7 +196,7 @@ class CommandServer:
         """A spare child (the lock held): it waits for one command on its socket."""
         ours, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for stream in (sys.stdout, sys.stderr):  # nothing of ours may reach a child's
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # None: fd closed
                 stream.flush()
         gc.freeze()  # the child's collections leave the watcher's objects (and pages) alone
         try:

@@ -49,7 +49,7 @@ class Project:
     a supervisor runs it (set up and asked in process: the programs under test are the
     status commands)."""
 
-    def __init__(self, folder: Path, raw: Path) -> None:
+    def __init__(self, folder: Path, raw: Path, *, closed_std: bool = False) -> None:
         self.folder = folder
         self.raw = raw
         self.env = _clean_env()
@@ -60,7 +60,12 @@ class Project:
         self.root, self.cache = repo.root.local_path, repo.store.cache_dir
         assert self.root is not None
         argv = [*PROGRAM, "--store", str(store), "watch"]
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=self.env)
+        if closed_std:  # a watcher started with descriptors 0-2 closed (the client's land there)
+            self.proc = subprocess.Popen(
+                argv, env=self.env, preexec_fn=lambda: [os.close(fd) for fd in (0, 1, 2)]
+            )
+        else:
+            self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=self.env)
         deadline = time.monotonic() + 30
         while journal.ask(self.root, self.cache, {"op": "status"}) is None:
             assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
@@ -454,6 +459,27 @@ def test_a_command_goes_when_its_client_or_the_watcher_goes(project: Project, wh
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_a_watcher_without_standard_descriptors_serves_the_same(tmp_path: Path, raw: Path) -> None:
+    """Started with 0-2 closed (no ``sys.stdout`` or ``sys.stderr``: a supervisor that
+    gives it nothing), the watcher still serves, each client descriptor in its place
+    (stdout on stdout, stderr on stderr). It served nothing before: flushing its missing
+    streams before a fork failed."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.move(raw, folder / "raw")
+    project = Project(folder, folder / "raw", closed_std=True)
+    try:
+        write(project.raw / "link_templates.csv", "changed\n")
+        served = project.run("status", "--exit-code")
+        assert project.served() >= 2, project.watcher()["commands"]  # the first status, this one
+        assert _same(served) == _same(project.run("status", "--exit-code", server=False))
+        assert served.returncode == 1 and "modified: link_templates.csv" in served.stdout
+        wrong = project.run("status", "--limit", "-1")  # an error: on stderr, exit 2
+        assert _same(wrong) == _same(project.run("status", "--limit", "-1", server=False))
+    finally:
+        project.stop()
 
 
 def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:
