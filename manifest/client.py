@@ -190,7 +190,8 @@ class _Lines:
 def _peer_is_me(sock: object) -> bool:
     """Whether the process listening at the other end of ``sock`` runs as this user
     (``SO_PEERCRED``). Anyone can bind an abstract socket's name first: this program's
-    environment and terminal go only to its own user's watcher."""
+    environment and terminal go only to its own user's watcher. (``fsutil.same_user``,
+    without the imports this module does without.)"""
     import _socket
 
     try:

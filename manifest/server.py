@@ -238,9 +238,9 @@ class CommandServer:
                 if not relayed.startswith((b"exit ", b"fallback ")):
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)  # the client went: so does its command
-                _, status = os.waitpid(pid, 0)
-                with self.lock:
+                with self.lock:  # before it is reaped: close() never signals a reused pid
                     self.running.discard(pid)
+                _, status = os.waitpid(pid, 0)
         if relayed.startswith(b"fallback "):
             self.fallbacks += 1
             reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
