@@ -237,6 +237,10 @@ def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
             first = lines.line()
         except (OSError, ValueError):
             return None  # no server, or it did not take the request: nothing was written
+        except KeyboardInterrupt:
+            # Ctrl-C before the answer began: the watcher sees this end close and ends
+            # the command, if it had started one
+            return 130
         if first is None or not first.startswith(b"pid "):
             return None  # "fallback ...": the server ran nothing
         pid = int(first[4:])

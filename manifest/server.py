@@ -221,6 +221,8 @@ class CommandServer:
                 "watcher (manifest watch --stop, then --start)",
             )
             return
+        if select.select([conn], [], [], 0)[0]:
+            return  # a client sends nothing after its request: it went (Ctrl-C) before this
         with self.lock:
             if not self.warm:
                 self._warm()

@@ -482,6 +482,34 @@ def test_a_watcher_without_standard_descriptors_serves_the_same(tmp_path: Path, 
         project.stop()
 
 
+def test_ctrl_c_while_the_watcher_has_not_answered_yet(project: Project) -> None:
+    """Ctrl-C while the program waits for the watcher's first reply (here a stopped
+    watcher: the connection is queued, the request sent): exit 130 and no traceback."""
+    watcher = project.watcher()["pid"]
+    os.kill(watcher, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen(
+            [*PROGRAM, "status"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=project.folder,
+            env=project.env,
+            # as a terminal's program has it (a background job's children ignore SIGINT)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        time.sleep(1.5)  # it has connected and sent, and waits (up to 5 s) for an answer
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+    finally:
+        os.kill(watcher, signal.SIGCONT)
+    # the request (and the program's descriptors in it) reaches the watcher now: it runs
+    # nothing for a program that has gone, so nothing is written after the exit
+    out, err = proc.communicate(timeout=10)
+    assert out == b"" and b"Traceback" not in err, (out, err)
+    assert project.watcher()["commands"]["served"] == 1  # the fixture's first status only
+
+
 def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:
     write(project.raw / "link_templates.csv", "changed\n")
     pid = project.watcher()["pid"]
