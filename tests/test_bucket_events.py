@@ -302,7 +302,9 @@ def test_a_tick_killed_between_reading_and_deleting_loses_nothing(
     env = {
         **os.environ,
         **s3.env(),
-        "MANIFEST_EVENTS_VISIBILITY_SEC": "1",
+        # long enough that the messages are still held when the next tick reads, however
+        # slow the machine (CI once took over 1 s from the receive to the check below)
+        "MANIFEST_EVENTS_VISIBILITY_SEC": "6",
         "MANIFEST_EVENTS_WAIT_SEC": "0",
         "MANIFEST_TEST_EVENTS_PAUSE": f"{point}:{marker}",
         "PYTHONPATH": str(REPO),
@@ -329,7 +331,10 @@ def test_a_tick_killed_between_reading_and_deleting_loses_nothing(
     assert repo.promote(cycle.snapshot or "").outcome == "promoted"
     # once the dead tick's messages are back, they are applied again: nothing changes, and
     # they are deleted (only the canary stays)
-    time.sleep(1.3)
+    deadline = time.monotonic() + 60
+    while waiting(s3, setup.queue)[1]:
+        assert time.monotonic() < deadline, "the dead tick's messages never came back"
+        time.sleep(0.2)
     again = repo.begin()
     assert (again.outcome, again.changes) == ("unchanged", ChangeSet())
     assert waiting(s3, setup.queue) == (1, 0)
