@@ -6,7 +6,8 @@ second write silently replaces the first, which real S3 never allows. The racing
 tests caught it (a ref move that "won" and left no reflog line). Here every S3 write (PUT and
 DELETE, and a POST carrying a precondition) runs alone; reads and SQS (POST) do not wait.
 
-Run: ``python tests/motoserver.py HOST PORT``.
+Run: ``python tests/motoserver.py HOST PORT [PID]``: with a PID, the server exits when that
+process is gone (the test session that shares it among its xdist workers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -30,6 +32,22 @@ def serialize_writes(app: Any) -> Any:
         return app(environ, start_response)
 
     return guarded
+
+
+def exit_with(pid: int) -> None:
+    """End this process soon after process ``pid`` ends."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass  # alive, another user's (cannot happen for our parent session)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main(host: str, port: int) -> None:
@@ -49,4 +67,6 @@ def main(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        exit_with(int(sys.argv[3]))
     main(sys.argv[1], int(sys.argv[2]))

@@ -2,8 +2,9 @@
 
 It implements conditional writes (``If-None-Match: *``, ``If-Match``), which the bucket store
 relies on, and SQS, to which it delivers a bucket's event notifications (``make_queue``). One
-server per test session; each test makes its own buckets and queues. ``CountingProxy`` sits
-in front of it and counts the requests by kind (the tests and ``bench/bucket_events.py``).
+server per test session (shared by its xdist workers); each test makes its own buckets and
+queues. ``CountingProxy`` sits in front of it and counts the requests by kind (the tests and
+``bench/bucket_events.py``).
 """
 
 from __future__ import annotations
@@ -173,34 +174,41 @@ class CountingProxy:
         self.server.server_close()
 
 
+def _answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _start_moto(log: Path, watch_pid: int | None = None, **popen: Any) -> tuple[str, Any]:
+    """moto's server on a free port, its output in ``log``: its endpoint and process, once
+    it answers (``watch_pid``: it exits when that process does)."""
+    port = _free_port()
+    command = [sys.executable, str(Path(__file__).with_name("motoserver.py")), "127.0.0.1"]
+    command.append(str(port))
+    if watch_pid is not None:
+        command.append(str(watch_pid))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not _answers(endpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"moto server did not start: {log.read_text()}")
+        time.sleep(0.2)
+    return endpoint, proc
+
+
 @contextlib.contextmanager
 def running_moto(log: Path) -> Iterator[str]:
     """moto's standalone server (with atomic compare-and-swap: ``tests/motoserver.py``) on
     127.0.0.1 and a free port, its output in ``log``; its endpoint, once it answers. Stopped
     at the end."""
-    port = _free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("motoserver.py")),
-                "127.0.0.1",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint, proc = _start_moto(log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
-                time.sleep(0.2)
         yield endpoint
     finally:
         proc.terminate()
@@ -210,8 +218,37 @@ def running_moto(log: Path) -> Iterator[str]:
             proc.kill()
 
 
+_SHARED: list[Any] = []  # the shared server's Popen, if this worker started it
+
+
+def shared_moto(folder: Path, session_pid: int) -> str:
+    """The endpoint of the one moto server the xdist workers of a session share (each
+    started one of its own before: ~3 s of CPU each). The first worker to ask starts it, in
+    its own session, watching the session's main process (``session_pid``): it exits with
+    it, whichever worker started it. ``folder`` is the session's shared temporary folder;
+    a lock there makes the others wait for the first."""
+    import fcntl
+
+    with (folder / "moto.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = folder / "moto.endpoint"
+        if known.exists() and _answers(endpoint := known.read_text().strip()):
+            return endpoint
+        endpoint, proc = _start_moto(folder / "moto.log", session_pid, start_new_session=True)
+        _SHARED.append(proc)
+        known.write_text(endpoint + "\n")
+        return endpoint
+
+
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def s3_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3Server]:
+    """Under xdist, one server for all workers (names carry the worker's pid: no test sees
+    another's buckets or queues); else one for this process."""
+    if hasattr(request.config, "workerinput"):
+        yield S3Server(shared_moto(tmp_path_factory.getbasetemp().parent, os.getppid()))
+        return
     with running_moto(Path(tmp_path_factory.mktemp("moto")) / "server.log") as endpoint:
         yield S3Server(endpoint)
 
