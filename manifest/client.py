@@ -29,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-PROTOCOL = b"1"
+PROTOCOL = b"2"  # 2: the client says "go" before its command runs
 ENV_SERVER = "MANIFEST_SERVER"  # "0", "off", "no" or "false": every command runs in process
 STORE_DIR = ".manifest"  # manifest.config.FALLBACK_STATE_DIR
 CONFIG_FILE = "config.toml"  # manifest.config.CONFIG_FILE
@@ -220,6 +220,8 @@ def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    committed = False
+    pid = 0
     try:
         try:
             # a watcher too busy to accept (its queue full) is no server: the program answers
@@ -235,19 +237,40 @@ def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
             sock.settimeout(FIRST_REPLY_TIMEOUT)
             lines = _Lines(sock)
             first = lines.line()
+            if first is None or not first.startswith(b"pid "):
+                return None  # "fallback ...", or no answer in time: the server ran nothing
+            pid = int(first[4:])
+            # Committed: the child runs only once it has this, so a program that gave up
+            # waiting (above) and answers itself is never answered twice
+            sock.sendall(b"go\n")
+            committed = True
         except (OSError, ValueError):
             return None  # no server, or it did not take the request: nothing was written
         except KeyboardInterrupt:
-            # Ctrl-C before the answer began: the watcher sees this end close and ends
-            # the command, if it had started one
+            # Ctrl-C before the answer began: the watcher sees this end close and runs
+            # nothing (or, past "go", ends the command, as the answer's Ctrl-C does)
+            if committed:
+                import contextlib
+                import signal
+
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGINT)
             return 130
-        if first is None or not first.startswith(b"pid "):
-            return None  # "fallback ...": the server ran nothing
-        pid = int(first[4:])
         sock.settimeout(None)
         return _follow(lines, pid)
     finally:
         sock.close()
+
+
+def _exit_of(lines: _Lines) -> int | None:
+    """The exit code the server sends last (None: it ended without one); pages dropped."""
+    while (line := lines.line()) is not None:
+        word, _, rest = line.partition(b" ")
+        if word == b"page":
+            lines.block(int(rest))
+        elif word == b"exit":
+            return int(rest)
+    return None
 
 
 def _follow(lines: _Lines, pid: int) -> int | None:
@@ -274,12 +297,19 @@ def _follow(lines: _Lines, pid: int) -> int | None:
                 code = int(rest)
                 break
     except KeyboardInterrupt:
+        # Ctrl-C: the command (in the watcher's child, which the terminal does not signal)
+        # gets it, as in process, and the program waits for its last words and its exit
+        # code; a second Ctrl-C leaves at once
         import contextlib
         import signal
 
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGINT)
-        return 130
+        try:
+            last = _exit_of(lines)
+        except (KeyboardInterrupt, OSError):
+            return 130
+        return 130 if last is None else last
     except OSError:
         sys.stderr.write("manifest: error: the watcher's answer broke off; run the command again\n")
         return 3

@@ -17,8 +17,11 @@ runs the command in process: settings that name another store, a line that is no
 the client's :func:`manifest.client.code_identity` differs). Paging needs the terminal the
 client owns, so the child sends the page back and the client runs the pager.
 
-Replies, one per line: ``pid N`` (the child), then ``page LENGTH`` and that many bytes,
-then ``exit CODE``; or ``fallback REASON`` alone.
+Replies, one per line: ``pid N`` (the child), to which the client answers ``go`` (it will
+follow the answer: only then does the child get the command, so a client that gave up
+waiting, and runs the command itself, is never answered twice), then ``page LENGTH`` and
+that many bytes, then ``exit CODE``; or ``fallback REASON`` alone. Ctrl-C in the client
+is sent on to the child (the terminal signals only the client), whose exit code follows.
 """
 
 from __future__ import annotations
@@ -222,7 +225,7 @@ class CommandServer:
             )
             return
         if select.select([conn], [], [], 0)[0]:
-            return  # a client sends nothing after its request: it went (Ctrl-C) before this
+            return  # a client sends nothing before its pid: it went (Ctrl-C) before this
         with self.lock:
             if not self.warm:
                 self._warm()
@@ -231,11 +234,17 @@ class CommandServer:
             self.spare = None
             self.running.add(pid)
         relayed = b""
+        go = False
         with sock:
             try:
-                socket.send_fds(sock, [b"%d\n" % len(request.body) + request.body], request.fds)
                 conn.sendall(b"pid %d\n" % pid)
-                relayed = _relay(sock, conn)
+                # the child gets the command only once the client says it follows it: a
+                # client that gave up waiting answers itself, and nothing runs here
+                go = _says_go(conn)
+                if go:
+                    body = b"%d\n" % len(request.body) + request.body
+                    socket.send_fds(sock, [body], request.fds)
+                    relayed = _relay(sock, conn)
             finally:
                 if not relayed.startswith((b"exit ", b"fallback ")):
                     with contextlib.suppress(OSError):
@@ -243,6 +252,8 @@ class CommandServer:
                 with self.lock:  # before it is reaped: close() never signals a reused pid
                     self.running.discard(pid)
                 _, status = os.waitpid(pid, 0)
+        if not go:
+            return
         if relayed.startswith(b"fallback "):
             self.fallbacks += 1
             reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
@@ -296,12 +307,29 @@ def _receive(
     return body
 
 
+def _says_go(conn: socket.socket) -> bool:
+    """Whether the client sends ``go`` (it follows the command to its end) within a while
+    after it was told the child's pid; False when it closes first (it gave up waiting, or
+    Ctrl-C) or says anything else."""
+    data = b""
+    deadline = time.monotonic() + client.FIRST_REPLY_TIMEOUT * 2
+    while len(data) < 3:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([conn], [], [], left)[0]:
+            return False
+        chunk = conn.recv(3 - len(data))
+        if not chunk:
+            return False
+        data += chunk
+    return data == b"go\n"
+
+
 def _relay(child: socket.socket, conn: socket.socket) -> bytes:
     """Pass the child's messages (lines; a ``page`` line with its block) to the client
     until its ``exit`` or ``fallback``, which it sends before it exits (tearing its memory
     down is no business of the client's); that last message. ``b""`` when the child ends
     without one, or when the client hangs up first: a client sends nothing after its
-    request, so its end turning readable means it went (then so does its command)."""
+    ``go``, so its end turning readable means it went (then so does its command)."""
     pending = bytearray()
     while True:
         readable = select.select([child, conn], [], [])[0]

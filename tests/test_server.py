@@ -264,9 +264,10 @@ def test_commands_at_once_each_get_their_own_answer(project: Project) -> None:
 # -- what the server leaves to the program ------------------------------------------------
 
 
-def _ask_raw(project: Project, request: bytes) -> tuple[bytes, bytes]:
-    """Send ``request`` to the watcher's command socket with a pipe as standard output:
-    the reply, and what reached the pipe."""
+def _ask_raw(project: Project, request: bytes, *, go: bool = True) -> tuple[bytes, bytes]:
+    """Send ``request`` to the watcher's command socket with a pipe as standard output, and
+    ``go`` once told the child's pid (else hang up then, as a client that gave up waiting
+    does): the reply, and what reached the pipe."""
     st = os.stat(project.folder / ".manifest")
     read_end, write_end = os.pipe()
     try:
@@ -279,6 +280,10 @@ def _ask_raw(project: Project, request: bytes) -> tuple[bytes, bytes]:
             reply = b""
             while chunk := sock.recv(65536):
                 reply += chunk
+                if reply.startswith(b"pid ") and reply.count(b"\n") == 1:
+                    if not go:
+                        break
+                    sock.sendall(b"go\n")
         os.set_blocking(read_end, False)
         try:
             written = os.read(read_end, 65536)
@@ -328,6 +333,67 @@ def test_what_the_server_cannot_serve_it_leaves_before_writing_a_byte(
     reply, written = _ask_raw(project, _request(["status", "--json"], project.folder))
     assert reply.startswith(b"pid ") and reply.endswith(b"exit 0\n")
     assert json.loads(written)["store"] == str(project.folder / ".manifest")
+
+
+def test_nothing_runs_for_a_client_that_does_not_follow(project: Project) -> None:
+    """The child gets its command only once the client says ``go``: a program that gave up
+    waiting for the watcher's first reply (5 s) answers itself, and must not be answered a
+    second time by a child that started just then. A client that hangs up after the pid
+    gets nothing, and the child is gone."""
+    write(project.raw / "link_templates.csv", "changed\n")
+    before = project.watcher()["commands"]
+    reply, written = _ask_raw(project, _request(["status"], project.folder), go=False)
+    assert reply.startswith(b"pid ") and b"exit" not in reply, reply
+    assert written == b""
+    assert _gone([int(reply.split()[1])]), "the child outlived its client"
+    after = project.watcher()["commands"]
+    assert (after["served"], after["fallbacks"]) == (before["served"], before["fallbacks"])
+    reply, written = _ask_raw(project, _request(["status"], project.folder))  # it follows
+    assert reply.endswith(b"exit 0\n") and b"modified: link_templates.csv" in written
+    assert project.served() == before["served"] + 1
+
+
+def test_ctrl_c_reaches_the_command_and_the_program_waits_for_its_end(project: Project) -> None:
+    """Ctrl-C while the answer is being written: the command (the watcher's child, which
+    the terminal does not signal) gets it, and the program ends after it, with its code
+    (130), so nothing is written after the program has ended. Here the command is stopped
+    (SIGSTOP) when Ctrl-C comes: the program waits until it has ended."""
+    many = project.raw / "many"
+    many.mkdir()
+    for n in range(6000):  # ~150 KB of status lines: more than a pipe holds
+        (many / f"file-{n:05d}.txt").write_bytes(b"x")
+    project.run("status")  # the journal's answer after the burst, taken once
+    watcher = project.watcher()["pid"]
+    proc = subprocess.Popen(
+        [*PROGRAM, "status", "--limit", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=project.folder,
+        env=project.env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert select.select([proc.stdout], [], [], 30)[0], "no output came"
+        deadline = time.monotonic() + 10
+        while not (running := _children(watcher)):  # the command's child (the spare went)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        (command,) = running
+        os.kill(command, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the program left before its command ended"
+        os.kill(command, signal.SIGCONT)  # it takes the Ctrl-C now, and ends
+        out = proc.stdout.read()
+        assert proc.wait(10) == 130
+        assert _gone(running, within=1.0), "the command outlived the program"
+        assert out.startswith(b"root:") and b"Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def test_another_users_process_gets_no_answer(project: Project) -> None:
