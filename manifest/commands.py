@@ -166,7 +166,7 @@ def fail(message: str, code: int) -> NoReturn:
 def with_progress(fn: Callable[[HashProgress], R], repo: Repository | None = None) -> R:
     from manifest.format import HashProgress
 
-    progress = HashProgress(repo.expected_size() if repo is not None else None)
+    progress = HashProgress(repo.expected_size if repo is not None else None)
     try:
         return fn(progress)
     finally:

@@ -47,7 +47,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     code = serve_status(args, group)  # the watcher for the store answers, when one runs
     if code is not None:
-        raise SystemExit(code)
+        # Answered. Nothing is left to tear down (this process imported no engine, holds no
+        # file but its streams, registered nothing to run at exit), and tearing the
+        # interpreter down costs ~5 ms here, a seventh of a served status: leave at once.
+        for stream in (sys.stdout, sys.stderr):
+            try:  # (contextlib.suppress: an import this path does without)  # noqa: SIM105
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass  # a closed pipe or stream: its bytes are lost either way
+        os._exit(code)
     from manifest.commands import Options, enter, show_status
 
     enter(group.pop("directory", None))

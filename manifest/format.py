@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -155,12 +155,17 @@ def print_changes(changes: ChangeSet, indent: str = "\t", limit: int | None = No
 class HashProgress:
     """Progress on stderr once a scan takes more than a moment, only on a terminal.
 
-    ``expected`` is what the previous walk found (``last``'s file and byte counts): with it
-    the display shows how far the walk is against that total, and an ETA."""
+    ``expected`` is what the previous walk found (``last``'s file and byte counts), or a
+    function that reads it, called only when the display starts (a scan the journal answers
+    never reads it): with it the display shows how far the walk is against that total, and
+    an ETA."""
 
     DELAY = 0.5
 
-    def __init__(self, expected: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        expected: tuple[int, int] | Callable[[], tuple[int, int] | None] | None = None,
+    ) -> None:
         self.enabled = sys.stderr.isatty() and "NO_COLOR" not in os.environ
         self.expected = expected
         self.started = time.monotonic()
@@ -203,6 +208,8 @@ class HashProgress:
         )
 
         hashed = TextColumn("hashed {task.fields[files]} files, {task.fields[mib]:.1f} MiB")
+        if callable(self.expected):
+            self.expected = self.expected()
         if self.expected is not None and self.expected[0] > 0:
             columns: tuple[Any, ...] = (
                 SpinnerColumn(),

@@ -272,6 +272,16 @@ def test_progress_bar_only_on_a_terminal_after_a_moment(monkeypatch: pytest.Monk
     assert any(type(c).__name__ == "TimeRemainingColumn" for c in known.bar.columns)
     known.close()
 
+    # the totals read only when the display starts: a quick scan never reads them
+    asked: list[int] = []
+    lazy = cli_module.HashProgress(expected=lambda: asked.append(1) or (10, 100))
+    lazy.walked(5, 50)
+    assert asked == [] and lazy.bar is None
+    lazy.started -= 1.0
+    lazy.walked(6, 60)
+    assert asked == [1] and lazy.bar is not None and lazy.bar.tasks[0].total == 10
+    lazy.close()
+
 
 def test_log_names_the_runs_that_processed_each_move(cli, raw: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from manifest import Repository, load_config
