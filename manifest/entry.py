@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     code = serve_status(args, group)  # the watcher for the store answers, when one runs
     if code is not None:
+        if argv is not None:  # called from Python, not as the program: no shortcut
+            raise SystemExit(code)
         # Answered. Nothing is left to tear down (this process imported no engine, holds no
         # file but its streams, registered nothing to run at exit), and tearing the
         # interpreter down costs ~5 ms here, a seventh of a served status: leave at once.
