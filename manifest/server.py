@@ -245,6 +245,14 @@ class CommandServer:
                     body = b"%d\n" % len(request.body) + request.body
                     socket.send_fds(sock, [body], request.fds)
                     relayed = _relay(sock, conn)
+                    if relayed.startswith(b"fallback "):
+                        self.fallbacks += 1
+                        reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
+                        self.last_fallback = {"time_ns": time.time_ns(), "reason": reason}
+                    elif relayed:
+                        self.served += 1
+                    if relayed:
+                        conn.sendall(relayed)
             finally:
                 if not relayed.startswith((b"exit ", b"fallback ")):
                     with contextlib.suppress(OSError):
@@ -252,19 +260,14 @@ class CommandServer:
                 with self.lock:  # before it is reaped: close() never signals a reused pid
                     self.running.discard(pid)
                 _, status = os.waitpid(pid, 0)
-        if not go:
+        if not go or relayed or self.closed:
+            # answered (counted and sent above); or the watcher stops: its end closes, and
+            # the program says so (exit 3)
             return
-        if relayed.startswith(b"fallback "):
-            self.fallbacks += 1
-            reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
-            self.last_fallback = {"time_ns": time.time_ns(), "reason": reason}
-            return
-        if self.closed and not relayed.startswith(b"exit "):
-            return  # the watcher stops: its end closes, and the program says so (exit 3)
+        # killed (a signal) before it could say
         self.served += 1
-        if not relayed.startswith(b"exit "):  # killed (a signal) before it could say
-            code = os.waitstatus_to_exitcode(status)
-            conn.sendall(b"exit %d\n" % (code if code >= 0 else 128 - code))
+        code = os.waitstatus_to_exitcode(status)
+        conn.sendall(b"exit %d\n" % (code if code >= 0 else 128 - code))
 
 
 def _receive(
@@ -327,9 +330,11 @@ def _says_go(conn: socket.socket) -> bool:
 def _relay(child: socket.socket, conn: socket.socket) -> bytes:
     """Pass the child's messages (lines; a ``page`` line with its block) to the client
     until its ``exit`` or ``fallback``, which it sends before it exits (tearing its memory
-    down is no business of the client's); that last message. ``b""`` when the child ends
-    without one, or when the client hangs up first: a client sends nothing after its
-    ``go``, so its end turning readable means it went (then so does its command)."""
+    down is no business of the client's); that last message, not sent yet (the caller
+    counts it first: ``manifest watch --status`` shows it once the program has it).
+    ``b""`` when the child ends without one, or when the client hangs up first: a client
+    sends nothing after its ``go``, so its end turning readable means it went (then so
+    does its command)."""
     pending = bytearray()
     while True:
         readable = select.select([child, conn], [], [])[0]
@@ -347,9 +352,9 @@ def _relay(child: socket.socket, conn: socket.socket) -> bytes:
                     break  # the rest of the page is still coming
             message = bytes(pending[:size])
             del pending[:size]
-            conn.sendall(message)
             if message.startswith((b"exit ", b"fallback ")):
-                return message
+                return message  # the caller counts it, then sends it
+            conn.sendall(message)
 
 
 # -- the child ------------------------------------------------------------------------------
