@@ -353,32 +353,50 @@ def test_nothing_runs_for_a_client_that_does_not_follow(project: Project) -> Non
     assert project.served() == before["served"] + 1
 
 
-def test_ctrl_c_reaches_the_command_and_the_program_waits_for_its_end(project: Project) -> None:
-    """Ctrl-C while the answer is being written: the command (the watcher's child, which
-    the terminal does not signal) gets it, and the program ends after it, with its code
-    (130), so nothing is written after the program has ended. Here the command is stopped
-    (SIGSTOP) when Ctrl-C comes: the program waits until it has ended."""
+def _status_on_a_full_pipe(
+    project: Project, **popen: Any
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A served status whose output (~150 KB) is more than its pipe holds, nobody reading:
+    the program, and the watcher's child that runs the command, blocked writing."""
     many = project.raw / "many"
     many.mkdir()
-    for n in range(6000):  # ~150 KB of status lines: more than a pipe holds
+    for n in range(6000):
         (many / f"file-{n:05d}.txt").write_bytes(b"x")
     project.run("status")  # the journal's answer after the burst, taken once
     watcher = project.watcher()["pid"]
     proc = subprocess.Popen(
         [*PROGRAM, "status", "--limit", "100000"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         cwd=project.folder,
         env=project.env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
     try:
         assert select.select([proc.stdout], [], [], 30)[0], "no output came"
         deadline = time.monotonic() + 10
         while not (running := _children(watcher)):  # the command's child (the spare went)
             assert time.monotonic() < deadline
             time.sleep(0.02)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, running
+
+
+def test_ctrl_c_reaches_the_command_and_the_program_waits_for_its_end(project: Project) -> None:
+    """Ctrl-C while the answer is being written: the command (the watcher's child, which
+    the terminal does not signal) gets it, and the program ends after it, with its code
+    (130), so nothing is written after the program has ended. Here the command is stopped
+    (SIGSTOP) when Ctrl-C comes: the program waits until it has ended."""
+    proc, running = _status_on_a_full_pipe(
+        project,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
         (command,) = running
         os.kill(command, signal.SIGSTOP)
         proc.send_signal(signal.SIGINT)
@@ -493,25 +511,9 @@ def test_a_command_goes_when_its_client_or_the_watcher_goes(project: Project, wh
     program is killed, or the watcher is stopped, the child is killed too: it writes nothing
     more (a child left behind would write into the pipe, or a terminal, after the program
     had ended, or had said the watcher stopped and run nothing)."""
-    many = project.raw / "many"
-    many.mkdir()
-    for n in range(6000):  # ~150 KB of status lines: more than a pipe holds
-        (many / f"file-{n:05d}.txt").write_bytes(b"x")
-    project.run("status")  # the journal's answer after the burst, taken once
-    watcher = project.watcher()["pid"]
-    proc = subprocess.Popen(
-        [*PROGRAM, "status", "--limit", "100000"],
-        stdout=subprocess.PIPE,
-        cwd=project.folder,
-        env=project.env,
-    )
+    proc, running = _status_on_a_full_pipe(project)
     assert proc.stdout is not None
     try:
-        assert select.select([proc.stdout], [], [], 30)[0], "no output came"
-        deadline = time.monotonic() + 10
-        while not (running := _children(watcher)):  # the command's child (the spare went)
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
         if who == "the client":
             proc.kill()
             proc.wait(10)
