@@ -164,6 +164,8 @@ class _Lines:
     def __init__(self, sock: object) -> None:
         self.sock = sock
         self.data = bytearray()  # appended to in place: a page can be megabytes
+        self.owed = 0  # the size of a block being read (Ctrl-C can cut into it)
+        self.paged = False  # a page came (or began to)
 
     def _fill(self) -> bool:
         chunk = self.sock.recv(1 << 20)  # type: ignore[attr-defined]
@@ -179,11 +181,13 @@ class _Lines:
         return line
 
     def block(self, size: int) -> bytes | None:
+        self.owed, self.paged = size, True
         while len(self.data) < size:
             if not self._fill():
                 return None
         block = bytes(self.data[:size])
         del self.data[:size]
+        self.owed = 0
         return block
 
 
@@ -217,11 +221,13 @@ def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
         st = os.stat(folder)
     except (OSError, ValueError):
         return None
+    import _signal  # type: ignore[import-not-found]  # loaded at start-up; signal imports enum
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     committed = False
     pid = 0
+    lines = _Lines(sock)
     try:
         try:
             # a watcher too busy to accept (its queue full) is no server: the program answers
@@ -235,46 +241,43 @@ def serve_status(argv: list[str], group: Mapping[str, object]) -> int | None:
             if sent < len(request):
                 sock.sendall(request[sent:])
             sock.settimeout(FIRST_REPLY_TIMEOUT)
-            lines = _Lines(sock)
             first = lines.line()
             if first is None or not first.startswith(b"pid "):
                 return None  # "fallback ...", or no answer in time: the server ran nothing
             pid = int(first[4:])
-            # Committed: the child runs only once it has this, so a program that gave up
-            # waiting (above) and answers itself is never answered twice
-            sock.sendall(b"go\n")
-            committed = True
+            sock.settimeout(None)
+            # Committed: the child gets the command only once the watcher has this, so a
+            # program that gave up waiting (above) and answers itself is never answered
+            # twice. A Ctrl-C while it is sent is held back until ``committed`` says so.
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+            try:
+                sock.sendall(b"go\n")
+                committed = True
+            finally:
+                _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})
+            return _answer(lines, pid)
         except (OSError, ValueError):
+            if committed:
+                return _broke_off()
             return None  # no server, or it did not take the request: nothing was written
         except KeyboardInterrupt:
-            # Ctrl-C before the answer began: the watcher sees this end close and runs
-            # nothing (or, past "go", ends the command, as the answer's Ctrl-C does)
             if committed:
-                import contextlib
-                import signal
-
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGINT)
+                return _interrupted(lines, pid)
+            # Ctrl-C before the answer began: the watcher sees this end close and runs
+            # nothing
             return 130
-        sock.settimeout(None)
-        return _follow(lines, pid)
     finally:
         sock.close()
 
 
-def _exit_of(lines: _Lines) -> int | None:
-    """The exit code the server sends last (None: it ended without one); pages dropped."""
-    while (line := lines.line()) is not None:
-        word, _, rest = line.partition(b" ")
-        if word == b"page":
-            lines.block(int(rest))
-        elif word == b"exit":
-            return int(rest)
-    return None
+def _broke_off() -> int:
+    sys.stderr.write("manifest: error: the watcher's answer broke off; run the command again\n")
+    return 3
 
 
-def _follow(lines: _Lines, pid: int) -> int | None:
-    """Read the server's answer for the child ``pid`` to its end: the exit code."""
+def _answer(lines: _Lines, pid: int) -> int | None:
+    """Read the server's answer for the child ``pid`` to its end: the exit code; None when
+    the child ran nothing (``fallback``: the caller runs the command)."""
     page: str | None = None
     try:
         while True:
@@ -287,7 +290,7 @@ def _follow(lines: _Lines, pid: int) -> int | None:
                 return 3
             word, _, rest = line.partition(b" ")
             if word == b"fallback":
-                return None  # the child ran nothing: the caller runs the command
+                return None
             if word == b"page":
                 block = lines.block(int(rest))
                 if block is None:
@@ -297,22 +300,34 @@ def _follow(lines: _Lines, pid: int) -> int | None:
                 code = int(rest)
                 break
     except KeyboardInterrupt:
-        # Ctrl-C: the command (in the watcher's child, which the terminal does not signal)
-        # gets it, as in process, and the program waits for its last words and its exit
-        # code; a second Ctrl-C leaves at once
-        import contextlib
-        import signal
-
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGINT)
-        try:
-            last = _exit_of(lines)
-        except (KeyboardInterrupt, OSError):
-            return 130
-        return 130 if last is None else last
+        return _interrupted(lines, pid)
     except OSError:
-        sys.stderr.write("manifest: error: the watcher's answer broke off; run the command again\n")
-        return 3
+        return _broke_off()
     if page is not None:
         run_pager(pager_command(os.environ), page)
     return code
+
+
+def _interrupted(lines: _Lines, pid: int) -> int:
+    """Ctrl-C once the command runs: the command (in the watcher's child, which the
+    terminal does not signal) gets it, as in process, and the program waits for its exit
+    code (a page is not shown then: 130); a second Ctrl-C leaves at once."""
+    import contextlib
+    import signal
+
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGINT)
+    try:
+        if lines.owed:  # the rest of the page the Ctrl-C cut into
+            lines.block(lines.owed)
+        while (line := lines.line()) is not None:
+            word, _, rest = line.partition(b" ")
+            if word == b"page":
+                lines.block(int(rest))
+            elif word == b"exit":
+                return 130 if lines.paged else int(rest)
+            elif word == b"fallback":
+                break
+    except (KeyboardInterrupt, OSError, ValueError):
+        pass
+    return 130

@@ -227,40 +227,52 @@ class CommandServer:
         if select.select([conn], [], [], 0)[0]:
             return  # a client sends nothing before its pid: it went (Ctrl-C) before this
         with self.lock:
+            if self.closed:
+                return  # the watcher stops: the program sees the end close and answers itself
             if not self.warm:
                 self._warm()
                 self.warm = True
+            if self.spare is not None and not _alive(self.spare[0]):
+                self.spare[1].close()  # the spare died (killed, out of memory): reaped now
+                self.spare = None
             pid, sock = self.spare if self.spare is not None else self._fork()
             self.spare = None
             self.running.add(pid)
         relayed = b""
-        go = False
+        taken = False  # the child has the command
         with sock:
             try:
                 conn.sendall(b"pid %d\n" % pid)
                 # the child gets the command only once the client says it follows it: a
                 # client that gave up waiting answers itself, and nothing runs here
-                go = _says_go(conn)
-                if go:
-                    body = b"%d\n" % len(request.body) + request.body
+                if not _says_go(conn):
+                    with contextlib.suppress(OSError):  # (for a "go" that comes too late)
+                        conn.sendall(b"fallback the program did not follow in time\n")
+                    return
+                body = b"%d\n" % len(request.body) + request.body
+                try:
                     socket.send_fds(sock, [body], request.fds)
+                    taken = True
+                except OSError:  # the child died since: nothing was written
+                    relayed = b"fallback the watcher's child for the command was gone\n"
+                else:
                     relayed = _relay(sock, conn)
-                    if relayed.startswith(b"fallback "):
-                        self.fallbacks += 1
-                        reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
-                        self.last_fallback = {"time_ns": time.time_ns(), "reason": reason}
-                    elif relayed:
-                        self.served += 1
-                    if relayed:
-                        conn.sendall(relayed)
+                if relayed.startswith(b"fallback "):
+                    self.fallbacks += 1
+                    reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
+                    self.last_fallback = {"time_ns": time.time_ns(), "reason": reason}
+                elif relayed:
+                    self.served += 1
+                if relayed:
+                    conn.sendall(relayed)
             finally:
-                if not relayed.startswith((b"exit ", b"fallback ")):
+                if not taken or not relayed.startswith((b"exit ", b"fallback ")):
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)  # the client went: so does its command
                 with self.lock:  # before it is reaped: close() never signals a reused pid
                     self.running.discard(pid)
                 _, status = os.waitpid(pid, 0)
-        if not go or relayed or self.closed:
+        if relayed or self.closed:
             # answered (counted and sent above); or the watcher stops: its end closes, and
             # the program says so (exit 3)
             return
@@ -308,6 +320,14 @@ def _receive(
             raise ValueError("the request broke off")
         body += chunk
     return body
+
+
+def _alive(pid: int) -> bool:
+    """Whether our child ``pid`` still runs (if it ended, it is reaped here)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return False
 
 
 def _says_go(conn: socket.socket) -> bool:
@@ -401,6 +421,9 @@ def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
             traceback.print_exc()
         code = 1
     finally:
+        # a Ctrl-C the program sends on from now would only cut the exit short (a
+        # traceback from the watcher's own code, on the program's terminal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):
                 stream.flush()

@@ -110,10 +110,22 @@ class Project:
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """The children of process ``pid``, whichever of its threads forked them."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return sorted(set(found))
+
+
+def _one_spare(pid: int) -> list[int]:
+    """The watcher's spare child, once there is one (it is forked after an answer: the
+    program that asked may have gone before)."""
+    deadline = time.monotonic() + 10
+    while len(spares := _children(pid)) != 1:
+        assert time.monotonic() < deadline, spares
+        time.sleep(0.02)
+    return spares
 
 
 def _gone(pids: list[int], within: float = 10.0) -> bool:
@@ -278,12 +290,14 @@ def _ask_raw(project: Project, request: bytes, *, go: bool = True) -> tuple[byte
             os.close(write_end)
             write_end = -1
             reply = b""
+            said = False
             while chunk := sock.recv(65536):
                 reply += chunk
-                if reply.startswith(b"pid ") and reply.count(b"\n") == 1:
+                if not said and reply.startswith(b"pid ") and b"\n" in reply:
                     if not go:
                         break
                     sock.sendall(b"go\n")
+                    said = True
         os.set_blocking(read_end, False)
         try:
             written = os.read(read_end, 65536)
@@ -364,6 +378,7 @@ def _status_on_a_full_pipe(
         (many / f"file-{n:05d}.txt").write_bytes(b"x")
     project.run("status")  # the journal's answer after the burst, taken once
     watcher = project.watcher()["pid"]
+    _one_spare(watcher)  # the command's child is the spare: the only child while it runs
     proc = subprocess.Popen(
         [*PROGRAM, "status", "--limit", "100000"],
         stdout=subprocess.PIPE,
@@ -383,6 +398,19 @@ def _status_on_a_full_pipe(
         proc.wait(10)
         raise
     return proc, running
+
+
+def test_a_dead_spare_leaves_the_command_to_the_program(project: Project) -> None:
+    """The spare child killed (the OOM killer sees it at the watcher's size): the next
+    status is still answered, exactly as in process, never "the watcher stopped"."""
+    write(project.raw / "link_templates.csv", "changed\n")
+    watcher = project.watcher()["pid"]
+    (spare,) = _one_spare(watcher)
+    os.kill(spare, signal.SIGKILL)
+    assert _gone([spare])
+    result = project.run("status", "--exit-code")
+    assert result.returncode == 1 and "modified: link_templates.csv" in result.stdout, result
+    assert _same(result) == _same(project.run("status", "--exit-code", server=False))
 
 
 def test_ctrl_c_reaches_the_command_and_the_program_waits_for_its_end(project: Project) -> None:
@@ -581,12 +609,7 @@ def test_ctrl_c_while_the_watcher_has_not_answered_yet(project: Project) -> None
 def test_a_killed_watcher_leaves_the_program_to_answer(project: Project) -> None:
     write(project.raw / "link_templates.csv", "changed\n")
     pid = project.watcher()["pid"]
-    deadline = time.monotonic() + 10
-    # the child forked ahead for the next command (after the last answer: the program that
-    # asked may have gone before it was forked)
-    while len(spares := _children(pid)) != 1:
-        assert time.monotonic() < deadline, spares
-        time.sleep(0.02)
+    spares = _one_spare(pid)
     os.kill(pid, signal.SIGKILL)
     assert _gone(spares), "the spare child outlived its watcher"
     deadline = time.monotonic() + 10
