@@ -186,8 +186,8 @@ def _start_moto(log: Path, watch_pid: int | None = None, **popen: Any) -> tuple[
     """moto's server on a free port, its output in ``log``: its endpoint and process, once
     it answers (``watch_pid``: it exits when that process does)."""
     port = _free_port()
-    command = [sys.executable, str(Path(__file__).with_name("motoserver.py")), "127.0.0.1"]
-    command.append(str(port))
+    server = str(Path(__file__).with_name("motoserver.py"))
+    command = [sys.executable, server, "127.0.0.1", str(port)]
     if watch_pid is not None:
         command.append(str(watch_pid))
     with log.open("wb") as out:
