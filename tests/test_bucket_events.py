@@ -430,6 +430,42 @@ def test_two_ticks_at_once_lose_nothing(s3: S3Server, setup: Setup) -> None:
     assert first.status().scan_source == "journal"
 
 
+def test_two_ticks_settling_at_the_same_moment_lose_nothing(
+    s3: S3Server, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the check above cannot see: the second tick settles between the first's
+    check of the header and its write. The header is written by compare-and-swap, so the
+    first hands its messages back instead of writing over the second's header (whose
+    listing has a key the first never saw): the next tick still finds both changes."""
+    from manifest.repo import settle
+    from manifest.root import events as ev
+
+    first, second = setup.repo(), setup.repo()
+    assert first.begin().outcome == "baseline"
+    last = first.find_ref("last")
+    upload(setup.raw, {"a.txt": b"1"})
+    held = first.scan(base=last, consume=True)  # the event for a.txt, and the canary
+    upload(setup.raw, {"b.txt": b"2"})
+    listed = second.scan(base=last, consume=True)  # no canary: a full listing
+    assert (held.source, listed.source) == ("events", "scan")
+    pause = ev.pause_for_tests
+    raced: list[str] = []
+
+    def meanwhile(point: str) -> None:
+        if point == "checked" and not raced:
+            raced.append(point)
+            settle(listed, True)  # writes its header and deletes the event for b.txt
+        pause(point)
+
+    monkeypatch.setattr(ev, "pause_for_tests", meanwhile)
+    settle(held, True)
+    assert raced == ["checked"]
+    cycle = first.begin()
+    assert cycle.changes.added == ("a.txt", "b.txt")
+    first.promote(cycle.snapshot or "")
+    assert first.begin().outcome == "unchanged"
+
+
 def test_a_key_settling_is_taken_later_without_another_event(s3: S3Server, setup: Setup) -> None:
     """Its message is deleted by the tick that saw it settling: the kept listing holds it,
     and a later tick records it once the cooldown is over."""

@@ -718,19 +718,28 @@ class BucketRoot(Root):
                 if same and keys is None and not drained.messages and not stale:
                     queue.release(mine + drained.others)  # a quiet tick
                     return
-                now = ev.decode_state(store.files.read(ev.STATE_FILE))
+                raw, tag = store.files.read_tagged(ev.STATE_FILE)
+                now = ev.decode_state(raw)
                 if (now.generation if now else None) != (state.generation if state else None):
                     # another tick wrote the state since this one read it: its messages come
                     # back after their visibility timeout and are applied then
                     queue.release(held)
                     return
+                ev.pause_for_tests("checked")
                 if keys is not None:  # the kept listing changed
                     parts, bounds = ev.write_listing(store.files, keys.values(), state)
                     header = msgspec.structs.replace(header, parts=parts, bounds=bounds)
-                if keys is not None or not same:
-                    # (else only messages that changed nothing are deleted: a store inside
-                    # the root would otherwise send an event for every header it writes)
-                    store.files.write(ev.STATE_FILE, ev.encode_state(header))
+                # The header is written by compare-and-swap against the one just checked:
+                # a tick that wrote it in between wins, and this one hands its messages
+                # back (the parts it may have rewritten no longer match the winner's
+                # header: the next tick lists in full). Nothing is lost either way.
+                # (Unchanged, only messages that changed nothing are deleted: a store inside
+                # the root would otherwise send an event for every header it writes.)
+                if (keys is not None or not same) and not store.files.replace(
+                    ev.STATE_FILE, ev.encode_state(header), tag
+                ):
+                    queue.release(held)
+                    return
                 ev.pause_for_tests("written")
                 queue.delete(drained.messages + stale)
                 if new_canary:
@@ -747,11 +756,13 @@ class BucketRoot(Root):
         from manifest.root import events as ev
 
         try:
-            state = ev.decode_state(self.store.files.read(ev.STATE_FILE))
-            if state is not None:
-                self.store.files.write(
+            raw, tag = self.store.files.read_tagged(ev.STATE_FILE)
+            state = ev.decode_state(raw)
+            if state is not None:  # (lost to another writer: its header is newer news)
+                self.store.files.replace(
                     ev.STATE_FILE,
                     ev.encode_state(msgspec.structs.replace(state, problem=problem[:500])),
+                    tag,
                 )
         except StoreError:
             pass

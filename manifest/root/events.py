@@ -22,7 +22,10 @@ Messages are deleted only once a snapshot recording them is durable (``ScanResul
 called by the verb that wrote the snapshot), and after the listing that applied them is
 written: a tick killed at any point leaves them in the queue, where they reappear after the
 visibility timeout and are applied again (harmless). A read-only look (``status``, ``diff``)
-hands every message it received back to the queue at once.
+hands every message it received back to the queue at once. Two ticks that settle at once
+(two pods, the nightly check beside the schedule) cannot both write: the header is replaced
+by compare-and-swap (``Files.replace``: an ``If-Match`` put on a bucket, a lock file on a
+folder) against the one the tick read, and the loser hands its messages back.
 
 Any doubt is a full listing, exactly as without events, with the reason in
 ``ScanResult.reason``: no state yet, another queue, an ``s3:TestEvent`` (the notification

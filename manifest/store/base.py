@@ -51,6 +51,17 @@ class Files(ABC):
         """Write ``name`` only if it does not exist; False if another writer got there."""
 
     @abstractmethod
+    def read_tagged(self, name: str) -> tuple[bytes | None, str | None]:
+        """The file's bytes and its tag, which differs whenever its bytes do; ``(None,
+        None)`` when it does not exist. :meth:`replace` compares against the tag."""
+
+    @abstractmethod
+    def replace(self, name: str, data: bytes, tag: str | None) -> bool:
+        """Compare-and-swap: replace the file (atomically, as :meth:`write`) only if it
+        still has ``tag`` (None: only if it does not exist); False when another writer
+        changed it first, and then nothing was written."""
+
+    @abstractmethod
     def where(self, name: str) -> str:
         """The file's location, for messages."""
 

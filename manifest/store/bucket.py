@@ -331,7 +331,8 @@ class BucketRefTransaction(RefTransaction):
 
 
 class BucketFiles(Files):
-    """``FORMAT``, ``config.toml``, ``pending.failed``: whole-object reads and writes."""
+    """``FORMAT``, ``config.toml``, ``pending.failed``: whole-object reads and writes; a
+    compare-and-swap is a conditional put against the ETag (as a ref's move is)."""
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
@@ -345,6 +346,18 @@ class BucketFiles(Files):
 
     def create(self, name: str, data: bytes) -> bool:
         return self.bucket.create(name, data)
+
+    def read_tagged(self, name: str) -> tuple[bytes | None, str | None]:
+        got = self.bucket.get(name)
+        if got is None:
+            return None, None
+        data, etag = got
+        if etag is None:  # (every S3 GET has one; without it no compare can hold)
+            raise StoreError(self.bucket.name(name), "cannot read: the server sent no ETag")
+        return data, etag
+
+    def replace(self, name: str, data: bytes, tag: str | None) -> bool:
+        return self.bucket.replace(name, data, tag)  # If-Match / If-None-Match
 
     def where(self, name: str) -> str:
         return self.bucket.name(name)

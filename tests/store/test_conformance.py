@@ -289,6 +289,43 @@ def test_small_files_are_created_once_and_replaced_whole(store: Store) -> None:
     assert files.read("root-hashes") == big
 
 
+def test_a_small_file_is_replaced_by_compare_and_swap(store: Store) -> None:
+    files = store.files
+    assert files.read_tagged("root-events") == (None, None)
+    assert files.replace("root-events", b"one", None)  # None: only if it does not exist
+    assert not files.replace("root-events", b"two", None)
+    data, tag = files.read_tagged("root-events")
+    assert data == b"one" and tag is not None
+    files.write("root-events", b"three")  # another writer since the read
+    assert not files.replace("root-events", b"four", tag)
+    assert files.read("root-events") == b"three"
+    data, tag = files.read_tagged("root-events")
+    assert data == b"three" and files.replace("root-events", b"five", tag)
+    assert files.read("root-events") == b"five"
+    assert files.read_tagged("root-events")[1] != tag
+
+
+def test_concurrent_replaces_of_a_small_file_have_one_winner(backend: Backend) -> None:
+    backend.open().files.write("root-events", b"base")
+    _, tag = backend.open().files.read_tagged("root-events")
+    outcomes: list[bytes] = []
+    barrier = threading.Barrier(6)
+
+    def contend(value: bytes) -> None:
+        files = backend.open(lock_timeout=20.0).files
+        barrier.wait()
+        if files.replace("root-events", value, tag):
+            outcomes.append(value)
+
+    threads = [threading.Thread(target=contend, args=(b"%d" % i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 1
+    assert backend.open().files.read("root-events") == outcomes[0]
+
+
 # -- the store lock, gc and fsck -----------------------------------------------------------
 
 
