@@ -238,7 +238,7 @@ class CommandServer:
             pid, sock = self.spare if self.spare is not None else self._fork()
             self.spare = None
             self.running.add(pid)
-        relayed = b""
+        relayed: bytes | None = b""
         taken = False  # the child has the command
         with sock:
             try:
@@ -257,6 +257,8 @@ class CommandServer:
                     relayed = b"fallback the watcher's child for the command was gone\n"
                 else:
                     relayed = _relay(sock, conn)
+                if relayed is None:
+                    return  # the client hung up mid-answer: not answered (nor is it counted)
                 if relayed.startswith(b"fallback "):
                     self.fallbacks += 1
                     reason = relayed[9:].rstrip(b"\n").decode("utf-8", "replace")
@@ -266,7 +268,7 @@ class CommandServer:
                 if relayed:
                     conn.sendall(relayed)
             finally:
-                if not taken or not relayed.startswith((b"exit ", b"fallback ")):
+                if not taken or not relayed or not relayed.startswith((b"exit ", b"fallback ")):
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)  # the client went: so does its command
                 with self.lock:  # before it is reaped: close() never signals a reused pid
@@ -347,19 +349,19 @@ def _says_go(conn: socket.socket) -> bool:
     return data == b"go\n"
 
 
-def _relay(child: socket.socket, conn: socket.socket) -> bytes:
+def _relay(child: socket.socket, conn: socket.socket) -> bytes | None:
     """Pass the child's messages (lines; a ``page`` line with its block) to the client
     until its ``exit`` or ``fallback``, which it sends before it exits (tearing its memory
     down is no business of the client's); that last message, not sent yet (the caller
     counts it first: ``manifest watch --status`` shows it once the program has it).
-    ``b""`` when the child ends without one, or when the client hangs up first: a client
+    ``b""`` when the child ends without one; None when the client hangs up first: a client
     sends nothing after its ``go``, so its end turning readable means it went (then so
     does its command)."""
     pending = bytearray()
     while True:
         readable = select.select([child, conn], [], [])[0]
         if child not in readable:
-            return b""  # the client hung up
+            return None  # the client hung up
         chunk = child.recv(1 << 16)
         if not chunk:
             return b""
@@ -374,7 +376,10 @@ def _relay(child: socket.socket, conn: socket.socket) -> bytes:
             del pending[:size]
             if message.startswith((b"exit ", b"fallback ")):
                 return message  # the caller counts it, then sends it
-            conn.sendall(message)
+            try:
+                conn.sendall(message)
+            except OSError:
+                return None  # the client hung up
 
 
 # -- the child ------------------------------------------------------------------------------

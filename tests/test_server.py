@@ -538,13 +538,18 @@ def test_a_command_goes_when_its_client_or_the_watcher_goes(project: Project, wh
     """A status whose reader does not read blocks in the child on a full pipe. When its
     program is killed, or the watcher is stopped, the child is killed too: it writes nothing
     more (a child left behind would write into the pipe, or a terminal, after the program
-    had ended, or had said the watcher stopped and run nothing)."""
+    had ended, or had said the watcher stopped and run nothing). A command whose program
+    went is not counted as answered."""
     proc, running = _status_on_a_full_pipe(project)
     assert proc.stdout is not None
     try:
         if who == "the client":
+            before = project.served()
             proc.kill()
             proc.wait(10)
+            assert _gone(running), "the command's child outlived its client"
+            assert project.run("status").returncode == 0  # answered: counted
+            assert project.served() == before + 1
         else:
             project.stop()
             assert proc.wait(10) == 3  # "the watcher stopped while it answered"
