@@ -682,3 +682,34 @@ def test_the_code_identity_changes_with_any_module(tmp_path: Path) -> None:
     module.write_text(module.read_text() + "\n")
     assert client.code_identity(package) != first
     assert client.code_identity() != first  # another folder is other code
+
+
+def test_ctrl_c_in_the_middle_of_a_page_skips_its_rest() -> None:
+    """The program's side alone, over a real socket to a real process standing in for the
+    command: Ctrl-C while a page is being read goes on to the command, the rest of the page
+    is read and dropped (never taken for the server's lines), and the code is 130 once the
+    command's exit comes."""
+    ours, theirs = socket.socketpair()
+    command = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        lines = client._Lines(ours)
+        page = b"exit 7\nfallback no\n" * 10  # a page whose text looks like the protocol
+        theirs.sendall(b"page %d\n" % len(page) + page[:25])
+        assert lines.line() == b"page %d" % len(page)
+        lines.owed, lines.paged = len(page), True  # as block() leaves them when Ctrl-C cuts
+        with ThreadPoolExecutor(1) as pool:
+            code = pool.submit(client._interrupted, lines, command.pid)
+            assert command.wait(10) == -signal.SIGINT  # the command got the Ctrl-C
+            theirs.sendall(page[25:])  # the rest of the page: its "exit 7" is text
+            time.sleep(0.3)
+            assert not code.done(), "the program ended before the command's exit came"
+            theirs.sendall(b"exit 0\n")
+            assert code.result(10) == 130
+    finally:
+        command.kill()
+        command.wait(10)
+        ours.close()
+        theirs.close()
