@@ -387,22 +387,35 @@ class Repository:
         read = tree_reader(self.objects, result.trees)
         return diff_trees(read, old_root, result.root_id, renames=self._renames, entries=entries)
 
-    def warm(self) -> None:
+    def warm(self) -> Status | None:
         """Import and read now what a status needs first, writing nothing: the modules a
         scan imports (``Root.warm``), the format marker, the refs, their reflogs, the locks
-        and a recorded failure. A long-lived process that forks its commands (the watcher's
-        command server) calls this once, and again in each child it forks ahead of a
-        command: a forked child shares its parent's pages until it writes them, and a page
-        touched before the command came is one the command does not wait for."""
+        and a recorded failure, then the status of a quiet tree when the root can tell
+        without walking (:meth:`rehearse_status`, returned). A long-lived process that forks
+        its commands (the watcher's command server) calls this once, and again in each child
+        it forks ahead of a command: a forked child shares its parent's pages until it
+        writes them, and a page touched before the command came is one the command does not
+        wait for."""
         from manifest import diff  # noqa: F401
 
         self.root.warm()
         self._check_format(create=False)
-        self._ref_snapshot(REF_LAST)
-        self.find_ref(REF_PENDING)
+        last = self._ref_snapshot(REF_LAST)
+        pending = self.find_ref(REF_PENDING)
         self._moved_ns(REF_LAST)
         maintenance.stale_locks(self.store)
         self.find_failure()
+        return self.rehearse_status(last, pending)
+
+    def rehearse_status(self, last: str | None, pending: str | None) -> Status | None:
+        """The status a quiet tree would give, when the root can tell without walking or
+        asking anyone (``Root.rehearse``: a recorded clean scan of ``last``'s tree), writing
+        nothing; None otherwise. Part of :meth:`warm`: what a status writes in memory, it
+        writes now."""
+        base_snap = self.read_snapshot(last) if last else None
+        base = BaseTrees(self.objects, base_snap.root if base_snap is not None else None)
+        result = self.root.rehearse(base)
+        return self._status_of(last, pending, last, result) if result is not None else None
 
     def status(
         self,
@@ -419,6 +432,18 @@ class Repository:
         pending = self.find_ref(REF_PENDING)
         base = self.resolve(against) if against is not None else last
         result = self.scan(base=base, on_hash=on_hash, on_walk=on_walk)
+        return self._status_of(last, pending, base, result, against=against, details=details)
+
+    def _status_of(
+        self,
+        last: str | None,
+        pending: str | None,
+        base: str | None,
+        result: ScanResult,
+        *,
+        against: str | None = None,
+        details: bool = False,
+    ) -> Status:
         pairs: dict[str, EntryPair] | None = {} if details else None
         changes = self._diff_scan(base, result, pairs)
         unfinished = self._ref_snapshot(REF_UNFINISHED) if against is None else None

@@ -405,10 +405,8 @@ def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         gc.disable()  # a command's garbage dies with the child
         _KEEP.extend((sys.stdin, sys.stdout, sys.stderr))
-        from manifest.commands import Options
-
         with contextlib.suppress(Exception):  # touched first here: those pages become ours
-            Options(store=str(server.store)).repository().warm()
+            _rehearse(server.store)
         fds: list[int] = []
         try:
             body = _receive(sock, fds.extend, contextlib.nullcontext())
@@ -436,6 +434,26 @@ def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
         with contextlib.suppress(OSError):
             os.write(out, b"exit %d\n" % code)
     os._exit(0 if code == _FALLBACK else code)
+
+
+def _rehearse(store: Path) -> None:
+    """In a spare, before its command: what a plain status does on a quiet tree, short of
+    asking the watcher and writing (``Repository.warm``), printed to nothing. Each page of
+    the watcher's memory a status writes (reference counts: any object it uses) is copied
+    for the child at its first write, ~10 µs each here; ~150 of them are copied now, off
+    the command's clock (docs/benchmarks.md)."""
+    from manifest import format, statusline
+    from manifest.commands import Options
+
+    statusline.parse_status(["--store", str(store), "status"])
+    repo = Options(store=str(store)).repository()
+    status = repo.warm()
+    if status is not None:
+        out, sys.stdout = sys.stdout, io.StringIO()
+        try:
+            format.print_status(status, repo.config.cooldown_sec)
+        finally:
+            sys.stdout = out
 
 
 def _exit_code(value: object) -> int:

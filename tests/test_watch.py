@@ -141,6 +141,42 @@ def test_a_quiet_scan_is_answered_by_the_journal_without_a_walk(
         assert repo.status().scan_source == "journal"
 
 
+def _files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_a_rehearsal_asks_no_one_writes_nothing_and_is_never_an_answer(
+    watched: tuple[Repository, Watcher], raw: Path, tmp_path: Path
+) -> None:
+    """``Repository.warm`` (what the command server's spare children run before their
+    command): the status of a quiet tree from the recorded clean scan, built without asking
+    the watcher or writing a byte; nothing without a recorded scan; and a status asked after
+    it still asks the watcher, which says what changed."""
+    repo, watcher = watched
+    assert repo.warm() is None  # no clean scan recorded with a token yet
+    repo.status()  # records one
+    quiet = repo.status()
+    assert quiet.scan_source == "journal"
+    asked = watcher.status()
+    before = _files_of(tmp_path / "state")
+    rehearsed = repo.warm()
+    assert rehearsed is not None
+    assert (rehearsed.scan_source, rehearsed.changes, rehearsed.files, rehearsed.last) == (
+        "journal",
+        quiet.changes,
+        quiet.files,
+        quiet.last,
+    )
+    now = watcher.status()
+    assert asked is not None and now is not None
+    assert (now["questions"], now["walks"]) == (asked["questions"], asked["walks"])
+    assert _files_of(tmp_path / "state") == before
+    (raw / "links" / "analogy.txt").write_text("{concept_a} is unlike {concept_b}\n")
+    again = repo.warm()  # a rehearsal knows nothing of the edit: it asked no one
+    assert again is not None and not again.changes
+    assert repo.status().changes.modified == ("links/analogy.txt",)
+
+
 def test_a_file_the_filters_leave_out_does_not_cost_a_walk(
     tmp_path: Path, raw: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,6 +51,13 @@ class Root(ABC):
         its commands, the watcher's command server, calls this once). Nothing by default."""
         return None
 
+    def rehearse(self, base: BaseTrees) -> ScanResult | None:
+        """The result a scan gives when it learns, without walking, that nothing changed
+        since ``base`` (a watcher's journal), built asking no one and writing nothing; None
+        when this root cannot know that (the default). ``Repository.warm`` runs a status
+        on it, to touch what a status touches before one is asked for."""
+        return None
+
     @abstractmethod
     def describe(self) -> str:
         """What a snapshot records as its data root (one printable line)."""
