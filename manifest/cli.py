@@ -909,6 +909,36 @@ def watch(
         fail(f"manifest watch: {watcher.exit_reason}; start it again", EXIT_ERROR)
 
 
+@app.command("build-client")
+@handle_errors
+def build_client(
+    output: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Where to write it (default: manifest-fast beside this manifest program).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Compile the optional C client of the watcher's command server (needs cc or $CC).
+
+    `manifest-fast status` is `manifest status` without starting Python when a watcher
+    runs for the store: a few milliseconds. Every other line, and any it cannot serve, it
+    hands to this installation's manifest program, so `alias manifest=manifest-fast` is
+    safe. Build it again after upgrading manifest or Python (until then it runs the
+    program).
+
+    Example: manifest build-client
+    """
+    from manifest.native import build, default_output
+
+    path = build(output if output is not None else default_output())
+    typer.echo(
+        f"built {quote_path(str(path))}: `{path.name} status` is answered by the watcher "
+        f"without Python; everything else runs {quote_path(sys.executable)} -m manifest"
+    )
+
+
 def main() -> None:
     """The Typer app as a program (``manifest.entry.main`` is the command: it runs a plain
     ``status`` without Typer, and everything else through this app)."""

@@ -91,8 +91,30 @@ def code_identity(package: str | os.PathLike[str] | None = None) -> bytes:
     """What the running code is: the interpreter, and every module of this package (or of
     ``package``, a folder) with its size and modification time. A watcher serves only a
     client whose identity equals the one it computed when it started."""
-    base = os.fspath(package) if package is not None else os.path.dirname(os.path.abspath(__file__))
-    parts = [sys.version, sys.prefix, base]
+    base = _package(package)
+    return "\n".join(sorted([sys.version, sys.prefix, base, *_modules(base)])).encode()
+
+
+def native_identity(
+    executable: str | None = None, package: str | os.PathLike[str] | None = None
+) -> bytes:
+    """The identity the compiled client (``manifest build-client``) sends, which cannot ask
+    Python for its version: the interpreter it runs the program with (``executable``:
+    path, modification time and size) and every module of the package it was built for."""
+    base = _package(package)
+    executable = executable if executable is not None else sys.executable
+    st = os.stat(executable)
+    python = f"python:{executable}:{st.st_mtime_ns}:{st.st_size}"
+    return "\n".join(sorted(["native", python, base, *_modules(base)])).encode()
+
+
+def _package(package: str | os.PathLike[str] | None) -> str:
+    return os.fspath(package) if package is not None else os.path.dirname(os.path.abspath(__file__))
+
+
+def _modules(base: str) -> list[str]:
+    """``path:mtime_ns:size`` of every module below ``base`` (``__pycache__`` aside)."""
+    found = []
     stack = [base]
     while stack:
         folder = stack.pop()
@@ -100,10 +122,10 @@ def code_identity(package: str | os.PathLike[str] | None = None) -> bytes:
             for entry in entries:
                 if entry.name.endswith(".py"):
                     st = entry.stat(follow_symlinks=False)
-                    parts.append(f"{entry.path}:{st.st_mtime_ns}:{st.st_size}")
+                    found.append(f"{entry.path}:{st.st_mtime_ns}:{st.st_size}")
                 elif entry.name != "__pycache__" and entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-    return "\n".join(sorted(parts)).encode()
+    return found
 
 
 def encode_request(argv: list[str], cwd: str) -> bytes:

@@ -30,6 +30,15 @@ class ConfigError(ManifestError):
         super().__init__(f"invalid {variable}={value!r}: expected {allowed}")
 
 
+class BuildError(ManifestError):
+    """The compiled client (``manifest build-client``) cannot be built."""
+
+    def __init__(self, problem: str, hint: str) -> None:
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"cannot build the compiled client: {problem}; {hint}")
+
+
 class RootError(ManifestError):
     """The data root is missing or is not a directory."""
 

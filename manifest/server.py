@@ -82,7 +82,8 @@ class CommandServer:
         self.store = store
         self.store_id = (st.st_dev, st.st_ino)
         self.address = client.address(st.st_dev, st.st_ino)
-        self.identity = client.code_identity()
+        # the program's, and the compiled client's (manifest build-client) for this code
+        self.identities = {client.code_identity(), _native_identity()} - {b""}
         # the watcher's descriptors no child may hold on to (its listening sockets: a child
         # that outlives the watcher would keep their names taken); set by the watcher
         self.inherited: list[int] = []
@@ -217,7 +218,7 @@ class CommandServer:
         return pid, ours
 
     def _run(self, conn: socket.socket, request: Request) -> None:
-        if request.identity != self.identity:
+        if request.identity not in self.identities:
             self._fallback(
                 conn,
                 "the manifest code or Python changed since the watcher started; restart the "
@@ -282,6 +283,13 @@ class CommandServer:
         self.served += 1
         code = os.waitstatus_to_exitcode(status)
         conn.sendall(b"exit %d\n" % (code if code >= 0 else 128 - code))
+
+
+def _native_identity() -> bytes:
+    try:
+        return client.native_identity()
+    except OSError:  # no interpreter file to stat (an embedded Python): no compiled client
+        return b""
 
 
 def _receive(

@@ -74,13 +74,18 @@ class Project:
         self.run("status")  # walks once and records the journal's token
 
     def run(
-        self, *args: str, server: bool = True, cwd: Path | None = None, **extra: str
+        self,
+        *args: str,
+        server: bool = True,
+        cwd: Path | None = None,
+        program: list[str] = PROGRAM,
+        **extra: str,
     ) -> subprocess.CompletedProcess[str]:
         env = {**self.env, **extra}
         if not server:
             env["MANIFEST_SERVER"] = "0"
         return subprocess.run(
-            [*PROGRAM, *args],
+            [*program, *args],
             capture_output=True,
             text=True,
             cwd=cwd or self.folder,
@@ -368,7 +373,7 @@ def test_nothing_runs_for_a_client_that_does_not_follow(project: Project) -> Non
 
 
 def _status_on_a_full_pipe(
-    project: Project, **popen: Any
+    project: Project, program: list[str] = PROGRAM, **popen: Any
 ) -> tuple[subprocess.Popen[bytes], list[int]]:
     """A served status whose output (~150 KB) is more than its pipe holds, nobody reading:
     the program, and the watcher's child that runs the command, blocked writing."""
@@ -380,7 +385,7 @@ def _status_on_a_full_pipe(
     watcher = project.watcher()["pid"]
     _one_spare(watcher)  # the command's child is the spare: the only child while it runs
     proc = subprocess.Popen(
-        [*PROGRAM, "status", "--limit", "100000"],
+        [*program, "status", "--limit", "100000"],
         stdout=subprocess.PIPE,
         cwd=project.folder,
         env=project.env,

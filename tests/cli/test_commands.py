@@ -211,6 +211,7 @@ def test_escape_helpers() -> None:
 def test_every_command_has_help_with_an_example() -> None:
     names = sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
     assert names == [
+        "build-client",
         "diff",
         "fsck",
         "gc",

@@ -1,0 +1,216 @@
+"""The compiled client (`manifest build-client`, manifest/native_client.c): built here with
+the machine's C compiler, run against real watchers. Whatever it serves prints exactly what
+the Python program prints, with its exit code; whatever it cannot serve it hands to the
+Python program before writing a byte."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from manifest import native
+
+from .conftest import write
+from .test_server import PROGRAM, Project, _gone, _same, _status_on_a_full_pipe
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's"),
+    pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine"),
+]
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The client, built once for this interpreter and this checkout."""
+    out = tmp_path_factory.mktemp("native") / native.NAME
+    done = subprocess.run(
+        [*PROGRAM, "build-client", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"built {out}" in done.stdout
+    return [str(out)]
+
+
+@pytest.fixture
+def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    moved = folder / "raw"
+    shutil.move(raw, moved)
+    p = Project(folder, moved)
+    yield p
+    p.stop()
+
+
+def test_it_answers_exactly_what_the_program_answers(project: Project, fast: list[str]) -> None:
+    raw = project.raw
+    write(raw / "concepts" / "descriptions" / "c3.txt", "A third.\n")
+    (raw / "links" / "analogy.txt").unlink()
+    sub = raw / "concepts"
+    served: list[tuple[list[str], Path | None]] = [
+        (["status"], None),
+        (["status", "--json"], None),
+        (["status", "--json", "--fingerprints"], None),
+        (["status", "--exit-code", "--limit", "1"], None),
+        (["--no-pager", "status"], sub),  # the store found walking up from a folder below
+        (["-C", str(project.folder), "status", "--json"], Path("/")),
+        (["--store", ".manifest", "status"], None),
+        (["--store=.manifest", "status", "--limit=2"], None),
+        (["--mode", "sideways", "status"], None),  # a bad setting: the error, exit 3
+        (["--root", str(sub), "status"], None),  # not the store's root: the error, exit 3
+    ]
+    handed: list[tuple[list[str], Path | None]] = [
+        (["log"], None),  # another command
+        (["--help"], None),
+        (["status", "--bogus"], None),  # Typer's error, exit 2
+        (["status", "--limit", "0"], None),  # the server's parse refuses it: "fallback"
+        (["status", "--json", "--json"], None),  # given twice: Typer's rule
+        (["--store", "s3://bucket/x", "status"], None),  # not a folder
+    ]
+    before = project.served()
+    for argv, cwd in served + handed:
+        fast_result = project.run(*argv, cwd=cwd, program=fast)
+        alone = project.run(*argv, cwd=cwd, server=False)
+        assert _same(fast_result) == _same(alone), argv
+        assert "Traceback" not in fast_result.stderr
+    assert project.served() == before + len(served)  # only the plain lines were answered
+    assert project.run("status", "--exit-code", program=fast).returncode == 1
+    assert project.run("--mode", "sideways", "status", program=fast).returncode == 3
+
+
+def test_without_a_watcher_or_a_server_it_runs_the_program(
+    project: Project, fast: list[str]
+) -> None:
+    write(project.raw / "link_templates.csv", "changed\n")
+    before = project.served()
+    off = project.run("status", "--exit-code", program=fast, MANIFEST_SERVER="0")
+    assert _same(off) == _same(project.run("status", "--exit-code", server=False))
+    assert project.served() == before
+    project.stop()
+    alone = project.run("status", "--exit-code", program=fast)
+    assert _same(alone) == _same(project.run("status", "--exit-code"))
+    assert alone.returncode == 1 and "modified: link_templates.csv" in alone.stdout
+    assert "journal" not in alone.stdout  # a walk: no watcher
+
+
+def test_other_code_than_the_watcher_runs_is_left_to_the_program(
+    project: Project, tmp_path: Path
+) -> None:
+    """A client built for another interpreter (as after a reinstall; here the same one
+    under another name, in its own folder, so that it finds its environment): its identity
+    is not the watcher's, which answers "fallback"; the program runs, the same output."""
+    other = Path(sys.executable).with_name(f"python-other-{os.getpid()}")
+    other.symlink_to(Path(sys.executable).name)
+    try:
+        out = tmp_path / "other-fast"
+        native.build(out, python=str(other))
+        before = project.watcher()["commands"]
+        result = project.run("status", "--json", program=[str(out)])
+        after = project.watcher()["commands"]
+    finally:
+        other.unlink()
+    assert _same(result) == _same(project.run("status", "--json", server=False))
+    # the client was told "fallback"; the program it ran (the same Python, the same code
+    # as the watcher's) was then answered by the watcher
+    assert (after["served"], after["fallbacks"]) == (before["served"] + 1, before["fallbacks"] + 1)
+    assert "code or Python changed" in after["last_fallback"]["reason"]
+
+
+def test_a_page_is_paged_on_its_terminal(project: Project, fast: list[str]) -> None:
+    write(project.raw / "link_templates.csv", "changed\n")
+    env = {**project.env, "TERM": "xterm", "MANIFEST_PAGER": "sed 's/^/PAGED: /'"}
+
+    def on_tty(program: list[str], **extra: str) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [*program, "status"],
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            cwd=project.folder,
+            env={**env, **extra},
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 0
+        os.close(leader)
+        return re.sub(r"\(\d+ \w+ ago\)", "(ago)", b"".join(chunks).decode())
+
+    before = project.served()
+    paged = on_tty(fast)
+    assert project.served() == before + 1
+    assert "PAGED: " in paged and "\x1b[33m" in paged  # paged, in colour (a terminal)
+    assert paged == on_tty(PROGRAM, MANIFEST_SERVER="0")
+
+
+def test_ctrl_c_reaches_the_command_and_it_waits_for_its_end(
+    project: Project, fast: list[str]
+) -> None:
+    """As the program does (test_server.py): Ctrl-C goes on to the command, stopped here
+    (SIGSTOP), and the client ends after it, with 130."""
+    proc, running = _status_on_a_full_pipe(
+        project,
+        fast,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        (command,) = running
+        os.kill(command, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the client left before its command ended"
+        os.kill(command, signal.SIGCONT)
+        out = proc.stdout.read()
+        assert proc.wait(10) == 130
+        assert _gone(running, within=1.0), "the command outlived the client"
+        assert out.startswith(b"root:") and proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_a_build_without_a_compiler_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc")}
+    done = subprocess.run(
+        [*PROGRAM, "build-client", str(tmp_path / "x")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "no C compiler found" in done.stderr and "set CC" in done.stderr
+    assert not (tmp_path / "x").exists()
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: out of disk' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    done = subprocess.run(
+        [*PROGRAM, "build-client", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env={**env, "CC": str(broken)},
+    )
+    assert done.returncode == 3 and "cc: out of disk" in done.stderr
+    assert list(tmp_path.glob(".x*")) == []  # no temporary file left
+
+
+def test_paths_reach_the_compiler_as_c_strings() -> None:
+    assert native.c_string('/a "b"\\c?') == '"/a \\"b\\"\\\\c\\?"'
+    assert native.c_string("/caf\udce9") == '"/caf\\351"'
