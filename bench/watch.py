@@ -9,13 +9,15 @@ that walks and records the token, then):
 (a) ``manifest status`` as a process, watcher running, quiet tree (from the journal),
     answered by the watcher's command server; CPU: the program's and the watcher's for it
 (a0) the same with ``MANIFEST_SERVER=0`` (the program runs the status itself)
+(ac) the same as (a) with the compiled client (``manifest build-client``, built for this run
+    into a temporary folder): no Python start
 (p) ``python -c pass``: the interpreter's start, the floor of any Python program
 (d) in process: ``Repository(load_config(...)).status()``, watcher running
 (e) in process: ``repo.begin()`` (the Dagster tick's engine call), watcher running
 (f) ``manifest status`` as a process, watcher running, one file edited (served); (f0) the
-    same with ``MANIFEST_SERVER=0``
+    same with ``MANIFEST_SERVER=0``; (fc) with the compiled client
 (g) the same in process; the file is restored
-    (a), (a0), (p), (f) and (f0) run REPEAT times a round, interleaved
+    (a), (ac), (a0), (p), (f), (fc) and (f0) run REPEAT times a round, interleaved
     -- the watcher is stopped --
 (b1) ``manifest status``, no watcher, one file edited (a walk); (c1) git status with it
 (b) ``manifest status`` as a process, no watcher (a walk)
@@ -63,7 +65,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 TREES = harness.TREES
 MANIFEST = harness.MANIFEST
 BURST_FILES = 10_000
-REPEAT = 5  # (a), (a0), (p), (f), (f0) per round: they are short, and a VM's timing is noisy
+REPEAT = 5  # (a), (ac), (a0), (p), (f), (fc), (f0) per round: short, and a VM's timing is noisy
 BURST_DIR = "_watch_burst"  # inside the tree; removed again after each burst
 JOURNAL_MARK = "walk: the watcher's journal shows"  # "(no walk: ..." or "(no full walk: ..."
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -150,6 +152,7 @@ class Bench:
         self.plain_env = {**self.env, "GIT_INDEX_FILE": str(gitdir / "index.plain")}
         self.alone_env = {**self.env, "MANIFEST_SERVER": "0"}  # no command server
         self.pid: int | None = None
+        self.fast = str(store.parent / "manifest-fast")  # the compiled client (built in main)
 
     @contextlib.contextmanager
     def edited(self) -> Iterator[str]:
@@ -164,8 +167,8 @@ class Bench:
             path.write_bytes(original)
             os.utime(path, ns=(gen_tree.MTIME_NS, gen_tree.MTIME_NS))
 
-    def manifest(self, *rest: str) -> list[str]:
-        return [MANIFEST, "--store", str(self.store), "--root", str(self.tree), *rest]
+    def manifest(self, *rest: str, program: str = MANIFEST) -> list[str]:
+        return [program, "--store", str(self.store), "--root", str(self.tree), *rest]
 
     def status_json(self) -> dict[str, Any]:
         return json.loads(run_proc(self.manifest("status", "--json"), self.env)[2])
@@ -254,6 +257,9 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
 
     m = {
         "a": Measurement("a", "(a) manifest status, watcher, quiet (served)", "manifest status"),
+        "ac": Measurement(
+            "ac", "(ac) the same, the compiled client (served)", "manifest-fast status"
+        ),
         "a0": Measurement(
             "a0", "(a0) the same, run by the program", "MANIFEST_SERVER=0 manifest status"
         ),
@@ -265,6 +271,9 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
         ),
         "e": Measurement("e", "(e) tick proxy in process: begin(), watcher, quiet", "repo.begin()"),
         "f": Measurement("f", "(f) manifest status, watcher, one edit (served)", "manifest status"),
+        "fc": Measurement(
+            "fc", "(fc) the same, the compiled client (served)", "manifest-fast status"
+        ),
         "f0": Measurement(
             "f0", "(f0) the same, run by the program", "MANIFEST_SERVER=0 manifest status"
         ),
@@ -304,23 +313,28 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
         assert b.pid is not None
         served = b.watcher()["commands"]["served"]
         watcher_cpu = proc_cpu_total(b.pid)
-        runs_a: list[tuple[float, float]] = []
+        runs_a: dict[str, list[tuple[float, float]]] = {"a": [], "ac": []}
         for _ in range(REPEAT):
-            for key, env in (("a", b.env), ("a0", b.alone_env)):
-                wall, cpu, out = run_proc(b.manifest("status"), env)
+            for key, env, program in (
+                ("a", b.env, MANIFEST),
+                ("ac", b.env, b.fast),
+                ("a0", b.alone_env, MANIFEST),
+            ):
+                wall, cpu, out = run_proc(b.manifest("status", program=program), env)
                 if JOURNAL_MARK not in out or quiet_tail not in out:
                     raise RuntimeError(f"({key}) did not come from the journal:\n{out[-1000:]}")
-                if key == "a":
-                    runs_a.append((wall, cpu))
+                if key in runs_a:
+                    runs_a[key].append((wall, cpu))
                 else:
                     m[key].add(wall, cpu, timed)
             wall, cpu, _ = run_proc([sys.executable, "-c", "pass"], b.env)
             m["p"].add(wall, cpu, timed)
-        # the watcher's part (its forked children's), in 10 ms ticks: its mean per command
-        # (the (a0) and (p) runs beside cost it nothing, or a journal question at most)
-        share = (proc_cpu_total(b.pid) - watcher_cpu) / REPEAT
-        for wall, cpu in runs_a:
-            m["a"].add(wall, cpu + share, timed)
+        # the watcher's part (its forked children's), in 10 ms ticks: its mean per served
+        # command (the (a0) and (p) runs beside cost it nothing, or a journal question at most)
+        share = (proc_cpu_total(b.pid) - watcher_cpu) / (2 * REPEAT)
+        for key, runs_key in runs_a.items():
+            for wall, cpu in runs_key:
+                m[key].add(wall, cpu + share, timed)
 
         t0, c0 = time.perf_counter(), time.process_time()
         st = Repository(config()).status()
@@ -340,22 +354,27 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
 
         with b.edited() as rel:
             watcher_cpu = proc_cpu_total(b.pid)
-            runs_f: list[tuple[float, float]] = []
+            runs_f: dict[str, list[tuple[float, float]]] = {"f": [], "fc": []}
             for _ in range(REPEAT):
-                for key, env in (("f", b.env), ("f0", b.alone_env)):
-                    wall, cpu, out = run_proc(b.manifest("status"), env)
+                for key, env, program in (
+                    ("f", b.env, MANIFEST),
+                    ("fc", b.env, b.fast),
+                    ("f0", b.alone_env, MANIFEST),
+                ):
+                    wall, cpu, out = run_proc(b.manifest("status", program=program), env)
                     if JOURNAL_MARK not in out or "listed 3 folder(s)" not in out or rel not in out:
                         raise RuntimeError(f"({key}) did not come from the journal:\n{out[-1000:]}")
-                    if key == "f":
-                        runs_f.append((wall, cpu))
+                    if key in runs_f:
+                        runs_f[key].append((wall, cpu))
                     else:
                         m[key].add(wall, cpu, timed)
-            share = (proc_cpu_total(b.pid) - watcher_cpu) / REPEAT
-            for wall, cpu in runs_f:
-                m["f"].add(wall, cpu + share, timed)
+            share = (proc_cpu_total(b.pid) - watcher_cpu) / (2 * REPEAT)
+            for key, runs_key in runs_f.items():
+                for wall, cpu in runs_key:
+                    m[key].add(wall, cpu + share, timed)
             answered = b.watcher()["commands"]["served"] - served
-            if answered != 2 * REPEAT:
-                raise RuntimeError(f"the watcher served {answered} of {2 * REPEAT} commands")
+            if answered != 4 * REPEAT:
+                raise RuntimeError(f"the watcher served {answered} of {4 * REPEAT} commands")
 
             t0, c0 = time.perf_counter(), time.process_time()
             st = Repository(config()).status()
@@ -513,6 +532,13 @@ def section(
         f"{ms(med(m['f'].cpu))} |",
         f"| (a) / (p), (f) / (p): against Python's own start | {ratio('a', 'p', 'wall')}, "
         f"{ratio('f', 'p', 'wall')} | {ratio('a', 'p', 'cpu')}, {ratio('f', 'p', 'cpu')} |",
+        f"| **(ac), (fc): the compiled client, against fsmonitor's 30 ms** | "
+        f"{ms(med(m['ac'].wall))}, {ms(med(m['fc'].wall))} | {ms(med(m['ac'].cpu))}, "
+        f"{ms(med(m['fc'].cpu))} |",
+        f"| (fc) / (c1): the compiled client after one edit vs git status | "
+        f"{ratio('fc', 'c1', 'wall')} | {ratio('fc', 'c1', 'cpu')} |",
+        f"| (ac) / (p): the compiled client against Python's start | {ratio('ac', 'p', 'wall')} "
+        f"| {ratio('ac', 'p', 'cpu')} |",
         f"| (b1) / (c1): the same without a watcher | {ratio('b1', 'c1', 'wall')} | "
         f"{ratio('b1', 'c1', 'cpu')} |",
         f"| (g) status after one edit in process (no Python start-up) | {ms(med(m['g'].wall))} "
@@ -533,9 +559,12 @@ def section(
         "program (`manifest.client`) hands its descriptors, folder and environment to the "
         "watcher, which forks a child that runs the status with the engine already imported; "
         "their CPU is the program's plus the watcher's for that command (`/proc/PID/stat`, "
-        "its reaped children included, 10 ms ticks summed over many runs). Every round checks "
-        f"that the watcher served all {2 * REPEAT} of them; (a0) and (f0) are the same "
-        "commands with `MANIFEST_SERVER=0`.",
+        "its reaped children included, 10 ms ticks summed over many runs, shared equally "
+        "among the served commands). (ac) and (fc) are the same with the compiled client "
+        "(`manifest build-client`, built for this run: `manifest/native_client.c`), which "
+        "does the program's part without starting Python. Every round checks that the "
+        f"watcher served all {4 * REPEAT} of them; (a0) and (f0) are the same commands with "
+        "`MANIFEST_SERVER=0`.",
         "",
         "(c) has `core.untrackedCache=true` and `gc.auto=0` in its own git dir; (c0) is the same "
         "index without the untracked cache (`GIT_INDEX_FILE`, `-c core.untrackedCache=false`), "
@@ -614,6 +643,9 @@ def main() -> int:
     b = Bench(args.n, tree, store, work / "git")
     try:
         b.setup_git(work / "git")
+        from manifest.native import build
+
+        print(f"  the compiled client: {build(Path(b.fast))}", flush=True)
         print("  first snapshot", flush=True)
         run_proc(b.manifest("snapshot", "--ref", "last", "-m", "base"), b.env)
         m, extra = measure_rounds(b, args.runs)

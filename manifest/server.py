@@ -413,8 +413,9 @@ def _spare(sock: socket.socket, server: CommandServer) -> NoReturn:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         gc.disable()  # a command's garbage dies with the child
         _KEEP.extend((sys.stdin, sys.stdout, sys.stderr))
-        with contextlib.suppress(Exception):  # touched first here: those pages become ours
-            _rehearse(server.store)
+        if not select.select([sock], [], [], 0)[0]:  # (a command already waiting goes first)
+            with contextlib.suppress(Exception):  # touched first here: those pages become ours
+                _rehearse(server.store)
         fds: list[int] = []
         try:
             body = _receive(sock, fds.extend, contextlib.nullcontext())
