@@ -163,8 +163,10 @@ def pager_command(env: Mapping[str, str]) -> str:
 
 def run_pager(command: str, text: str) -> None:
     """Page ``text`` through ``command`` (a shell command, as git runs $PAGER); a pager that
-    cannot start prints the text as it is."""
+    cannot start prints the text as it is. Ctrl-C while it runs is the pager's (``less``
+    takes it; the program waits for the pager to end, as git does)."""
     import contextlib
+    import signal
     import subprocess  # only when paging
 
     try:
@@ -173,11 +175,19 @@ def run_pager(command: str, text: str) -> None:
         sys.stdout.write(text)
         return
     assert proc.stdin is not None
-    with contextlib.suppress(BrokenPipeError):  # the reader quit early: that is fine
-        proc.stdin.write(text.encode("utf-8", "surrogateescape"))
-    with contextlib.suppress(BrokenPipeError):
-        proc.stdin.close()
-    proc.wait()
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (no program runs the pager there)
+        previous = None
+    try:
+        with contextlib.suppress(BrokenPipeError):  # the reader quit early: that is fine
+            proc.stdin.write(text.encode("utf-8", "surrogateescape"))
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _Lines:
@@ -188,6 +198,7 @@ class _Lines:
         self.data = bytearray()  # appended to in place: a page can be megabytes
         self.owed = 0  # the size of a block being read (Ctrl-C can cut into it)
         self.paged = False  # a page came (or began to)
+        self.ended = False  # the command's exit came: its pid is no longer its own
 
     def _fill(self) -> bool:
         chunk = self.sock.recv(1 << 20)  # type: ignore[attr-defined]
@@ -320,13 +331,19 @@ def _answer(lines: _Lines, pid: int) -> int | None:
                 page = block.decode("utf-8", "surrogateescape")
             elif word == b"exit":
                 code = int(rest)
+                lines.ended = True
                 break
     except KeyboardInterrupt:
         return _interrupted(lines, pid)
     except OSError:
         return _broke_off()
-    if page is not None:
-        run_pager(pager_command(os.environ), page)
+    # the command has ended (and its pid may be another process's now): from here a Ctrl-C
+    # is the pager's, or the end of the program
+    try:
+        if page is not None:
+            run_pager(pager_command(os.environ), page)
+    except KeyboardInterrupt:
+        return 130
     return code
 
 
@@ -337,6 +354,8 @@ def _interrupted(lines: _Lines, pid: int) -> int:
     import contextlib
     import signal
 
+    if lines.ended:
+        return 130  # (in the pager, or after it)
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGINT)
     try:

@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         os._exit(code)
     from manifest.commands import Options, enter, show_status
 
-    enter(group.pop("directory", None))
-    show_status(Options(**group), **command)
+    try:
+        enter(group.pop("directory", None))
+        show_status(Options(**group), **command)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # Ctrl-C: no traceback, as the served status
     raise SystemExit(0)

@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <langinfo.h>
 #include <locale.h>
 #include <poll.h>
@@ -33,8 +34,10 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef MANIFEST_PYTHON
@@ -51,16 +54,27 @@ extern char **environ;
 
 static int g_argc;
 static char **g_argv;
+static volatile sig_atomic_t committed = 0; /* "go" is sent: the command runs in the watcher */
+
+static void broke_off(void) {
+    fputs("manifest: error: the watcher's answer broke off; run the command again\n", stderr);
+    exit(3);
+}
 
 /* -- the Python program: everything this client does not serve ------------------------- */
 
+/* Never once "go" is sent (the command would run twice): then any failure breaks off. */
 static void run_python(void) {
-    char **args = calloc((size_t)g_argc + 3, sizeof *args);
+    if (committed) broke_off();
+    /* -P: not the current folder first on sys.path (`python -m` puts it there; the
+     * installed program does not): a manifest/ or manifest.py in it is not this code */
+    char **args = calloc((size_t)g_argc + 4, sizeof *args);
     if (args != NULL) {
         args[0] = MANIFEST_PYTHON;
-        args[1] = "-m";
-        args[2] = "manifest";
-        for (int i = 1; i < g_argc; i++) args[i + 2] = g_argv[i];
+        args[1] = "-P";
+        args[2] = "-m";
+        args[3] = "manifest";
+        for (int i = 1; i < g_argc; i++) args[i + 3] = g_argv[i];
         execv(MANIFEST_PYTHON, args);
     }
     fprintf(stderr, "manifest: error: cannot run %s: %s; rebuild the client (manifest "
@@ -220,9 +234,9 @@ static char *join_user(const char *base, const char *text) {
 static char *stripped(const char *name) {
     const char *value = getenv(name);
     if (value == NULL) return NULL;
-    while (*value == ' ' || *value == '\t' || *value == '\n') value++;
+    while (*value != '\0' && strchr(" \t\n\r\v\f\x1c\x1d\x1e\x1f", *value) != NULL) value++;
     size_t n = strlen(value);
-    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t' || value[n - 1] == '\n')) n--;
+    while (n > 0 && strchr(" \t\n\r\v\f\x1c\x1d\x1e\x1f", value[n - 1]) != NULL) n--;
     if (n == 0) return NULL;
     char *out = strndup(value, n);
     if (out == NULL) run_python();
@@ -330,13 +344,26 @@ static void identity(buf_t *out) {
 /* -- standard output as Python would make it ------------------------------------------ */
 
 /* Python 3.11's choice for this environment, or 0 where it is not the plain one (then the
- * Python program answers: its encoding rules are its own). */
+ * Python program answers: its encoding rules are its own). Where Python would coerce the C
+ * locale (PEP 538: it sets LC_CTYPE=C.UTF-8 in its own environment, which the program
+ * then hands to the watcher and to the pager), so does this client. */
 static int stdio_settings(const char **encoding, const char **errors, const char **buffering) {
-    if (getenv("PYTHONIOENCODING") || getenv("PYTHONUTF8") || getenv("PYTHONLEGACYWINDOWSSTDIO"))
+    if (getenv("PYTHONIOENCODING") || getenv("PYTHONUTF8") || getenv("PYTHONCOERCECLOCALE") ||
+        getenv("PYTHONLEGACYWINDOWSSTDIO"))
         return 0;
     const char *locale = setlocale(LC_CTYPE, "");
     if (locale == NULL) locale = "C"; /* not installed: Python finds the C locale too */
     int c_locale = !strcmp(locale, "C") || !strcmp(locale, "POSIX");
+    if (c_locale) {
+        const char *all = getenv("LC_ALL");
+        if (all != NULL && *all) return 0; /* LC_ALL=C: Python does not coerce; left to it */
+        static const char *targets[] = {"C.UTF-8", "C.utf8", "UTF-8"};
+        const char *target = NULL;
+        for (size_t i = 0; i < COUNT(targets) && target == NULL; i++)
+            if (setlocale(LC_CTYPE, targets[i]) != NULL) target = targets[i];
+        if (target == NULL) return 0;
+        if (setenv("LC_CTYPE", target, 1) != 0) return 0;
+    }
     int utf8 = !strcasecmp(nl_langinfo(CODESET), "UTF-8");
     if (!c_locale && !utf8) return 0;
     *encoding = "utf-8";
@@ -354,12 +381,19 @@ static int stdio_settings(const char **encoding, const char **errors, const char
 static int sock = -1;
 static buf_t in = {0};
 static volatile sig_atomic_t interrupts = 0;
-static pid_t command_pid = 0;
+static volatile pid_t command_pid = 0; /* the command's process, until its exit is read */
 
+/* Ctrl-C: before "go" the client leaves (130; the watcher runs nothing for a client that
+ * hung up); after it, the command gets it (the terminal signals only this process) and its
+ * exit code follows; a second one leaves at once. */
 static void on_sigint(int sig) {
     (void)sig;
-    if (++interrupts >= 2) _exit(130); /* a second Ctrl-C leaves at once */
-    if (command_pid > 0) kill(command_pid, SIGINT);
+    if (++interrupts >= 2) _exit(130);
+    if (committed && command_pid > 0) kill(command_pid, SIGINT);
+}
+
+static void interrupted_before_go(void) {
+    if (interrupts && !committed) exit(130);
 }
 
 /* More bytes into `in`: 1; 0 at the end; -1 on an error or the timeout. */
@@ -371,7 +405,10 @@ static int fill(int timeout_ms) {
             int ready = poll(&p, 1, timeout_ms);
             if (ready == 0) return -1;
             if (ready < 0 && errno != EINTR) return -1;
-            if (ready < 0) continue;
+            if (ready < 0) {
+                interrupted_before_go();
+                continue;
+            }
         }
         ssize_t n = recv(sock, chunk, sizeof chunk, 0);
         if (n > 0) {
@@ -380,6 +417,7 @@ static int fill(int timeout_ms) {
         }
         if (n == 0) return 0;
         if (errno != EINTR) return -1;
+        interrupted_before_go();
     }
 }
 
@@ -408,19 +446,77 @@ static char *block(size_t size) {
     return start;
 }
 
+/* All of `data` (with the descriptors `fds` alongside its first bytes, when given): 1, or
+ * 0 when the watcher does not take it within the send timeout. */
+static int send_all(const char *data, size_t size, const int *fds, size_t nfds) {
+    size_t done = 0;
+    while (done < size) {
+        ssize_t sent;
+        if (done == 0 && nfds > 0) {
+            char control[CMSG_SPACE(3 * sizeof(int))];
+            memset(control, 0, sizeof control);
+            struct iovec iov = {(void *)data, size};
+            struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                                 .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
+            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+            cmsg->cmsg_level = SOL_SOCKET;
+            cmsg->cmsg_type = SCM_RIGHTS;
+            cmsg->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+            memcpy(CMSG_DATA(cmsg), fds, nfds * sizeof(int));
+            sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        } else {
+            sent = send(sock, data + done, size - done, MSG_NOSIGNAL);
+        }
+        if (sent < 0 && errno == EINTR) {
+            interrupted_before_go();
+            continue;
+        }
+        if (sent <= 0) return 0;
+        done += (size_t)sent;
+    }
+    return 1;
+}
+
+/* The pager (a shell command, as git runs $PAGER) on this terminal, with the page on its
+ * input. Ctrl-C while it runs is the pager's: this process waits for it, as git does. */
 static void run_pager(const char *page, size_t size) {
     const char *command = getenv("MANIFEST_PAGER");
     if (command == NULL || !*command) command = getenv("PAGER");
     if (command == NULL || !*command) command = "less -FRX";
-    signal(SIGPIPE, SIG_IGN); /* the reader quit early: that is fine */
+    int pipe_fds[2];
     fflush(stdout);
-    FILE *pager = popen(command, "w");
-    if (pager == NULL) {
+    if (pipe(pipe_fds) != 0) {
         fwrite(page, 1, size, stdout);
         return;
     }
-    fwrite(page, 1, size, pager);
-    pclose(pager);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+        fwrite(page, 1, size, stdout);
+        return;
+    }
+    if (pid == 0) {
+        signal(SIGINT, SIG_DFL);
+        signal(SIGPIPE, SIG_DFL);
+        dup2(pipe_fds[0], 0);
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+        _exit(127);
+    }
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN); /* the reader quit early: that is fine */
+    close(pipe_fds[0]);
+    for (size_t done = 0; done < size;) {
+        ssize_t n = write(pipe_fds[1], page + done, size - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        done += (size_t)n;
+    }
+    close(pipe_fds[1]);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
 }
 
 static int serve(void) {
@@ -430,13 +526,16 @@ static int serve(void) {
     if (!stdio_settings(&encoding, &errors, &buffering)) return 0;
     char cwd[4096];
     if (getcwd(cwd, sizeof cwd) == NULL) return 0;
-    char *base = group.directory ? join_user(cwd, group.directory) : format("%s", cwd);
-    if (base == NULL) return 0;
+    char *base = !group.directory              ? format("%s", cwd)
+                 : group.directory[0] == '/' ? format("%s", group.directory)
+                                             : format("%s/%s", cwd, group.directory);
     char *folder = find_store_folder(&group, base);
     struct stat st;
     if (folder == NULL || stat(folder, &st) != 0) return 0;
 
-    sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a watcher too busy to accept (its queue full), or a name another
+     * process bound and never accepts on, is no server. Then the sends wait at most 1 s. */
+    sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0) return 0;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     int n = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "manifest-commands-%llx-%llx",
@@ -447,6 +546,11 @@ static int serve(void) {
     socklen_t cred_len = sizeof cred;
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 || cred.uid != getuid())
         return 0; /* not this user's watcher: nothing is sent to it */
+    int flags = fcntl(sock, F_GETFL);
+    struct timeval send_timeout = {1, 0}; /* manifest.client.CONNECT_TIMEOUT */
+    if (flags < 0 || fcntl(sock, F_SETFL, flags & ~O_NONBLOCK) != 0 ||
+        setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout) != 0)
+        return 0;
 
     buf_t body = {0};
     char number[32];
@@ -472,7 +576,15 @@ static int serve(void) {
         put(&body, "", 1);
         puts0(&body, g_argv[i]);
     }
+    /* the environment as Python's os.environb has it: NAME=value entries only, the first
+     * of a name given twice */
     for (char **e = environ; *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        if (eq == NULL || eq == *e) continue;
+        size_t name = (size_t)(eq - *e) + 1;
+        int again = 0;
+        for (char **f = environ; f != e && !again; f++) again = strncmp(*f, *e, name) == 0;
+        if (again) continue;
         put(&body, "", 1);
         puts0(&body, *e);
     }
@@ -480,63 +592,49 @@ static int serve(void) {
     snprintf(number, sizeof number, "run %zu\n", body.len);
     puts0(&request, number);
     put(&request, body.data, body.len);
-
     int fds[3] = {0, 1, 2};
-    char control[CMSG_SPACE(sizeof fds)];
-    memset(control, 0, sizeof control);
-    struct iovec iov = {request.data, request.len};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
-                         .msg_controllen = sizeof control};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(cmsg), fds, sizeof fds);
-    ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
-    if (sent < 0) return 0;
-    for (size_t done = (size_t)sent; done < request.len;) {
-        ssize_t more = send(sock, request.data + done, request.len - done, MSG_NOSIGNAL);
-        if (more < 0 && errno == EINTR) continue;
-        if (more <= 0) return 0;
-        done += (size_t)more;
-    }
+    if (!send_all(request.data, request.len, fds, 3)) return 0;
+
     char *first = line(FIRST_REPLY_MS);
     if (first == NULL || strncmp(first, "pid ", 4) != 0) return 0; /* fallback, or no reply */
     command_pid = (pid_t)atol(first + 4);
+    /* Committed once the watcher has "go": the command runs then, and only then. A Ctrl-C
+     * while it is sent is held back until committed says which way it goes. */
+    sigset_t block_int, before;
+    sigemptyset(&block_int);
+    sigaddset(&block_int, SIGINT);
+    sigprocmask(SIG_BLOCK, &block_int, &before);
+    committed = send_all("go\n", 3, NULL, 0);
+    sigprocmask(SIG_SETMASK, &before, NULL);
+    if (!committed) return 0; /* the watcher did not take it: nothing runs there */
+    if (interrupts) kill(command_pid, SIGINT); /* one that came while it was sent */
 
-    /* Committed: the command runs once the watcher has this "go". A Ctrl-C from here on
-     * goes to the command, whose exit code follows (on_sigint). */
-    struct sigaction action = {.sa_handler = on_sigint};
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, NULL); /* no SA_RESTART: a read sees EINTR, then goes on */
-    if (send(sock, "go\n", 3, MSG_NOSIGNAL) != 3) {
-        fputs("manifest: error: the watcher's answer broke off; run the command again\n",
-              stderr);
-        exit(3);
-    }
     char *page = NULL;
     size_t page_size = 0;
     for (;;) {
         char *reply = line(-1);
         if (reply == NULL) {
+            if (interrupts) exit(130);
             fputs("manifest: error: the watcher stopped while it answered; run the command "
                   "again\n", stderr);
             exit(3);
         }
         if (strncmp(reply, "fallback", 8) == 0 && (reply[8] == ' ' || reply[8] == '\0')) {
-            if (page == NULL && !interrupts) return 0; /* nothing was written */
-            exit(130);
+            if (interrupts) exit(130);
+            committed = 0; /* the child ran nothing: the program answers */
+            return 0;
         }
         if (strncmp(reply, "page ", 5) == 0) {
             size_t size = (size_t)strtoull(reply + 5, NULL, 10);
             const char *got = block(size);
-            if (got == NULL) continue; /* the end: said below */
+            if (got == NULL) continue; /* the end: said above */
             free(page);
             page = malloc(size ? size : 1); /* its own: `in` moves as it grows */
-            if (page == NULL) exit(3);
+            if (page == NULL) broke_off();
             memcpy(page, got, size);
             page_size = size;
         } else if (strncmp(reply, "exit ", 5) == 0) {
+            command_pid = 0; /* ended and reaped: its pid may be another process's now */
             int code = atoi(reply + 5);
             if (interrupts) exit(page != NULL ? 130 : code);
             if (page != NULL) run_pager(page, page_size);
@@ -545,15 +643,30 @@ static int serve(void) {
     }
 }
 
+static int off(const char *value) {
+    if (value == NULL) return 0;
+    char word[8];
+    size_t n = 0;
+    while (*value && strchr(" \t\n\r\v\f", *value)) value++;
+    while (*value && !strchr(" \t\n\r\v\f", *value) && n < sizeof word - 1) word[n++] = *value++;
+    word[n] = '\0';
+    while (*value && strchr(" \t\n\r\v\f", *value)) value++;
+    if (*value) return 0;
+    return !strcasecmp(word, "0") || !strcasecmp(word, "off") || !strcasecmp(word, "no") ||
+           !strcasecmp(word, "false");
+}
+
 int main(int argc, char **argv) {
     g_argc = argc;
     g_argv = argv;
-    const char *server = getenv("MANIFEST_SERVER");
-    int off = server && (!strcasecmp(server, "0") || !strcasecmp(server, "off") ||
-                         !strcasecmp(server, "no") || !strcasecmp(server, "false"));
-    if (!off && getenv("_MANIFEST_COMPLETE") == NULL) {
+    if (!off(getenv("MANIFEST_SERVER")) && getenv("_MANIFEST_COMPLETE") == NULL) {
+        struct sigaction action = {.sa_handler = on_sigint};
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGINT, &action, NULL); /* no SA_RESTART: a wait sees EINTR */
         serve(); /* returns only when it ran nothing: the program answers */
         if (sock >= 0) close(sock);
+        signal(SIGINT, SIG_DFL);
+        if (interrupts) exit(130);
     }
     run_python();
 }

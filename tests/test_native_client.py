@@ -5,6 +5,7 @@ Python program before writing a byte."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -214,3 +215,136 @@ def test_a_build_without_a_compiler_says_what_to_do(tmp_path: Path) -> None:
 def test_paths_reach_the_compiler_as_c_strings() -> None:
     assert native.c_string('/a "b"\\c?') == '"/a \\"b\\"\\\\c\\?"'
     assert native.c_string("/caf\udce9") == '"/caf\\351"'
+
+
+def test_the_program_it_runs_is_the_installed_one_not_the_folders(
+    fast: list[str], tmp_path: Path
+) -> None:
+    """`python -m` would put the current folder first on the module path: a folder holding a
+    manifest/ package (a checkout of something else) must not run in its place (-P)."""
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "manifest" / "__init__.py").write_text("")
+    (tmp_path / "manifest" / "__main__.py").write_text("print('NOT MANIFEST')\n")
+    (tmp_path / "manifest.py").write_text("print('NOT MANIFEST EITHER')\n")
+    for argv in (["--version"], ["log"], ["status"]):
+        got = subprocess.run([*fast, *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert "NOT MANIFEST" not in got.stdout + got.stderr, argv
+        alone = subprocess.run(
+            [*PROGRAM, *argv], capture_output=True, text=True, cwd=tmp_path.parent
+        )
+        assert got.returncode == alone.returncode, argv
+
+
+class Peer:
+    """Whatever listens at the command socket of ``folder``: a process that bound the
+    name first (anyone may), or a watcher that stops mid-conversation. Real sockets; the
+    peer's part is scripted: ``"never accepts"`` (its queue full), ``"silent"`` (takes the
+    request, never answers), ``"pid then hangs up"``, ``"go then hangs up"`` (once
+    ``release`` is set)."""
+
+    def __init__(self, folder: Path, script: str, command_pid: int) -> None:
+        import socket
+        import threading
+
+        from manifest import client
+
+        st = folder.stat()
+        self.script = script
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(client.address(st.st_dev, st.st_ino))
+        self.listener.listen(0)
+        self.held: list[socket.socket] = []
+        self.got = b""
+        self.release = threading.Event()
+        if script == "never accepts":  # fill the queue: connects now fail at once
+            for _ in range(2):
+                filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):  # (queued, never accepted)
+                    filler.connect(self.listener.getsockname())
+                self.held.append(filler)
+            return
+        self.pid = command_pid
+        self.thread = threading.Thread(target=self._talk, daemon=True)
+        self.thread.start()
+
+    def _talk(self) -> None:
+        conn, _ = self.listener.accept()
+        self.held.append(conn)
+        while b"\0" not in self.got or len(self.got) < 100:  # (enough of the request)
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            self.got += chunk
+        if self.script == "silent":
+            return
+        conn.sendall(b"pid %d\n" % self.pid)
+        if self.script == "go then hangs up":
+            self.got += conn.recv(3)
+            self.release.wait(20)
+        conn.close()
+
+    def close(self) -> None:
+        for s in self.held:
+            s.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "expect"),
+    [
+        ("never accepts", "the program"),  # no hang: connecting fails at once
+        ("pid then hangs up", "the program"),  # "go" never reached it: nothing ran there
+        ("silent", "130"),  # Ctrl-C while waiting for the first reply
+        ("go then hangs up", "130"),  # Ctrl-C after "go", then the end
+    ],
+)
+def test_a_peer_that_does_not_answer_never_hangs_it_or_answers_twice(
+    fast: list[str], tmp_path: Path, script: str, expect: str
+) -> None:
+    store = tmp_path / "state"
+    store.mkdir()
+    command = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    peer = Peer(store, script, command.pid)
+    try:
+        proc = subprocess.Popen(
+            [*fast, "--store", str(store), "status"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        if expect == "130":
+            deadline = time.monotonic() + 10
+            while not (b"go" in peer.got if script == "go then hangs up" else peer.got):
+                assert time.monotonic() < deadline, "the client sent nothing"
+                time.sleep(0.02)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            if script == "go then hangs up":  # the Ctrl-C went on to the command
+                assert command.wait(10) == -signal.SIGINT
+            peer.release.set()
+        proc.wait(20)
+    finally:
+        peer.close()  # (a request it holds unread holds the client's descriptors too)
+        command.kill()
+        command.wait(10)
+    out, err = proc.communicate(timeout=10)
+    if expect == "the program":
+        alone = subprocess.run(
+            [*PROGRAM, "--store", str(store), "status"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "MANIFEST_SERVER": "0"},
+        )
+        assert (proc.returncode, out, err) == (alone.returncode, alone.stdout, alone.stderr)
+    else:
+        assert (proc.returncode, out, err) == (130, "", "")
+
+
+def test_a_server_switched_off_with_spaces_is_off(project: Project, fast: list[str]) -> None:
+    before = project.served()
+    result = project.run("status", program=fast, MANIFEST_SERVER=" Off ")
+    assert result.returncode == 0 and project.served() == before
