@@ -315,10 +315,13 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
         watcher_cpu = proc_cpu_total(b.pid)
         runs_a: dict[str, list[tuple[float, float]]] = {"a": [], "ac": []}
         for _ in range(REPEAT):
+            # each served command after one the watcher does not serve, as a prompt's
+            # status comes after a pause: back to back, a command can wait for the spare
+            # forked after the last to finish its rehearsal (a few ms)
             for key, env, program in (
                 ("a", b.env, MANIFEST),
-                ("ac", b.env, b.fast),
                 ("a0", b.alone_env, MANIFEST),
+                ("ac", b.env, b.fast),
             ):
                 wall, cpu, out = run_proc(b.manifest("status", program=program), env)
                 if JOURNAL_MARK not in out or quiet_tail not in out:
@@ -358,8 +361,8 @@ def measure_rounds(b: Bench, runs: int) -> tuple[dict[str, Measurement], dict[st
             for _ in range(REPEAT):
                 for key, env, program in (
                     ("f", b.env, MANIFEST),
-                    ("fc", b.env, b.fast),
                     ("f0", b.alone_env, MANIFEST),
+                    ("fc", b.env, b.fast),
                 ):
                     wall, cpu, out = run_proc(b.manifest("status", program=program), env)
                     if JOURNAL_MARK not in out or "listed 3 folder(s)" not in out or rel not in out:
@@ -562,7 +565,9 @@ def section(
         "its reaped children included, 10 ms ticks summed over many runs, shared equally "
         "among the served commands). (ac) and (fc) are the same with the compiled client "
         "(`manifest build-client`, built for this run: `manifest/native_client.c`), which "
-        "does the program's part without starting Python. Every round checks that the "
+        "does the program's part without starting Python. Each served command runs after "
+        "one the watcher does not serve ((a0), (f0) or (p)), as a prompt's status comes "
+        "after a pause. Every round checks that the "
         f"watcher served all {4 * REPEAT} of them; (a0) and (f0) are the same commands with "
         "`MANIFEST_SERVER=0`.",
         "",

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from manifest.globs import PathFilter
 from manifest.model import KIND_FILE, KIND_TREE, TreeEntry
@@ -115,7 +115,13 @@ class LocalRoot(Root):
         if state is None:
             return None
         reply = {"token": state["token"], "paths": []}
-        return self._read_reply(reply, state, base, ScanOptions(save_cache=False)).result
+        quiet = ScanOptions(save_cache=False)
+        result = self._read_reply(reply, state, base, quiet).result
+        if result is not None and len(base.entries_at(b"") or ()) <= REHEARSED_LISTING:
+            # and what a scan after an edit runs: the walk guided by the journal, here
+            # through the root folder alone (every subfolder kept), its result dropped
+            self._walk_changed(base, quiet, state, [])
+        return result
 
     def _read_reply(
         self,
@@ -311,6 +317,10 @@ def _scan_in_parallel(scanner: Scanner, root: _Folder) -> tuple[str, int]:
     from manifest.root.pool import scan_in_parallel
 
     return scan_in_parallel(scanner, root)
+
+
+# A rehearsal lists the root folder when it holds at most this many entries (a few ms).
+REHEARSED_LISTING: Final = 2000
 
 
 class _Answer:
