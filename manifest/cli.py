@@ -935,7 +935,7 @@ def build_client(
     path = build(output if output is not None else default_output())
     typer.echo(
         f"built {quote_path(str(path))}: `{path.name} status` is answered by the watcher "
-        f"without Python; everything else runs {quote_path(sys.executable)} -m manifest"
+        f"without Python; everything else runs {quote_path(sys.executable)} -P -m manifest"
     )
 
 
