@@ -882,7 +882,9 @@ def watch(
         import subprocess
 
         log = cache / "watch.log"
-        argv = [sys.executable, "-m", "manifest", "--store", repo.store.text]
+        # -P: not the current folder first on the module path (a `manifest` package in
+        # it, a checkout of something else, must not run as the watcher)
+        argv = [sys.executable, "-P", "-m", "manifest", "--store", repo.store.text]
         argv += ["--root", str(root), "watch"]
         with open(log, "ab") as out:
             proc = subprocess.Popen(

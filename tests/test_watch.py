@@ -295,10 +295,18 @@ def test_watch_cli_starts_reports_and_stops_a_background_watcher(tmp_path: Path,
     store = tmp_path / "state"
     repo = _repo(raw, store)
     repo.snapshot(ref="last")
-    manifest = [sys.executable, "-m", "manifest", "--store", str(store)]
+    # run from a folder that holds another `manifest` package: the watcher the program
+    # starts in the background must still be this one (`python -P`)
+    decoy = tmp_path / "checkout"
+    (decoy / "manifest").mkdir(parents=True)
+    (decoy / "manifest" / "__init__.py").write_text("")
+    (decoy / "manifest" / "__main__.py").write_text("raise SystemExit('not manifest')\n")
+    manifest = [sys.executable, "-P", "-m", "manifest", "--store", str(store)]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*manifest, *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*manifest, *args], capture_output=True, text=True, timeout=60, cwd=decoy
+        )
 
     assert "no watcher runs" in run("watch", "--status").stdout
     started = run("watch", "--start")
