@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import subprocess
@@ -247,3 +248,41 @@ def test_after_a_kill_9_holding_a_lock_fsck_warns_and_the_next_writer_proceeds(
     assert again.returncode == 0, again.stderr
     assert "took over" in again.stderr
     assert run("fsck").stdout.strip().endswith("ok")
+
+
+def test_ctrl_c_during_a_status_ends_it_with_130_and_no_traceback(  # type: ignore[no-untyped-def]
+    run, raw: Path
+) -> None:
+    """Ctrl-C (the terminal signals the whole foreground group) while `status` hashes a
+    200 GB sparse file: exit 130, nothing on stderr, no scan worker left behind."""
+    import signal
+    import time
+
+    assert run("snapshot", "--ref", "last").returncode == 0
+    big = raw / "big.bin"
+    with open(big, "wb") as out:
+        out.truncate(200 << 30)
+    old = time.time() - 120  # settled: it is hashed now
+    os.utime(big, (old, old))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manifest", "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**run.env, "MANIFEST_SERVER": "0"},
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, "the status ended before the Ctrl-C"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert (proc.returncode, err) == (130, "")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+        raise AssertionError("a process of the status outlived it")
