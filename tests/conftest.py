@@ -65,6 +65,29 @@ def write(path: Path, content: str | bytes, *, age: float = OLD) -> Path:
     return path
 
 
+def on_tty(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[int, str]:
+    """Run ``argv`` with its standard output on a new terminal (a pty; stderr discarded):
+    its exit code and everything it wrote there."""
+    import pty
+    import subprocess
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=follower, stderr=subprocess.DEVNULL, cwd=cwd, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    code = proc.wait(timeout=60)
+    os.close(leader)
+    return code, b"".join(chunks).decode()
+
+
 def touch(path: Path, *, age: float = OLD / 2) -> None:
     stamp = time.time_ns() - int(age * 1e9)
     os.utime(path, ns=(stamp, stamp))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pty
 import re
 import shutil
 import signal
@@ -21,7 +20,7 @@ import pytest
 
 from manifest import native
 
-from .conftest import write
+from .conftest import on_tty, write
 from .test_server import PROGRAM, Project, _gone, _same, _status_on_a_full_pipe
 
 pytestmark = [
@@ -131,34 +130,16 @@ def test_a_page_is_paged_on_its_terminal(project: Project, fast: list[str]) -> N
     write(project.raw / "link_templates.csv", "changed\n")
     env = {**project.env, "TERM": "xterm", "MANIFEST_PAGER": "sed 's/^/PAGED: /'"}
 
-    def on_tty(program: list[str], **extra: str) -> str:
-        leader, follower = pty.openpty()
-        proc = subprocess.Popen(
-            [*program, "status"],
-            stdout=follower,
-            stderr=subprocess.DEVNULL,
-            cwd=project.folder,
-            env={**env, **extra},
-        )
-        os.close(follower)
-        chunks = []
-        while True:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        assert proc.wait(timeout=60) == 0
-        os.close(leader)
-        return re.sub(r"\(\d+ \w+ ago\)", "(ago)", b"".join(chunks).decode())
+    def paged(program: list[str], **extra: str) -> str:
+        code, text = on_tty([*program, "status"], {**env, **extra}, cwd=project.folder)
+        assert code == 0
+        return re.sub(r"\(\d+ \w+ ago\)", "(ago)", text)
 
     before = project.served()
-    paged = on_tty(fast)
+    shown = paged(fast)
     assert project.served() == before + 1
-    assert "PAGED: " in paged and "\x1b[33m" in paged  # paged, in colour (a terminal)
-    assert paged == on_tty(PROGRAM, MANIFEST_SERVER="0")
+    assert "PAGED: " in shown and "\x1b[33m" in shown  # paged, in colour (a terminal)
+    assert shown == paged(PROGRAM, MANIFEST_SERVER="0")
 
 
 def test_ctrl_c_reaches_the_command_and_it_waits_for_its_end(

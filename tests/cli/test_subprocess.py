@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..conftest import write
+from ..conftest import on_tty, write
 
 
 @pytest.fixture
@@ -62,26 +61,7 @@ def test_configuration_error_names_the_variable(run) -> None:  # type: ignore[no
 
 
 def _run_on_tty(args: list[str], env: dict[str, str]) -> str:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "manifest", *args],
-        stdout=follower,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=60)
-    os.close(leader)
-    return b"".join(chunks).decode()
+    return on_tty([sys.executable, "-m", "manifest", *args], env)[1]
 
 
 def test_colour_on_a_terminal_and_plain_otherwise(run, raw: Path) -> None:  # type: ignore[no-untyped-def]
