@@ -88,6 +88,23 @@ def on_tty(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tup
     return code, b"".join(chunks).decode()
 
 
+@pytest.fixture
+def project(tmp_path: Path, raw: Path) -> Iterator[Any]:
+    """A project folder with the sample tree and its store, and a watcher running for it in
+    the foreground (``tests.test_server.Project``); stopped after the test."""
+    import shutil
+
+    from tests.test_server import Project
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    moved = folder / "raw"
+    shutil.move(raw, moved)
+    p = Project(folder, moved)
+    yield p
+    p.stop()
+
+
 def touch(path: Path, *, age: float = OLD / 2) -> None:
     stamp = time.time_ns() - int(age * 1e9)
     os.utime(path, ns=(stamp, stamp))

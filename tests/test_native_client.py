@@ -8,12 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from manifest import native
 
 from .conftest import on_tty, write
-from .test_server import PROGRAM, Project, _gone, _same, _status_on_a_full_pipe
+from .test_server import PROGRAM, Project, _gone, _same, _status_on_a_full_pipe, served_lines
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's"),
@@ -41,34 +39,8 @@ def fast(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [str(out)]
 
 
-@pytest.fixture
-def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    moved = folder / "raw"
-    shutil.move(raw, moved)
-    p = Project(folder, moved)
-    yield p
-    p.stop()
-
-
 def test_it_answers_exactly_what_the_program_answers(project: Project, fast: list[str]) -> None:
-    raw = project.raw
-    write(raw / "concepts" / "descriptions" / "c3.txt", "A third.\n")
-    (raw / "links" / "analogy.txt").unlink()
-    sub = raw / "concepts"
-    served: list[tuple[list[str], Path | None]] = [
-        (["status"], None),
-        (["status", "--json"], None),
-        (["status", "--json", "--fingerprints"], None),
-        (["status", "--exit-code", "--limit", "1"], None),
-        (["--no-pager", "status"], sub),  # the store found walking up from a folder below
-        (["-C", str(project.folder), "status", "--json"], Path("/")),
-        (["--store", ".manifest", "status"], None),
-        (["--store=.manifest", "status", "--limit=2"], None),
-        (["--mode", "sideways", "status"], None),  # a bad setting: the error, exit 3
-        (["--root", str(sub), "status"], None),  # not the store's root: the error, exit 3
-    ]
+    served = [*served_lines(project), (["--store=.manifest", "status", "--limit=2"], None)]
     handed: list[tuple[list[str], Path | None]] = [
         (["log"], None),  # another command
         (["--help"], None),

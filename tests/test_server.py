@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -149,17 +148,6 @@ def _gone(pids: list[int], within: float = 10.0) -> bool:
     return False
 
 
-@pytest.fixture
-def project(tmp_path: Path, raw: Path) -> Iterator[Project]:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    moved = folder / "raw"
-    shutil.move(raw, moved)
-    p = Project(folder, moved)
-    yield p
-    p.stop()
-
-
 def _same(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
     def ago(text: str) -> str:
         return re.sub(r"\(\d+ \w+ ago\)", "(ago)", text)
@@ -167,12 +155,14 @@ def _same(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
     return result.returncode, ago(result.stdout), ago(result.stderr)
 
 
-def test_the_server_answers_exactly_what_the_program_answers(project: Project) -> None:
+def served_lines(project: Project) -> list[tuple[list[str], Path | None]]:
+    """An edit and a removal in ``project``, and plain status lines (with the folder each
+    runs in) that the watcher answers: errors included."""
     raw = project.raw
     write(raw / "concepts" / "descriptions" / "c3.txt", "A third.\n")
     (raw / "links" / "analogy.txt").unlink()
     sub = raw / "concepts"
-    lines: list[tuple[list[str], Path | None]] = [
+    return [
         (["status"], None),
         (["status", "--json"], None),
         (["status", "--json", "--fingerprints"], None),
@@ -183,6 +173,10 @@ def test_the_server_answers_exactly_what_the_program_answers(project: Project) -
         (["--mode", "sideways", "status"], None),  # a bad setting: the error, exit 3
         (["--root", str(sub), "status"], None),  # not the store's root: the error, exit 3
     ]
+
+
+def test_the_server_answers_exactly_what_the_program_answers(project: Project) -> None:
+    lines = served_lines(project)
     before = project.served()
     for argv, cwd in lines:
         served = project.run(*argv, cwd=cwd)
