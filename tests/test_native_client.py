@@ -19,7 +19,7 @@ import pytest
 from manifest import native
 
 from .conftest import on_tty, write
-from .test_server import PROGRAM, Project, _gone, _same, _status_on_a_full_pipe, served_lines
+from .test_server import PROGRAM, Project, _same, ctrl_c_reaches_the_command, served_lines
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's"),
@@ -119,29 +119,7 @@ def test_ctrl_c_reaches_the_command_and_it_waits_for_its_end(
 ) -> None:
     """As the program does (test_server.py): Ctrl-C goes on to the command, stopped here
     (SIGSTOP), and the client ends after it, with 130."""
-    proc, running = _status_on_a_full_pipe(
-        project,
-        fast,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        (command,) = running
-        os.kill(command, signal.SIGSTOP)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(1.0)
-        assert proc.poll() is None, "the client left before its command ended"
-        os.kill(command, signal.SIGCONT)
-        out = proc.stdout.read()
-        assert proc.wait(10) == 130
-        assert _gone(running, within=1.0), "the command outlived the client"
-        assert out.startswith(b"root:") and proc.stderr.read() == b""
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+    ctrl_c_reaches_the_command(project, fast)
 
 
 def test_a_build_without_a_compiler_says_what_to_do(tmp_path: Path) -> None:
